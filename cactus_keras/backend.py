@@ -1,0 +1,63 @@
+"""The few operations Keras does not abstract over backends: gradients and compiling.
+
+Everything else in cactus_keras is `keras.ops`; this module is the one place that
+knows about TensorFlow and JAX.
+"""
+
+from __future__ import annotations
+
+import keras
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+
+def _backend():
+    name = keras.backend.backend()
+    if name not in SUPPORTED_BACKENDS:
+        raise RuntimeError(
+            f"cactus_keras supports the {' and '.join(SUPPORTED_BACKENDS)} Keras "
+            f"backends; KERAS_BACKEND is '{name}'. Set KERAS_BACKEND=tensorflow or jax."
+        )
+    return name
+
+
+def value_and_input_gradient(fn):
+    """Compiles `fn(x, *args) -> per-sample values` into a function that returns the
+    values and the gradient of their sum with respect to `x`."""
+    if _backend() == "jax":
+        import jax
+
+        def summed(x, *args):
+            values = fn(x, *args)
+            return values.sum(), values
+
+        grad_fn = jax.jit(jax.grad(summed, has_aux=True))
+
+        def run(x, *args):
+            grad, values = grad_fn(x, *args)
+            return values, grad
+
+        return run
+
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def run(x, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            values = fn(x, *args)
+        # The gradient of a non-scalar target is that of its sum.
+        return values, tape.gradient(values, x)
+
+    return run
+
+
+def compile_function(fn):
+    """Compiles a function of tensors with the backend's tracer."""
+    if _backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, reduce_retracing=True)

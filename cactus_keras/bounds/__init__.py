@@ -1,0 +1,28 @@
+"""Interval and linear bounds of Keras models over input boxes."""
+
+from cactus_keras.bounds import affine, nonlinear  # noqa: F401  (registers the rules)
+from cactus_keras.bounds.affine import ElementwiseAffineRule
+from cactus_keras.bounds.graph import BoundGraph, UnsupportedModelError, parse_network
+from cactus_keras.bounds.rules import (
+    AffineRule,
+    BoundRule,
+    Box,
+    MonotoneRule,
+    Relaxation,
+    UnsupportedLayerError,
+    register_rule,
+    supported_layer_names,
+)
+from cactus_keras.bounds.margins import (
+    METHODS,
+    BoundedModel,
+    input_box,
+    margin_lower_bounds,
+    margin_specification,
+)
+from cactus_keras.bounds.propagation import (
+    IntervalPass,
+    backward_lower_bound,
+    crown_refinement,
+    interval_pass,
+)

@@ -1,0 +1,230 @@
+"""Bound rules: how one Keras layer type maps input bounds to output bounds.
+
+A rule wraps the user's layer (decomon-style) and reads its weights each call, so the
+same rule serves float, masked and fake-quantized weights (for example inside
+`Model.stateless_call`). There are two kinds:
+
+* `AffineRule`: the layer is affine, `f(x) = L(x) + b`. A rule gives `L`, `|L|` (the
+  same map with absolute weights), the adjoint `L^T` and `b`; interval propagation
+  (center/radius form) and the backward linear pass of CROWN are derived from these.
+* `MonotoneRule`: the layer is monotone non-decreasing in every input, so the interval
+  of the output is `[f(lower), f(upper)]`. An elementwise rule may also give a linear
+  relaxation for CROWN; without one CROWN uses the output interval itself.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import keras
+from keras import ops
+
+Box = collections.namedtuple("Box", ["lower", "upper"])
+Box.__doc__ = "Elementwise lower and upper bounds of one tensor (batch first)."
+
+Relaxation = collections.namedtuple(
+    "Relaxation", ["lower_slope", "lower_intercept", "upper_slope", "upper_intercept"]
+)
+Relaxation.__doc__ = (
+    "Elementwise linear bounds `lower_slope*x + lower_intercept <= f(x) <= "
+    "upper_slope*x + upper_intercept` valid on an input box."
+)
+
+
+class UnsupportedLayerError(ValueError):
+    """Raised when a layer has no bound rule."""
+
+
+_REGISTRY = {}
+
+
+def register_rule(*layer_classes):
+    """Registers a rule class for one or more Keras layer classes.
+
+    Subclasses of a registered layer class use the same rule unless they register
+    their own.
+
+    Example:
+
+    ```python
+    @cactus_keras.bounds.register_rule(MyScale)
+    class MyScaleRule(cactus_keras.bounds.ElementwiseAffineRule):
+        pass
+    ```
+    """
+
+    def decorator(rule_cls):
+        for layer_cls in layer_classes:
+            _REGISTRY[layer_cls] = rule_cls
+        return rule_cls
+
+    return decorator
+
+
+def rule_for(layer, input_shapes):
+    """Returns a new rule wrapping `layer` at one call site of the given input shapes."""
+    for cls in type(layer).__mro__:
+        rule_cls = _REGISTRY.get(cls)
+        if rule_cls is not None:
+            return rule_cls(layer, input_shapes)
+    raise UnsupportedLayerError(
+        f"Layer '{layer.name}' of class {type(layer).__name__} has no bound rule."
+    )
+
+
+def supported_layer_names():
+    return sorted({cls.__name__ for cls in _REGISTRY})
+
+
+# Monotone non-decreasing activations, by Keras name. Softmax is handled separately:
+# it is dropped when it is the last operation of the model.
+SUPPORTED_ACTIVATIONS = (
+    "linear",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "softplus",
+    "softsign",
+    "sigmoid",
+    "hard_sigmoid",
+    "tanh",
+    "exponential",
+)
+
+
+def activation_name(activation):
+    if activation is None:
+        return None
+    if isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
+def fused_activation(layer):
+    """The activation applied inside an affine layer (`Dense(..., activation=...)`)."""
+    if isinstance(layer, keras.layers.Activation):
+        return None
+    rule_cls = None
+    for cls in type(layer).__mro__:
+        rule_cls = _REGISTRY.get(cls)
+        if rule_cls is not None:
+            break
+    if not (isinstance(rule_cls, type) and issubclass(rule_cls, AffineRule)):
+        return None
+    return getattr(layer, "activation", None)
+
+
+def activation_rule(activation, owner, input_shape):
+    """The rule for an activation function fused into layer `owner`."""
+    name = activation_name(activation)
+    if name == "softmax":
+        return SoftmaxMarker(owner, (input_shape,))
+    if name not in SUPPORTED_ACTIVATIONS:
+        raise UnsupportedLayerError(
+            f"Layer '{owner.name}' uses activation '{name}', which has no bound rule."
+        )
+    from cactus_keras.bounds.nonlinear import ActivationFunctionRule
+
+    return ActivationFunctionRule(owner, (input_shape,), name)
+
+
+class BoundRule(keras.layers.Layer):
+    """Base class of all rules. `self.layer` is the wrapped Keras layer."""
+
+    def __init__(self, layer, input_shapes, **kwargs):
+        super().__init__(name=f"{layer.name}_bounds", **kwargs)
+        self.layer = layer
+        # Static shapes (without batch) of the inputs at this call site of the layer.
+        self.input_shapes = tuple(tuple(shape) for shape in input_shapes)
+
+    def parameters(self, clean_inputs, training):
+        """Values the rule reads once per pass (weights, batch statistics).
+
+        `clean_inputs` are the layer's clean inputs, available in training passes.
+        """
+        return None
+
+    def forward(self, inputs, params, training):
+        """The layer's output on the clean inputs (the ordinary forward pass)."""
+        return self.layer(*inputs, training=training)
+
+    def interval(self, boxes, params):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "input_shapes": self.input_shapes,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        layer = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(layer, config["input_shapes"])
+
+
+class AffineRule(BoundRule):
+    """Rule of a layer that is affine in its inputs: `f(x) = L(x) + offset`.
+
+    Subclasses implement `linear`, `transpose` and, when `L` has negative weights,
+    `abs_linear`. `offset` is broadcastable to the output, or None for zero.
+    """
+
+    def linear(self, inputs, params):
+        raise NotImplementedError
+
+    def abs_linear(self, inputs, params):
+        # Correct whenever L has non-negative weights (pooling, reshaping, sums).
+        return self.linear(inputs, params)
+
+    def offset(self, params):
+        return None
+
+    def transpose(self, coefficients, params):
+        """Maps `A` of shape (batch, specs, *output) to `A L`, one per input."""
+        raise NotImplementedError
+
+    def forward(self, inputs, params, training):
+        out = self.linear(inputs, params)
+        offset = self.offset(params)
+        return out if offset is None else out + offset
+
+    def interval(self, boxes, params):
+        centers = [(b.upper + b.lower) / 2 for b in boxes]
+        radii = [(b.upper - b.lower) / 2 for b in boxes]
+        center = self.forward(centers, params, training=False)
+        radius = self.abs_linear(radii, params)
+        return Box(center - radius, center + radius)
+
+
+class MonotoneRule(BoundRule):
+    """Rule of a layer that is non-decreasing in each input element."""
+
+    def function(self, x):
+        return self.layer(x, training=False)
+
+    def forward(self, inputs, params, training):
+        return self.layer(inputs[0], training=training)
+
+    def interval(self, boxes, params):
+        (box,) = boxes
+        return Box(self.function(box.lower), self.function(box.upper))
+
+    def relaxation(self, lower, upper):
+        """Elementwise linear bounds on the box, or None to use the output interval."""
+        return None
+
+
+class SoftmaxMarker(BoundRule):
+    """Placeholder for a softmax; only allowed (and removed) at the model output."""
+
+    def interval(self, boxes, params):
+        raise UnsupportedLayerError(
+            f"Softmax in layer '{self.layer.name}' can only be the last operation."
+        )
+
+
+def constant_relaxation(f_lower, f_upper):
+    zeros = ops.zeros_like(f_lower)
+    return Relaxation(zeros, f_lower, zeros, f_upper)

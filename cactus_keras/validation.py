@@ -1,0 +1,78 @@
+"""Checks of user inputs, with errors that say what was expected and how to fix it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_epsilon(epsilon, name="epsilon"):
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number, got {epsilon!r}.") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0 (the L-infinity radius), got {epsilon!r}."
+        )
+    return value
+
+
+def check_input_range(input_range):
+    if input_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`input_range` must be a pair (low, high) or None, got {input_range!r}."
+        ) from None
+    if not low < high:
+        raise ValueError(f"`input_range` must have low < high, got {input_range!r}.")
+    return low, high
+
+
+def check_data(model, x, y, num_classes=None):
+    """Returns `x` as float32 and `y` as int64 after checking them against `model`."""
+    x = np.asarray(x)
+    if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+        raise TypeError(f"`x` must be a numeric array, got dtype {x.dtype}.")
+    x = x.astype("float32", copy=False)
+    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if expected is not None and (
+        x.ndim != len(expected) + 1
+        or any(e is not None and e != n for e, n in zip(expected, x.shape[1:]))
+    ):
+        raise ValueError(
+            f"`x` has shape {x.shape}, but model '{model.name}' expects (batch, "
+            f"{', '.join(str(e) for e in expected)}). Reshape the data (for example add a "
+            "channel axis with x[..., None]) to match the model input."
+        )
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(
+            "`y` looks one-hot encoded (shape "
+            f"{y.shape}); pass integer labels, e.g. y.argmax(axis=1)."
+        )
+    y = y.reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+            y = y.astype("int64")
+        else:
+            raise TypeError(f"`y` must hold integer class labels, got dtype {y.dtype}.")
+    y = y.astype("int64", copy=False)
+    if len(y) != len(x):
+        raise ValueError(f"`x` has {len(x)} samples but `y` has {len(y)} labels.")
+    if len(x) == 0:
+        raise ValueError("`x` is empty; pass at least one sample.")
+    if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"Labels must lie in [0, {num_classes}) for a model with {num_classes} "
+            f"outputs; found labels from {y.min()} to {y.max()}."
+        )
+    return x, y
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
