@@ -184,6 +184,9 @@ def crown_refinement(graph):
         producer = producers.get(key)
         if producer is None or not producer.is_affine or len(node.inputs) != 1:
             return
+        if producer.inputs == (graph.input,):
+            # One affine map of the input box: its interval is already exact.
+            return
         box = boxes[key]
         coefficients, size = identity_coefficients(box)
         partial = IntervalPass(boxes, params, None)

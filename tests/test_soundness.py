@@ -1,0 +1,148 @@
+"""Bounds hold at sampled points and at PGD's worst points, for every method and layer."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+import cactus_keras
+from cactus_keras import attacks, backend, bounds
+from cactus_keras.bounds.propagation import crown_refinement, interval_pass
+
+from random_models import BUILDERS
+
+SEEDS = [0, 1]
+
+
+def _tolerance(values):
+    # Bounds are computed in float32, like the network itself.
+    return 1e-4 * (1.0 + np.abs(values))
+
+
+def _setup(name, seed):
+    net = BUILDERS[name](seed)
+    graph = bounds.parse_network(net)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (6, *graph.input_shape)).astype("float32")
+    y = rng.integers(0, graph.num_classes, len(x))
+    epsilon = float(rng.uniform(0.01, 0.1))
+    return net, graph, x, y, epsilon
+
+
+def _sample_points(box, count, rng):
+    """Uniform points and box corners, `count` per sample, flattened into the batch."""
+    lower = np.repeat(ops.convert_to_numpy(box.lower), count, axis=0)
+    upper = np.repeat(ops.convert_to_numpy(box.upper), count, axis=0)
+    u = rng.uniform(0, 1, lower.shape)
+    corners = rng.integers(0, 2, lower.shape)
+    u = np.where(np.arange(len(u)).reshape(-1, *[1] * (u.ndim - 1)) % 2 == 0, u, corners)
+    points = lower + u * (upper - lower)
+    return points.astype("float32"), lower, upper
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("refine", [False, True], ids=["ibp", "crown"])
+def test_intermediate_boxes_contain_sampled_activations(name, seed, refine):
+    net, graph, x, y, epsilon = _setup(name, seed)
+    rng = np.random.default_rng(seed + 10)
+    count = 16
+    box = bounds.input_box(x, epsilon)
+    points, _, _ = _sample_points(box, count, rng)
+    repeated = bounds.Box(
+        ops.repeat(box.lower, count, axis=0), ops.repeat(box.upper, count, axis=0)
+    )
+    refine_fn = crown_refinement(graph) if refine else None
+    result = interval_pass(graph, repeated, clean=points, refine=refine_fn)
+    checked = 0
+    for key, value in result.clean.items():
+        if key not in result.boxes:
+            continue
+        value = ops.convert_to_numpy(value)
+        lower = ops.convert_to_numpy(result.boxes[key].lower)
+        upper = ops.convert_to_numpy(result.boxes[key].upper)
+        tol = _tolerance(value)
+        assert np.all(value >= lower - tol), key
+        assert np.all(value <= upper + tol), key
+        assert np.all(lower <= upper + 1e-6)
+        checked += 1
+    assert checked >= len(graph.nodes) - 1
+    # The clean pass is the model's own forward pass.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(result.clean[graph.output]).argmax(-1),
+        net.predict(points, verbose=0).argmax(-1),
+    )
+
+
+def _margins(logits, y):
+    true = logits[np.arange(len(y)), y][:, None]
+    return true - logits
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_margin_bounds_hold_at_samples_and_pgd_points(name, seed):
+    net, graph, x, y, epsilon = _setup(name, seed)
+    box = bounds.input_box(x, epsilon)
+    lower_by_method = {
+        m: ops.convert_to_numpy(bounds.margin_lower_bounds(graph, box, y, m))
+        for m in bounds.METHODS
+    }
+    # Samples and corners.
+    rng = np.random.default_rng(seed + 20)
+    count = 64
+    points, _, _ = _sample_points(box, count, rng)
+    labels = np.repeat(y, count)
+    logits_graph = interval_pass(
+        graph,
+        bounds.Box(ops.repeat(box.lower, count, 0), ops.repeat(box.upper, count, 0)),
+        clean=points,
+    ).clean[graph.output]
+    sampled = _margins(ops.convert_to_numpy(logits_graph), labels).reshape(len(x), count, -1)
+    worst_sampled = sampled.min(axis=1)
+    # PGD on each margin separately: the attack's best point for that margin.
+    def margin_j(v, labels, j):
+        out = interval_pass(graph, bounds.Box(v, v), clean=v).clean[graph.output]
+        return ops.take_along_axis(out, labels[:, None], 1)[:, 0] - ops.take_along_axis(out, j[:, None], 1)[:, 0]
+
+    value_and_grad = backend.value_and_input_gradient(margin_j)
+    worst_pgd = np.zeros_like(worst_sampled)
+    for j in range(graph.num_classes):
+        _, best = attacks.minimize_in_box(
+            value_and_grad,
+            ops.convert_to_numpy(box.lower),
+            ops.convert_to_numpy(box.upper),
+            x,
+            args=(ops.convert_to_tensor(y.astype("int32")), ops.convert_to_tensor(np.full(len(y), j, "int32"))),
+            steps=15,
+            restarts=2,
+            step_size=epsilon / 5,
+            seed=seed,
+        )
+        worst_pgd[:, j] = best
+    for method, lower in lower_by_method.items():
+        for worst in (worst_sampled, worst_pgd):
+            assert np.all(worst >= lower - _tolerance(worst)), method
+        own = np.eye(graph.num_classes, dtype=bool)[y]
+        np.testing.assert_allclose(lower[own], 0.0, atol=1e-6)
+    best = lower_by_method["best"]
+    assert np.all(best >= lower_by_method["ibp"] - 1e-6)
+    assert np.all(best >= lower_by_method["crown"] - 1e-6)
+    np.testing.assert_allclose(best, np.maximum(lower_by_method["ibp"], lower_by_method["crown"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("method", bounds.METHODS)
+def test_certified_samples_are_never_attacked(name, method):
+    net = BUILDERS[name](3)
+    graph = bounds.parse_network(net)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (40, *graph.input_shape)).astype("float32")
+    # Labels the network predicts, so that some samples can be certified.
+    y = net.predict(x, verbose=0).argmax(-1)
+    epsilon = 0.002
+    result = cactus_keras.certify(net, x, y, epsilon, method=method, verbose=0)
+    attack = attacks.pgd(net, x, y, epsilon, steps=20, restarts=2, verbose=0)
+    assert not np.any(result.certified & attack.attacked)
+    assert attack.robust_accuracy >= result.certified_accuracy
+    # A test that could not fail would certify nothing, or everything.
+    assert 0 < result.certified.sum()
