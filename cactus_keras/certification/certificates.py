@@ -62,6 +62,20 @@ class CertificationResult:
         }
 
 
+def _bounded_model(model, method, input_range):
+    """One `BoundedModel` per (model, method, input range), so that repeated calls
+    reuse its compiled predict function instead of tracing a new one."""
+    cache = model.__dict__.get("_cactus_bounded_models")
+    if cache is None:
+        cache = {}
+        # object.__setattr__ keeps Keras from tracking the cache as part of the model.
+        object.__setattr__(model, "_cactus_bounded_models", cache)
+    key = (method, input_range)
+    if key not in cache:
+        cache[key] = BoundedModel(model, method=method, input_range=input_range)
+    return cache[key]
+
+
 def certify(
     model,
     x,
@@ -113,7 +127,7 @@ def certify(
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE[method]
     batch_size = validation.check_positive_int(batch_size, "batch_size")
-    bounded = BoundedModel(model, method=method, input_range=input_range)
+    bounded = _bounded_model(model, method, input_range)
     if verbose == "auto":
         verbose = 1 if len(x) > batch_size else 0
     outputs = bounded.predict(
