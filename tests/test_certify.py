@@ -171,3 +171,20 @@ def test_unbuilt_sequential_and_subclassed_models_explain_the_fix():
     net(np.zeros((1, 4)))
     with pytest.raises(bounds.UnsupportedModelError, match="subclassed"):
         cactus_keras.certify(net, np.zeros((2, 4)), [0, 1], 0.1)
+
+
+def test_crown_memory_is_estimated_and_refused_with_advice(monkeypatch):
+    from cactus_keras.bounds.propagation import crown_bytes_per_sample
+    from cactus_keras.certification import certificates
+
+    net = _cnn()
+    graph = bounds.parse_network(net)
+    # The conv reads the input box (exact interval, not refined); the 16 pre-activations
+    # of Dense(16) are refined, [I; -I] rows over the widest earlier value (4x4x4 = 64).
+    assert crown_bytes_per_sample(graph) == 4 * 2 * 16 * 64
+    monkeypatch.setattr(certificates, "CROWN_SAMPLE_LIMIT", 1000)
+    x, y = _data(4)
+    with pytest.raises(ValueError, match="crown-ibp"):
+        cactus_keras.certify(net, x, y, 0.1, method="crown")
+    # IBP needs no such memory and still runs.
+    assert cactus_keras.certify(net, x, y, 0.1, method="ibp", verbose=0).certified.shape == (4,)

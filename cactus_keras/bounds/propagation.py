@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from keras import ops
 
@@ -173,20 +174,56 @@ def identity_coefficients(box):
     return ops.broadcast_to(both, (ops.shape(box.lower)[0], 2 * size, *shape)), size
 
 
-def crown_refinement(graph):
-    """A `refine` callback for `interval_pass` that tightens, with a backward CROWN
-    pass, the input box of every relaxed non-affine node whose input comes from an
-    affine node (the intersection with the interval box is kept)."""
+def crown_refined_values(graph):
+    """Values whose boxes CROWN tightens: inputs of relaxed non-affine nodes that an
+    affine node computes from something other than the model input (one affine map of
+    the input box already has an exact interval)."""
     producers = graph.producers()
+    refined = []
+    for node in graph.nodes:
+        if node.is_affine or len(node.inputs) != 1:
+            continue
+        producer = producers.get(node.inputs[0])
+        if producer is None or not producer.is_affine or producer.inputs == (graph.input,):
+            continue
+        if node.inputs[0] not in refined:
+            refined.append(node.inputs[0])
+    return refined
+
+
+def crown_bytes_per_sample(graph):
+    """Largest coefficient tensor CROWN builds for one sample, in bytes (float32).
+
+    Refining a value of n elements carries 2n coefficient rows back through every
+    value computed before it.
+    """
+    sizes = {graph.input: math.prod(graph.input_shape)}
+    for node in graph.nodes:
+        for key, shape in zip(node.inputs, node.rule.input_shapes):
+            sizes[key] = math.prod(shape)
+    largest = 0
+    seen = [sizes[graph.input]]
+    refined = set(crown_refined_values(graph))
+    for node in graph.nodes:
+        key = node.inputs[0]
+        if key in refined and not node.is_affine:
+            largest = max(largest, 2 * sizes[key] * max(seen))
+        seen.extend(sizes[k] for k in node.inputs)
+    largest = max(largest, graph.num_classes * max(seen))
+    return 4 * largest
+
+
+def crown_refinement(graph):
+    """A `refine` callback for `interval_pass` that tightens the boxes of
+    `crown_refined_values` with a backward CROWN pass each (keeping the intersection
+    with the interval box)."""
+    pending = set(crown_refined_values(graph))
 
     def refine(node, boxes, params):
         key = node.inputs[0]
-        producer = producers.get(key)
-        if producer is None or not producer.is_affine or len(node.inputs) != 1:
+        if key not in pending:
             return
-        if producer.inputs == (graph.input,):
-            # One affine map of the input box: its interval is already exact.
-            return
+        pending.discard(key)
         box = boxes[key]
         coefficients, size = identity_coefficients(box)
         partial = IntervalPass(boxes, params, None)

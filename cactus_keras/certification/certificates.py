@@ -9,8 +9,14 @@ import numpy as np
 from cactus_keras import validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import BoundedModel, check_method
+from cactus_keras.bounds.propagation import crown_bytes_per_sample
 
-DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 32, "best": 32}
+DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 64, "best": 64}
+# CROWN's coefficient tensors grow with the square of the layer widths; the default
+# batch size keeps the largest under this many bytes, and a model needing more than
+# CROWN_SAMPLE_LIMIT for one sample is refused with advice rather than exhausting memory.
+CROWN_BATCH_BYTES = 1 << 30
+CROWN_SAMPLE_LIMIT = 8 << 30
 
 
 @dataclasses.dataclass
@@ -104,8 +110,8 @@ def certify(
             and crown bounds). IBP supports every layer with a rule; CROWN relaxes ReLU,
             sigmoid, tanh and softsign linearly and bounds other monotone layers (max
             pooling, ReLU6, ...) by their intervals.
-        batch_size: samples per batch (defaults depend on the method; CROWN needs more
-            memory per sample).
+        batch_size: samples per batch. The default for "crown" and "best" is sized
+            from the model so CROWN's coefficients stay near 1 GiB.
         input_range: `(low, high)` of valid inputs, or None for no cut.
         verbose: "auto", 0 or 1: progress bar over batches.
 
@@ -124,8 +130,19 @@ def certify(
     input_range = validation.check_input_range(input_range)
     graph = parse_network(model)
     x, y = validation.check_data(model, x, y, graph.num_classes)
+    if method in ("crown", "best"):
+        per_sample = crown_bytes_per_sample(graph)
+        if per_sample > CROWN_SAMPLE_LIMIT:
+            raise ValueError(
+                f"method='{method}' would need about {per_sample / 2**30:.1f} GiB per "
+                f"sample for model '{model.name}' (CROWN keeps a coefficient per pair of "
+                "neurons of its widest layers). Use method='crown-ibp' or 'ibp' for this "
+                "model."
+            )
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE[method]
+        if method in ("crown", "best"):
+            batch_size = max(1, min(batch_size, CROWN_BATCH_BYTES // per_sample))
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     bounded = _bounded_model(model, method, input_range)
     if verbose == "auto":
