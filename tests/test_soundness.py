@@ -146,3 +146,26 @@ def test_certified_samples_are_never_attacked(name, method):
     assert attack.robust_accuracy >= result.certified_accuracy
     # A test that could not fail would certify nothing, or everything.
     assert 0 < result.certified.sum()
+
+
+# The mlp has dropout, which a training pass applies to the clean values only.
+@pytest.mark.parametrize("name", ["cnn"])
+def test_training_pass_bounds_the_network_with_clean_batch_statistics(name):
+    """A training pass must bound the network whose batch norm uses the clean batch's
+    statistics: the same as inference on a copy whose moving statistics are those."""
+    import keras
+
+    from cactus_keras.certification import recalibrate_batchnorm
+
+    net, graph, x, y, epsilon = _setup(name, 5)
+    x = np.random.default_rng(5).uniform(0, 1, (64, *graph.input_shape)).astype("float32")
+    y = np.random.default_rng(6).integers(0, graph.num_classes, len(x))
+    copy = keras.models.clone_model(net)
+    copy.set_weights(net.get_weights())
+    assert recalibrate_batchnorm(copy, x)
+    box = bounds.input_box(x, epsilon)
+    for method in ("ibp", "crown-ibp"):
+        trained, logits = bounds.margin_lower_bounds(graph, box, y, method, clean=x, training=True)
+        inference = bounds.margin_lower_bounds(bounds.parse_network(copy), box, y, method)
+        np.testing.assert_allclose(ops.convert_to_numpy(trained), ops.convert_to_numpy(inference), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ops.convert_to_numpy(logits), copy.predict(x, verbose=0), rtol=1e-4, atol=1e-4)

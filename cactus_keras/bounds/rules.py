@@ -185,15 +185,21 @@ class AffineRule(BoundRule):
         """Maps `A` of shape (batch, specs, *output) to `A L`, one per input."""
         raise NotImplementedError
 
-    def forward(self, inputs, params, training):
+    def affine(self, inputs, params):
+        """`L(x) + offset` with this pass's parameters."""
         out = self.linear(inputs, params)
         offset = self.offset(params)
         return out if offset is None else out + offset
 
+    def forward(self, inputs, params, training):
+        return self.affine(inputs, params)
+
     def interval(self, boxes, params):
         centers = [(b.upper + b.lower) / 2 for b in boxes]
         radii = [(b.upper - b.lower) / 2 for b in boxes]
-        center = self.forward(centers, params, training=False)
+        # Not `forward`: a layer's own call may use other parameters (batch norm's
+        # moving statistics in a training pass).
+        center = self.affine(centers, params)
         radius = self.abs_linear(radii, params)
         return Box(center - radius, center + radius)
 
