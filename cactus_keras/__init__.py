@@ -4,38 +4,31 @@ Example:
 
 ```python
 import cactus_keras
-result = cactus_keras.certify(net, x_test, y_test, epsilon=0.1)
+
+net = cactus_keras.models.cnn3(input_shape=(28, 28, 1), num_classes=10)
+model = cactus_keras.CactusModel(net, epsilon=0.1,
+                                 compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))])
+model.compile(optimizer="adam")
+model.fit(x_train, y_train, epochs=10, callbacks=[cactus_keras.EpsilonRamp(5, start_epoch=1)])
+result = cactus_keras.certify(model.network, x_test, y_test, epsilon=0.1)
 print(result.certified_accuracy)
 ```
 """
 
-import importlib
-
 __version__ = "0.1.0"
 
-# Submodules load on first use, so `cactus-keras --help` and `import cactus_keras` do
-# not pay for importing TensorFlow before it is needed.
-_LAZY = {
-    "attacks": ("cactus_keras.attacks", None),
-    "bounds": ("cactus_keras.bounds", None),
-    "data": ("cactus_keras.data", None),
-    "certification": ("cactus_keras.certification", None),
-    "certify": ("cactus_keras.certification", "certify"),
-    "CertificationResult": ("cactus_keras.certification", "CertificationResult"),
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'cactus_keras' has no attribute '{name}'")
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attribute is None else getattr(module, attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+# Importing the package registers CactusModel and Pruning with Keras, so that
+# `keras.saving.load_model` can rebuild saved models after `import cactus_keras`.
+from cactus_keras import attacks, bounds, compression, data, models, training  # noqa: F401
+from cactus_keras.certification import (  # noqa: F401
+    CertificationResult,
+    CompressionTable,
+    certify,
+    evaluate_compressed,
+)
+from cactus_keras.compression import Pruning  # noqa: F401
+from cactus_keras.training import (  # noqa: F401
+    CactusModel,
+    EpsilonRamp,
+    StandardWeightRamp,
+)

@@ -33,6 +33,8 @@ def _add_certify(subparsers):
 def _load_model(path):
     import keras
 
+    import cactus_keras  # noqa: F401  (registers CactusModel for loading)
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at '{path}'. Save one with model.save('{path}').")
     if not path.endswith(".keras"):
@@ -94,6 +96,122 @@ def _run_certify(args):
     return 0
 
 
+def _add_train(subparsers):
+    p = subparsers.add_parser(
+        "train",
+        help="certified training (CACTUS or plain IBP) of a zoo architecture",
+        description="Train a network with CactusModel and save DIR/model.keras, "
+        "DIR/network.keras, DIR/training_log.csv and DIR/config.json.",
+    )
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
+    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--arch", default="cnn3", help="mlp, cnn3, cnn5 or cnn7")
+    p.add_argument("--batch-norm", action="store_true", help="batch norm after each hidden layer")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--compression", default="prune", help="none (plain IBP training) or prune")
+    p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"))
+    p.add_argument("--prune-method", default="global_l1")
+    p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
+    p.add_argument("--certified-loss", default="ibp", help="ibp or crown-ibp")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="epochs of standard training first")
+    p.add_argument("--ramp-epochs", type=int, default=None, help="epsilon ramp length (default: half the remaining epochs)")
+    p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--validation-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--output", required=True, help="output directory")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    import cactus_keras
+    from cactus_keras.experiments import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        epsilon=args.epsilon,
+        arch=args.arch,
+        batch_norm=args.batch_norm,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        compression=args.compression,
+        prune_range=tuple(args.prune_range),
+        prune_method=args.prune_method,
+        standard_weight=args.standard_weight,
+        certified_loss=args.certified_loss,
+        warmup_epochs=args.warmup_epochs,
+        ramp_epochs=args.ramp_epochs,
+        ibp_init=args.ibp_init,
+        limit=args.limit,
+        validation_samples=args.validation_samples,
+        seed=args.seed,
+    )
+    data = cactus_keras.data.load(args.dataset, download=not args.no_download)
+    model = train(config, data, args.output, verbose=2)
+    print(f"saved {os.path.join(args.output, 'model.keras')} ({model.network.count_params()} parameters)")
+    return 0
+
+
+def _add_evaluate(subparsers):
+    p = subparsers.add_parser(
+        "evaluate",
+        help="clean and certified accuracy under pruning",
+        description="Certify a saved model (CactusModel or plain network) after pruning "
+        "at each ratio with each method.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios")
+    p.add_argument("--prune-method", default="global_l1", help="comma-separated methods")
+    p.add_argument("--bound", default="ibp", help="ibp, crown-ibp, crown or best")
+    p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(run=_run_evaluate)
+
+
+def _parse_list(text, convert, flag):
+    try:
+        return [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma-separated list, got {text!r}.") from None
+
+
+def _run_evaluate(args):
+    import cactus_keras
+
+    model = _load_model(args.model)
+    dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
+    x, y = dataset.x_test, dataset.y_test
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+        x, y = x[: args.limit], y[: args.limit]
+    table = cactus_keras.evaluate_compressed(
+        model,
+        x,
+        y,
+        args.epsilon,
+        pruning=_parse_list(args.prune, float, "--prune"),
+        methods=_parse_list(args.prune_method, str, "--prune-method"),
+        bound=args.bound,
+        recalibrate_batchnorm_data=dataset.x_train if args.recalibrate_batchnorm else None,
+    )
+    print(table)
+    if args.json_path:
+        report = {"model": args.model, "dataset": dataset.name, **table.to_dict()}
+        with open(args.json_path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json_path}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cactus-keras",
@@ -101,6 +219,8 @@ def build_parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_certify(subparsers)
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 

@@ -1,3 +1,8 @@
-"""Certification of trained models: certificates per sample and their summaries."""
+"""Certification of trained models: certificates per sample, compression grids."""
 
 from cactus_keras.certification.certificates import CertificationResult, certify
+from cactus_keras.certification.compressed import (
+    CompressionTable,
+    evaluate_compressed,
+    recalibrate_batchnorm,
+)

@@ -1,0 +1,168 @@
+"""Certified accuracy of a network after compression, over a grid of compressions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+
+from cactus_keras import validation
+from cactus_keras.certification.certificates import certify
+from cactus_keras.compression.pruning import (
+    check_pruning_method,
+    check_ratio,
+    magnitude_masks,
+    output_is_excluded,
+    prunable_kernels,
+)
+
+
+@dataclasses.dataclass
+class CompressionTable:
+    """Rows of clean and certified accuracy per (method, ratio); see `rows`."""
+
+    rows: list
+    epsilon: float
+    bound: str
+    recalibrated_batchnorm: bool
+
+    def to_dict(self):
+        return {
+            "epsilon": self.epsilon,
+            "bound": self.bound,
+            "recalibrated_batchnorm": self.recalibrated_batchnorm,
+            "rows": self.rows,
+        }
+
+    def to_json(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    def lookup(self, method, ratio):
+        for row in self.rows:
+            if row["method"] == method and abs(row["ratio"] - ratio) < 1e-9:
+                return row
+        raise KeyError((method, ratio))
+
+    def __str__(self):
+        lines = [
+            f"epsilon {self.epsilon:g}, bound {self.bound}, batch norm "
+            + ("recalibrated" if self.recalibrated_batchnorm else "as trained"),
+            f"{'method':<22} {'ratio':>6} {'sparsity':>9} {'clean':>7} {'certified':>10}",
+        ]
+        for row in self.rows:
+            lines.append(
+                f"{row['method']:<22} {row['ratio']:>6.2f} {row['sparsity']:>9.4f} "
+                f"{row['clean_accuracy']:>7.4f} {row['certified_accuracy']:>10.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _network_of(model_or_network):
+    # A CactusModel carries the plain network; anything else is the network itself.
+    return getattr(model_or_network, "network", model_or_network)
+
+
+def _prune_into(copy, network, method, ratio, exclude_output):
+    """Sets `copy` (a clone of `network`) to `network` with pruned kernels; returns
+    the achieved sparsity over the pruned kernels."""
+    kernels = prunable_kernels(network, output_is_excluded(method, exclude_output))
+    masks = magnitude_masks([k.value for k in kernels], ratio, method)
+    masks = [keras.ops.convert_to_numpy(m) for m in masks]
+    copy.set_weights(network.get_weights())
+    # A clone lists its weights in the same order as the original.
+    index = {id(v): i for i, v in enumerate(network.weights)}
+    for kernel, mask in zip(kernels, masks):
+        copy.weights[index[id(kernel)]].assign(keras.ops.convert_to_numpy(kernel.value) * mask)
+    total = sum(m.size for m in masks)
+    zeros = sum(float((m == 0).sum()) for m in masks)
+    return zeros / total
+
+
+def recalibrate_batchnorm(network, x, batch_size=2048):
+    """Sets every BatchNormalization's moving statistics to those of `x`.
+
+    The statistics are computed layer by layer on one batch of up to `batch_size`
+    samples (momentum 0 for that pass), so a compressed network's batch norm matches
+    its own activations rather than the uncompressed network's.
+    """
+    layers = [l for l in network._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
+    if not layers:
+        return False
+    momenta = [l.momentum for l in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        network(np.asarray(x[:batch_size], "float32"), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return True
+
+
+def evaluate_compressed(
+    model_or_network,
+    x,
+    y,
+    epsilon,
+    pruning=(0.0, 0.5, 0.7, 0.9),
+    methods=("global_l1",),
+    *,
+    bound="ibp",
+    recalibrate_batchnorm_data=None,
+    exclude_output=False,
+    batch_size=None,
+    verbose=0,
+):
+    """Clean and certified accuracy of the network pruned at each ratio by each method.
+
+    Each row is one (method, ratio) with the achieved sparsity over the pruned kernels.
+    The network itself is not changed: each row certifies a pruned copy. The structured
+    method never prunes output units (classes) and counts its ratio in units.
+
+    Args:
+        model_or_network: a `CactusModel` (its `network` is used) or a Keras network.
+        x, y: evaluation data.
+        epsilon: certification radius.
+        pruning: ratios in [0, 1).
+        methods: pruning methods ("global_l1", "local_l1", "global_l2_structured").
+        bound: certification method ("ibp", "crown-ibp", "crown", "best").
+        recalibrate_batchnorm_data: inputs used to recompute batch-norm statistics of
+            each pruned copy (None keeps the trained statistics).
+
+    Example:
+
+    ```python
+    table = cactus_keras.evaluate_compressed(model, x_test, y_test, 0.1,
+                                             pruning=[0, 0.5, 0.7],
+                                             methods=["global_l1", "local_l1"])
+    print(table)
+    ```
+    """
+    network = _network_of(model_or_network)
+    epsilon = validation.check_epsilon(epsilon)
+    ratios = [check_ratio(r, "pruning ratio") for r in pruning]
+    methods = [check_pruning_method(m) for m in methods]
+    recalibrated = False
+    rows = []
+    # One working copy, so its compiled bound computation is reused for every row.
+    copy = keras.models.clone_model(network)
+    for method in methods:
+        for ratio in ratios:
+            achieved = _prune_into(copy, network, method, ratio, exclude_output)
+            if recalibrate_batchnorm_data is not None:
+                recalibrated = recalibrate_batchnorm(copy, recalibrate_batchnorm_data) or recalibrated
+            result = certify(copy, x, y, epsilon, method=bound, batch_size=batch_size, verbose=verbose)
+            rows.append(
+                {
+                    "method": method,
+                    "ratio": ratio,
+                    "sparsity": achieved,
+                    "clean_accuracy": result.clean_accuracy,
+                    "certified_accuracy": result.certified_accuracy,
+                    "samples": int(len(result.labels)),
+                }
+            )
+    return CompressionTable(rows=rows, epsilon=epsilon, bound=bound, recalibrated_batchnorm=recalibrated)

@@ -1,0 +1,147 @@
+"""Configured training runs: one `TrainConfig` in, a trained and saved model out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import keras
+
+from cactus_keras import models, validation
+from cactus_keras.compression.pruning import Pruning, check_pruning_method
+from cactus_keras.training import (
+    CactusModel,
+    EpsilonRamp,
+    StandardWeightRamp,
+    ibp_initialize,
+)
+
+COMPRESSIONS = ("none", "prune")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as DIR/config.json).
+
+    The schedule: `warmup_epochs` of standard training (epsilon 0, lambda 1), then over
+    `ramp_epochs` epsilon ramps to its target (smoothed ramp) while lambda moves to
+    `standard_weight`, then training at the target.
+    """
+
+    dataset: str
+    epsilon: float
+    arch: str = "cnn3"
+    batch_norm: bool = False
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    compression: str = "prune"
+    prune_range: tuple = (0.25, 0.75)
+    prune_method: str = "global_l1"
+    standard_weight: float = 0.5
+    certified_loss: str = "ibp"
+    warmup_epochs: int = 1
+    ramp_epochs: int | None = None
+    ibp_init: bool = False
+    limit: int | None = None
+    validation_samples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        validation.check_epsilon(self.epsilon)
+        if self.arch not in models.ARCHITECTURES:
+            raise ValueError(
+                f"Unknown arch {self.arch!r}; expected one of {', '.join(models.ARCHITECTURES)}."
+            )
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(
+                f"Unknown compression {self.compression!r}; expected one of "
+                f"{', '.join(COMPRESSIONS)}."
+            )
+        check_pruning_method(self.prune_method)
+        Pruning(ratio=tuple(self.prune_range), method=self.prune_method)  # validates the range
+        for name in ("epochs", "batch_size"):
+            validation.check_positive_int(getattr(self, name), name)
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with "
+                f"epochs={self.epochs}."
+            )
+        if self.ramp_epochs is None:
+            self.ramp_epochs = max(1, (self.epochs - self.warmup_epochs) // 2)
+        if self.ramp_epochs < 0:
+            raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}.")
+        if not 0.0 <= self.standard_weight <= 1.0:
+            raise ValueError(f"standard_weight must be in [0, 1], got {self.standard_weight}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["prune_range"] = list(self.prune_range)
+        return data
+
+
+def build_model(config, input_shape, num_classes):
+    """The compiled `CactusModel` of a config (network from the model zoo)."""
+    keras.utils.set_random_seed(config.seed)
+    network = models.get(config.arch, input_shape, num_classes, batch_norm=config.batch_norm)
+    if config.ibp_init:
+        ibp_initialize(network, seed=config.seed)
+    compression = []
+    if config.compression == "prune":
+        compression.append(Pruning(ratio=tuple(config.prune_range), method=config.prune_method))
+    model = CactusModel(
+        network,
+        epsilon=config.epsilon,
+        compression=compression,
+        standard_weight=config.standard_weight,
+        certified_loss=config.certified_loss,
+        seed=config.seed,
+    )
+    # Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
+    return model
+
+
+def schedule_callbacks(config):
+    return [
+        EpsilonRamp(config.ramp_epochs, start_epoch=config.warmup_epochs, shape="smooth"),
+        StandardWeightRamp(config.ramp_epochs, start_epoch=config.warmup_epochs),
+    ]
+
+
+def train(config, data, output_dir, verbose=2, callbacks=()):
+    """Trains `config` on `data` (a `cactus_keras.data.Dataset`) and saves the run.
+
+    Writes `model.keras` (the CactusModel), `network.keras` (the plain network),
+    `training_log.csv` and `config.json` into `output_dir`. Returns the model.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    x, y = data.x_train, data.y_train
+    if config.limit is not None:
+        x, y = x[: config.limit], y[: config.limit]
+    model = build_model(config, data.input_shape, data.num_classes)
+    validation_data = None
+    if config.validation_samples:
+        n = config.validation_samples
+        validation_data = (data.x_test[:n], data.y_test[:n])
+    with open(os.path.join(output_dir, "config.json"), "w") as f:
+        json.dump({**config.to_dict(), "data_source": data.source}, f, indent=2)
+    model.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=validation_data,
+        callbacks=[
+            *schedule_callbacks(config),
+            keras.callbacks.CSVLogger(os.path.join(output_dir, "training_log.csv")),
+            *callbacks,
+        ],
+        verbose=verbose,
+    )
+    model.save(os.path.join(output_dir, "model.keras"))
+    model.network.save(os.path.join(output_dir, "network.keras"))
+    return model

@@ -1,0 +1,243 @@
+"""`CactusModel`: compression-aware certified training with `model.fit`."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from cactus_keras import validation
+from cactus_keras.bounds.graph import parse_network
+from cactus_keras.bounds.margins import input_box, margin_lower_bounds
+from cactus_keras.compression.pruning import Pruning, magnitude_masks, prunable_kernels
+from cactus_keras.training import losses
+from cactus_keras.training.callbacks import StopOnNonFiniteLoss
+
+CERTIFIED_LOSS_METHODS = ("ibp", "crown-ibp")
+
+
+@keras.saving.register_keras_serializable(package="cactus_keras")
+class CactusModel(keras.Model):
+    """Trains `network` to be certifiably robust, also after compression.
+
+    Each batch the loss is the mean over the compression set (the full network and the
+    members that `compression` adds) of
+
+        standard_weight * L_std(member(x), y) + (1 - standard_weight) * L_cert(member, x, y)
+
+    where L_cert is the cross-entropy on the negated lower bounds of the logit margins
+    over the epsilon ball (`losses.certified_loss`). Members are evaluated on transformed
+    weight values (for example `kernel * mask`) inside a `keras.StatelessScope`: the
+    network is never copied or modified, and its own variables receive the gradients.
+
+    Batch norm uses the statistics of the clean batch, in the bound pass too; only the
+    full network updates the moving averages. `model(x)` is the network's inference
+    pass; `model.network` is the plain Keras network for deployment and certification.
+
+    Args:
+        network: a Sequential or functional Keras model returning logits.
+        epsilon: L-infinity training radius in the data space (the target of a ramp).
+        compression: a list of members, e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75))]`;
+            empty for plain certified training.
+        standard_weight: lambda, the weight of the standard loss (0 = purely certified).
+        certified_loss: bound method of L_cert, "ibp" or "crown-ibp".
+        input_range: valid data range the epsilon ball is cut to, or None.
+        seed: seed of the ratio sampling.
+
+    Example:
+
+    ```python
+    net = cactus_keras.models.cnn3(input_shape=(28, 28, 1), num_classes=10)
+    model = cactus_keras.CactusModel(net, epsilon=0.1,
+                                     compression=[cactus_keras.Pruning((0.25, 0.75))])
+    model.compile(optimizer="adam")
+    model.fit(x_train, y_train, epochs=5, callbacks=[cactus_keras.EpsilonRamp(2)])
+    ```
+    """
+
+    def __init__(
+        self,
+        network,
+        epsilon,
+        compression=(),
+        standard_weight=0.5,
+        certified_loss="ibp",
+        input_range=(0.0, 1.0),
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.network = network
+        self.graph = parse_network(network)
+        self.epsilon_target = validation.check_epsilon(epsilon)
+        weight = float(standard_weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"`standard_weight` (lambda) must be in [0, 1], got {standard_weight!r}.")
+        if certified_loss not in CERTIFIED_LOSS_METHODS:
+            raise ValueError(
+                f"`certified_loss` must be one of {', '.join(CERTIFIED_LOSS_METHODS)}, got "
+                f"{certified_loss!r}. (Full CROWN is for evaluation: its cost grows with "
+                "the square of the layer widths.)"
+            )
+        self.standard_weight_target = weight
+        self.certified_loss_method = certified_loss
+        self.input_range = validation.check_input_range(input_range)
+        self.compression = list(compression)
+        for member in self.compression:
+            if not isinstance(member, Pruning):
+                raise TypeError(
+                    f"Unsupported compression member {member!r}; expected "
+                    "cactus_keras.Pruning."
+                )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.epsilon = self.add_variable(
+            (), initializer=keras.initializers.Constant(self.epsilon_target),
+            trainable=False, name="epsilon",
+        )
+        self.standard_weight = self.add_variable(
+            (), initializer=keras.initializers.Constant(weight), trainable=False,
+            name="standard_weight",
+        )
+        self.train_steps = self.add_variable(
+            (), dtype="int32", initializer="zeros", trainable=False, name="train_steps"
+        )
+        self._kernels = [prunable_kernels(network, m.excludes_output) for m in self.compression]
+        self._mask_stores = {}
+        for member, kernels in zip(self.compression, self._kernels):
+            if member.refresh_every > 1:
+                for name in member.member_names():
+                    self._mask_stores[name] = [
+                        self.add_variable(
+                            k.shape, initializer="ones", trainable=False, name=f"mask_{name}_{i}"
+                        )
+                        for i, k in enumerate(kernels)
+                    ]
+        names = [""] + [f"_{n}" for m in self.compression for n in m.member_names()]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "Compression members need distinct names (`name=`); got "
+                f"{[n[1:] for n in names[1:]]}."
+            )
+        self.member_suffixes = names
+        self._trackers = {"loss_standard": keras.metrics.Mean(name="loss_standard"),
+                          "loss_certified": keras.metrics.Mean(name="loss_certified")}
+        for suffix in names:
+            for kind in ("clean_accuracy", "certified_accuracy"):
+                self._trackers[kind + suffix] = keras.metrics.Mean(name=kind + suffix)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with `StopOnNonFiniteLoss` added unless given."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+            callbacks.append(StopOnNonFiniteLoss())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # The network's inference pass. Training-mode work (batch statistics, bounds) is in
+    # compute_loss, so the moving averages are updated exactly once per step.
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=False)
+
+    @property
+    def metrics(self):
+        seen = {id(m) for m in super().metrics}
+        return super().metrics + [m for m in self._trackers.values() if id(m) not in seen]
+
+    def _members(self, training):
+        """(suffix, state mapping) per compressed member; None mapping is the full net."""
+        members = [("", None)]
+        step = self.train_steps.value
+        for member, kernels in zip(self.compression, self._kernels):
+            for name in member.member_names():
+                def fresh(member=member, kernels=kernels):
+                    ratio = member.sample_ratio(step, self.seed_generator, training)
+                    return magnitude_masks([k.value for k in kernels], ratio, member.method)
+
+                store = self._mask_stores.get(name)
+                if store is not None and training:
+                    refresh = ops.equal(step % member.refresh_every, 0)
+                    masks = ops.cond(refresh, fresh, lambda store=store: [v.value for v in store])
+                    for variable, mask in zip(store, masks):
+                        variable.assign(mask)
+                else:
+                    masks = fresh()
+                kernel_values = {
+                    id(k): k.value * ops.stop_gradient(m) for k, m in zip(kernels, masks)
+                }
+                mapping = [
+                    (v, kernel_values.get(id(v), v.value)) for v in self.network.variables
+                ]
+                members.append((f"_{name}", mapping))
+        return members
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        box = input_box(x, self.epsilon.value, self.input_range)
+        weight = ops.cast(self.standard_weight.value, x.dtype)
+        total = 0.0
+        results = []
+        for suffix, mapping in self._members(training):
+            if mapping is None:
+                margins, logits = self._bounds(box, labels, x, training)
+            else:
+                with keras.StatelessScope(state_mapping=mapping):
+                    margins, logits = self._bounds(box, labels, x, training)
+            standard = losses.standard_loss(labels, logits)
+            certified = losses.certified_loss(labels, margins)
+            per_sample = weight * standard + (1.0 - weight) * certified
+            total = total + _weighted_mean(per_sample, sample_weight)
+            results.append((suffix, standard, certified, logits, margins))
+        total = total / len(results)
+        # Metrics are updated outside the member scopes, whose updates are discarded.
+        for suffix, standard, certified, logits, margins in results:
+            correct = ops.cast(ops.argmax(logits, axis=-1) == labels, "float32")
+            proven = ops.cast(losses.certified_mask(labels, margins), "float32")
+            self._trackers["clean_accuracy" + suffix].update_state(correct)
+            self._trackers["certified_accuracy" + suffix].update_state(proven)
+        self._trackers["loss_standard"].update_state(results[0][1])
+        self._trackers["loss_certified"].update_state(results[0][2])
+        if training:
+            self.train_steps.assign(self.train_steps.value + 1)
+        for extra in self.losses:
+            total = total + ops.sum(extra)
+        return total
+
+    def _bounds(self, box, labels, x, training):
+        return margin_lower_bounds(
+            self.graph, box, labels, self.certified_loss_method, clean=x, training=training
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "epsilon": self.epsilon_target,
+                "compression": [keras.saving.serialize_keras_object(m) for m in self.compression],
+                "standard_weight": self.standard_weight_target,
+                "certified_loss": self.certified_loss_method,
+                "input_range": self.input_range,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        config["compression"] = [
+            keras.saving.deserialize_keras_object(m) for m in config.get("compression", [])
+        ]
+        return cls(**config)
+
+
+def _weighted_mean(values, sample_weight):
+    if sample_weight is None:
+        return ops.mean(values)
+    sample_weight = ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
+    return ops.sum(values * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
