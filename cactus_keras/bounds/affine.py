@@ -101,8 +101,13 @@ class ConvRule(AffineRule):
         if bias is None:
             return None
         if self.layer.data_format == "channels_first":
+            # The layer's own bias add, so the bounds describe what it computes: on
+            # TensorFlow, `ops.add` adds a (1, filters, 1, ...) bias along the last
+            # axis when that axis also has `filters` elements.
             rank = len(self.layer.kernel_size)
-            return ops.reshape(bias, (-1,) + (1,) * rank)
+            out_shape = self.layer.compute_output_shape((1, *self.input_shapes[0]))
+            zeros = ops.zeros(out_shape, dtype=bias.dtype)
+            return ops.add(zeros, ops.reshape(bias, (1, -1) + (1,) * rank))
         return bias
 
     def transpose(self, coefficients, params):
@@ -351,18 +356,27 @@ class MergeSumRule(AffineRule):
         return self.layer(list(inputs))
 
     def abs_linear(self, inputs, params):
+        rank = max(len(x.shape) for x in inputs)
         total = None
         for w, x in zip(self._weights(len(inputs)), inputs):
+            # Like the layer, give lower-rank inputs size-1 axes after the batch axis.
+            while len(x.shape) < rank:
+                x = ops.expand_dims(x, 1)
             term = abs(w) * x
             total = term if total is None else total + term
         return total
 
     def transpose(self, coefficients, params):
         weights = self._weights(len(self.input_shapes))
-        return [
-            _unbroadcast(coefficients * w, shape)
-            for w, shape in zip(weights, self.input_shapes)
-        ]
+        out_rank = len(coefficients.shape) - 2
+        result = []
+        for w, shape in zip(weights, self.input_shapes):
+            expanded = (1,) * (out_rank - len(shape)) + tuple(shape)
+            a = _unbroadcast(coefficients * w, expanded)
+            if len(shape) < out_rank:
+                a = ops.reshape(a, (*ops.shape(coefficients)[:2], *shape))
+            result.append(a)
+        return result
 
 
 def _unbroadcast(coefficients, in_shape):

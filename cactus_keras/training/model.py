@@ -124,13 +124,30 @@ class CactusModel(keras.Model):
         for suffix in names:
             for kind in ("clean_accuracy", "certified_accuracy"):
                 self._trackers[kind + suffix] = keras.metrics.Mean(name=kind + suffix)
+        # The network is built, so the model is: callbacks such as BackupAndRestore
+        # need a built model before fit.
+        self.build((None, *self.graph.input_shape))
 
-    def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, with `StopOnNonFiniteLoss` added unless given."""
+    def _check_arrays(self, x, y):
+        # Arrays can be checked before tracing; datasets are the user's to keep valid.
+        if x is None or y is None or not hasattr(x, "shape") or not hasattr(y, "shape"):
+            return
+        validation.check_data(self.network, x, y, self.graph.num_classes)
+
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with `StopOnNonFiniteLoss` added unless given.
+
+        NumPy inputs are checked first (shape, labels in range).
+        """
+        self._check_arrays(x, y)
         callbacks = list(callbacks or [])
         if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(StopOnNonFiniteLoss())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_arrays(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
 
     # The network's inference pass. Training-mode work (batch statistics, bounds) is in
     # compute_loss, so the moving averages are updated exactly once per step.
@@ -169,11 +186,12 @@ class CactusModel(keras.Model):
                 members.append((f"_{name}", mapping))
         return members
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def member_results(self, x, y, training=True):
+        """Per member of the compression set: (suffix, per-sample loss, standard loss,
+        certified loss, logits, margin lower bounds). The full network comes first."""
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         box = input_box(x, self.epsilon.value, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
-        total = 0.0
         results = []
         for suffix, mapping in self._members(training):
             if mapping is None:
@@ -184,17 +202,24 @@ class CactusModel(keras.Model):
             standard = losses.standard_loss(labels, logits)
             certified = losses.certified_loss(labels, margins)
             per_sample = weight * standard + (1.0 - weight) * certified
+            results.append((suffix, per_sample, standard, certified, logits, margins))
+        return results
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        results = self.member_results(x, labels, training)
+        total = 0.0
+        for _, per_sample, *_ in results:
             total = total + _weighted_mean(per_sample, sample_weight)
-            results.append((suffix, standard, certified, logits, margins))
         total = total / len(results)
         # Metrics are updated outside the member scopes, whose updates are discarded.
-        for suffix, standard, certified, logits, margins in results:
+        for suffix, _, _, _, logits, margins in results:
             correct = ops.cast(ops.argmax(logits, axis=-1) == labels, "float32")
             proven = ops.cast(losses.certified_mask(labels, margins), "float32")
             self._trackers["clean_accuracy" + suffix].update_state(correct)
             self._trackers["certified_accuracy" + suffix].update_state(proven)
-        self._trackers["loss_standard"].update_state(results[0][1])
-        self._trackers["loss_certified"].update_state(results[0][2])
+        self._trackers["loss_standard"].update_state(results[0][2])
+        self._trackers["loss_certified"].update_state(results[0][3])
         if training:
             self.train_steps.assign(self.train_steps.value + 1)
         for extra in self.losses:
