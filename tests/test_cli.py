@@ -84,3 +84,49 @@ def test_console_script_runs(saved):
     )
     assert proc.returncode == 0, proc.stderr
     assert "certified accuracy" in proc.stdout
+
+
+def test_train_then_evaluate(saved, capsys):
+    directory, _, data = saved
+    out = directory / "run"
+    code = cli.main(
+        ["train", "--dataset", str(data), "--epsilon", "0.01", "--arch", "cnn3", "--epochs", "2",
+         "--batch-size", "10", "--compression", "prune", "--prune-range", "0.3", "0.6",
+         "--prune-method", "local_l1", "--standard-weight", "0.5", "--validation-samples", "0",
+         "--output", str(out)]
+    )
+    assert code == 0
+    for name in ("model.keras", "network.keras", "training_log.csv", "config.json"):
+        assert (out / name).exists(), name
+    log = (out / "training_log.csv").read_text().splitlines()
+    assert "certified_accuracy_pruned" in log[0] and len(log) == 3
+    report_path = directory / "eval.json"
+    code = cli.main(
+        ["evaluate", "--model", str(out / "model.keras"), "--dataset", str(data), "--epsilon", "0.01",
+         "--prune", "0,0.5,0.7", "--prune-method", "global_l1,global_l2_structured", "--json", str(report_path)]
+    )
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert [(r["method"], r["ratio"]) for r in report["rows"]] == [
+        ("global_l1", 0.0), ("global_l1", 0.5), ("global_l1", 0.7),
+        ("global_l2_structured", 0.0), ("global_l2_structured", 0.5), ("global_l2_structured", 0.7),
+    ]
+    assert report["rows"][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert "global_l2_structured" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--compression", "quantize"], "compression"),
+        (["--arch", "resnet"], "arch"),
+        (["--prune-range", "0.5", "1.5"], "[0, 1)"),
+        (["--epochs", "1", "--warmup-epochs", "1"], "warmup_epochs"),
+    ],
+)
+def test_train_rejects_bad_arguments_before_training(saved, capsys, argv, message):
+    directory, _, data = saved
+    args = ["train", "--dataset", str(data), "--epsilon", "0.01", "--output", str(directory / "bad")] + argv
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

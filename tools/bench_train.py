@@ -1,0 +1,103 @@
+"""Time per training step: standard, IBP and CACTUS (full + one pruned member).
+
+Same network, same batch, one process; the steps are timed in interleaved rounds and the
+medians compared as ratios. Also reports the share of the CACTUS step spent computing
+pruning masks (the same mask computation, compiled on its own).
+
+    python tools/bench_train.py
+    python tools/bench_train.py --arch cnn5 --batch-size 64 --json out.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+import cactus_keras  # noqa: E402
+from cactus_keras import backend  # noqa: E402
+from cactus_keras.compression import magnitude_masks, prunable_kernels  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="cnn3")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.batch_size, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, args.batch_size)
+
+    def network():
+        keras.utils.set_random_seed(0)
+        return cactus_keras.models.get(args.arch, (28, 28, 1), 10)
+
+    standard = network()
+    standard.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ibp = cactus_keras.CactusModel(network(), 0.1)
+    ibp.compile(optimizer="adam")
+    cactus = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))])
+    cactus.compile(optimizer="adam")
+    kernels = prunable_kernels(cactus.network)
+    seed = keras.random.SeedGenerator(0)
+
+    def masks_only():
+        ratio = keras.random.uniform((), 0.25, 0.75, seed=seed)
+        return magnitude_masks([k.value for k in kernels], ratio, "global_l1")[0]
+
+    masks_compiled = backend.compile_function(masks_only)
+
+    steps = {
+        "standard": lambda: standard.train_on_batch(x, y),
+        "ibp": lambda: ibp.train_on_batch(x, y),
+        "cactus (full + 1 pruned)": lambda: cactus.train_on_batch(x, y),
+        "mask refresh alone": lambda: ops.convert_to_numpy(masks_compiled()),
+    }
+    for fn in steps.values():
+        for _ in range(3):
+            fn()
+    samples = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            samples[name].append((time.perf_counter() - start) / args.steps)
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    ratios = {
+        "ibp / standard": median["ibp"] / median["standard"],
+        "cactus / ibp": median["cactus (full + 1 pruned)"] / median["ibp"],
+        "mask refresh share of cactus step": median["mask refresh alone"] / median["cactus (full + 1 pruned)"],
+    }
+    params = standard.count_params()
+    header = (
+        f"bench_train: {args.arch} ({params} parameters, {len(kernels)} pruned kernels), batch "
+        f"{args.batch_size}, backend {keras.backend.backend()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, median of {args.rounds} rounds of {args.steps} steps"
+    )
+    print(header)
+    for name, value in median.items():
+        print(f"  {name:<28} {1000 * value:9.2f} ms/step")
+    print(f"  IBP step / standard step        {ratios['ibp / standard']:.2f}x")
+    print(f"  CACTUS step / IBP step          {ratios['cactus / ibp']:.2f}x   (target <= 2.1x: "
+          f"{'met' if ratios['cactus / ibp'] <= 2.1 else 'missed'})")
+    print(f"  mask refresh / CACTUS step      {100 * ratios['mask refresh share of cactus step']:.1f}%  (target <= 10%: "
+          f"{'met' if ratios['mask refresh share of cactus step'] <= 0.10 else 'missed'})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "ms_per_step": {k: 1000 * v for k, v in median.items()}, "ratios": ratios}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
