@@ -236,3 +236,38 @@ def test_short_run_on_fashion_mnist_raises_certified_accuracy_of_full_and_pruned
         assert a > b + 0.2, (ratio, b, a)
     assert os.path.exists(tmp_path / "training_log.csv")
     assert json.loads((tmp_path / "config.json").read_text())["epsilon"] == 0.05
+
+
+def test_tfmot_schedule_drives_the_ratio_and_survives_saving(tmp_path):
+    # In a subprocess: importing TF-MOT switches tf.keras to Keras 2 process-wide.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, keras, cactus_keras
+        import tensorflow_model_optimization as tfmot
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.1, final_sparsity=0.7, begin_step=0, end_step=4)
+        keras.utils.set_random_seed(0)
+        model = cactus_keras.CactusModel(cactus_keras.models.cnn3((12, 12, 1), 3), 0.01,
+                                         compression=[cactus_keras.Pruning(schedule=schedule)])
+        model.compile(optimizer="adam")
+        x = np.random.rand(16, 12, 12, 1).astype("float32"); y = np.random.randint(0, 3, 16)
+        ratios = []
+        for _ in range(6):
+            ratios.append(float(model.compression[0].sample_ratio(model.train_steps.value, None, True)))
+            model.train_on_batch(x, y)
+        model.save({str(tmp_path / 'm.keras')!r})
+        loaded = keras.saving.load_model({str(tmp_path / 'm.keras')!r})
+        print(ratios, type(loaded.compression[0].schedule).__name__)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios, name = proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    ratios = json.loads(ratios)
+    assert ratios[0] == pytest.approx(0.1) and ratios[-1] == pytest.approx(0.7)
+    assert ratios == sorted(ratios)
+    assert name == "PolynomialDecay"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cactus_keras.compression import tfmot_interop
+
 PRUNING_METHODS = ("global_l1", "local_l1", "global_l2_structured")
 
 
@@ -219,10 +221,12 @@ class Pruning:
         return keras.random.uniform((), low, high, seed=seed_generator)
 
     def get_config(self):
-        if self.schedule is not None:
-            schedule = keras.saving.serialize_keras_object(self.schedule)
-        else:
+        if self.schedule is None:
             schedule = None
+        elif tfmot_interop.is_tfmot_schedule(self.schedule):
+            schedule = tfmot_interop.schedule_to_config(self.schedule)
+        else:
+            schedule = keras.saving.serialize_keras_object(self.schedule)
         return {
             "ratio": list(self.ratio) if isinstance(self.ratio, tuple) else self.ratio,
             "method": self.method,
@@ -236,8 +240,11 @@ class Pruning:
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if config.get("schedule") is not None:
-            config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        schedule = config.get("schedule")
+        if isinstance(schedule, dict) and "tfmot_schedule" in schedule:
+            config["schedule"] = tfmot_interop.schedule_from_config(schedule)
+        elif schedule is not None:
+            config["schedule"] = keras.saving.deserialize_keras_object(schedule)
         if isinstance(config["ratio"], list):
             config["ratio"] = tuple(config["ratio"])
         return cls(**config)
