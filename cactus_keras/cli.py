@@ -201,7 +201,7 @@ def _run_evaluate(args):
         pruning=_parse_list(args.prune, float, "--prune"),
         methods=_parse_list(args.prune_method, str, "--prune-method"),
         bound=args.bound,
-        recalibrate_batchnorm_data=dataset.x_train if args.recalibrate_batchnorm else None,
+        recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,
     )
     print(table)
     if args.json_path:

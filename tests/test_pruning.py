@@ -116,3 +116,25 @@ def test_network_with_nothing_prunable():
     out_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="other than the output layer"):
         cactus_keras.CactusModel(out_only, 0.1, compression=[cactus_keras.Pruning(exclude_output=True)])
+
+
+def test_evaluate_compressed_rows_and_network_untouched():
+    keras.utils.set_random_seed(0)
+    net = cactus_keras.models.cnn3((12, 12, 1), 3, batch_norm=True)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (40, 12, 12, 1)).astype("float32")
+    y = net.predict(x, verbose=0).argmax(-1)
+    weights = [w.copy() for w in net.get_weights()]
+    table = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0, 0.5], methods=["global_l1", "local_l1"])
+    assert [(r["method"], r["ratio"]) for r in table.rows] == [
+        ("global_l1", 0.0), ("global_l1", 0.5), ("local_l1", 0.0), ("local_l1", 0.5)]
+    assert table.lookup("global_l1", 0.0)["clean_accuracy"] == 1.0
+    direct = cactus_keras.certify(net, x, y, 0.001, verbose=0).certified_accuracy
+    assert table.lookup("local_l1", 0.0)["certified_accuracy"] == direct
+    assert table.lookup("global_l1", 0.5)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert not table.recalibrated_batchnorm
+    recalibrated = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0.5], recalibrate_batchnorm=x)
+    assert recalibrated.recalibrated_batchnorm
+    for before, after in zip(weights, net.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert "global_l1" in str(table)

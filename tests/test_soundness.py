@@ -155,14 +155,14 @@ def test_training_pass_bounds_the_network_with_clean_batch_statistics(name):
     statistics: the same as inference on a copy whose moving statistics are those."""
     import keras
 
-    from cactus_keras.certification import recalibrate_batchnorm
+    from cactus_keras.certification import set_batchnorm_statistics
 
     net, graph, x, y, epsilon = _setup(name, 5)
     x = np.random.default_rng(5).uniform(0, 1, (64, *graph.input_shape)).astype("float32")
     y = np.random.default_rng(6).integers(0, graph.num_classes, len(x))
     copy = keras.models.clone_model(net)
     copy.set_weights(net.get_weights())
-    assert recalibrate_batchnorm(copy, x)
+    assert set_batchnorm_statistics(copy, x)
     box = bounds.input_box(x, epsilon)
     for method in ("ibp", "crown-ibp"):
         trained, logits = bounds.margin_lower_bounds(graph, box, y, method, clean=x, training=True)

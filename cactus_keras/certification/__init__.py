@@ -4,5 +4,5 @@ from cactus_keras.certification.certificates import CertificationResult, certify
 from cactus_keras.certification.compressed import (
     CompressionTable,
     evaluate_compressed,
-    recalibrate_batchnorm,
+    set_batchnorm_statistics,
 )

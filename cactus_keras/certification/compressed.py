@@ -81,7 +81,7 @@ def _prune_into(copy, network, method, ratio, exclude_output):
     return zeros / total
 
 
-def recalibrate_batchnorm(network, x, batch_size=2048):
+def set_batchnorm_statistics(network, x, batch_size=2048):
     """Sets every BatchNormalization's moving statistics to those of `x`.
 
     The statistics are computed layer by layer on one batch of up to `batch_size`
@@ -111,7 +111,7 @@ def evaluate_compressed(
     methods=("global_l1",),
     *,
     bound="ibp",
-    recalibrate_batchnorm_data=None,
+    recalibrate_batchnorm=None,
     exclude_output=False,
     batch_size=None,
     verbose=0,
@@ -129,7 +129,7 @@ def evaluate_compressed(
         pruning: ratios in [0, 1).
         methods: pruning methods ("global_l1", "local_l1", "global_l2_structured").
         bound: certification method ("ibp", "crown-ibp", "crown", "best").
-        recalibrate_batchnorm_data: inputs used to recompute batch-norm statistics of
+        recalibrate_batchnorm: inputs used to recompute batch-norm statistics of
             each pruned copy (None keeps the trained statistics).
 
     Example:
@@ -152,8 +152,8 @@ def evaluate_compressed(
     for method in methods:
         for ratio in ratios:
             achieved = _prune_into(copy, network, method, ratio, exclude_output)
-            if recalibrate_batchnorm_data is not None:
-                recalibrated = recalibrate_batchnorm(copy, recalibrate_batchnorm_data) or recalibrated
+            if recalibrate_batchnorm is not None:
+                recalibrated = set_batchnorm_statistics(copy, recalibrate_batchnorm) or recalibrated
             result = certify(copy, x, y, epsilon, method=bound, batch_size=batch_size, verbose=verbose)
             rows.append(
                 {
