@@ -10,7 +10,9 @@ export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L
 python3 -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"
-tests=$(ls tests/test_soundness.py tests/test_certify.py tests/test_rules.py tests/test_adjoints.py 2>/dev/null)
-python3 -m pytest -q -p no:cacheprovider $tests 2>&1 | tee "$OUT/pytest_jax_gpu.txt" | tail -25
+tests=$(ls tests/test_soundness.py tests/test_certify.py tests/test_rules.py tests/test_adjoints.py \
+  tests/test_pruning.py tests/test_training.py 2>/dev/null)
+python3 -m pytest -q -p no:cacheprovider -rs $tests 2>&1 | tee "$OUT/pytest_jax_gpu.txt" | tail -40
+python3 tools/bench_train.py --json "$OUT/bench_train_jax_gpu.json" 2>&1 | tee "$OUT/bench_train_jax_gpu.txt"
 python3 tools/bench_bounds.py --json "$OUT/bench_bounds_jax_gpu.json" 2>&1 | tee "$OUT/bench_bounds_jax_gpu.txt"
 python3 tools/bench_bounds.py --batch-size 2048 --crown-batch-size 64 2>&1 | tee "$OUT/bench_bounds_jax_gpu_b2048.txt"
