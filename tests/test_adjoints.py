@@ -429,3 +429,29 @@ def test_offset_term_and_interval_are_exact(case):
     radius = sum(r.reshape(BATCH, -1) @ np.abs(j) for r, j in zip(radii, jacobians)).reshape(lower.shape)
     np.testing.assert_allclose(lower, affine - radius, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(upper, affine + radius, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_first_conv_bounds_contain_the_model_outputs():
+    """End to end: with as many filters as the last output axis (3 filters, output
+    width 3), the model's outputs at points of the box lie in the IBP box and the
+    clean pass of the bound graph is the model."""
+    if _channels_first_unavailable():
+        pytest.skip(f"the backend refuses channels_first convolution ({_channels_first_unavailable()})")
+    model = _randomize(
+        keras.Sequential([
+            keras.Input((2, 5, 6)),
+            layers.Conv2D(3, 2, strides=2, padding="same", data_format="channels_first"),
+            layers.Flatten(),
+        ]),
+        seed=3,
+    )
+    graph = bounds.parse_network(model)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (4, 2, 5, 6)).astype("float32")
+    box = bounds.input_box(x, 0.05)
+    points = _np(box.lower) + rng.uniform(0, 1, x.shape).astype("float32") * _np(box.upper - box.lower)
+    result = bounds.interval_pass(graph, box, clean=ops.convert_to_tensor(points))
+    out = _np(model(points, training=False))
+    np.testing.assert_allclose(_np(result.clean[graph.output]), out, rtol=1e-5, atol=1e-5)
+    lower, upper = _np(result.boxes[graph.output].lower), _np(result.boxes[graph.output].upper)
+    assert np.all(out >= lower - 1e-5) and np.all(out <= upper + 1e-5)
