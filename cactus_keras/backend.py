@@ -6,6 +6,8 @@ knows about TensorFlow and JAX.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
@@ -61,3 +63,28 @@ def compile_function(fn):
     import tensorflow as tf
 
     return tf.function(fn, reduce_retracing=True)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Float32 matrix products and convolutions at full float32 precision.
+
+    GPUs multiply float32 matrices in TF32 by default (about 10 mantissa bits), so the
+    network and its bounds would be computed less precisely than the float32 model they
+    certify, and sampled points fall outside bounds by more than rounding. Certification
+    runs inside this context; training, where a bound is only a loss, does not.
+    """
+    if _backend() == "jax":
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            yield
+        return
+    import tensorflow as tf
+
+    was_enabled = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(was_enabled)

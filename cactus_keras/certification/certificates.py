@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from cactus_keras import validation
+from cactus_keras import backend, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import BoundedModel, check_method
 from cactus_keras.bounds.propagation import crown_bytes_per_sample
@@ -147,11 +147,12 @@ def certify(
     bounded = _bounded_model(model, method, input_range)
     if verbose == "auto":
         verbose = 1 if len(x) > batch_size else 0
-    outputs = bounded.predict(
-        (x, y.astype("int32"), np.full(len(x), epsilon, "float32")),
-        batch_size=batch_size,
-        verbose=verbose,
-    )
+    with backend.full_precision():
+        outputs = bounded.predict(
+            (x, y.astype("int32"), np.full(len(x), epsilon, "float32")),
+            batch_size=batch_size,
+            verbose=verbose,
+        )
     margin_lower = np.asarray(outputs["margin_lower"])
     own = np.eye(graph.num_classes, dtype=bool)[y]
     certified = np.all(np.where(own, np.inf, margin_lower) > 0, axis=1)
