@@ -74,10 +74,18 @@ def prunable_kernels(network, exclude_output=False):
 def _keep_largest(scores, count_pruned):
     """Mask (same shape as the 1-D `scores`) that zeroes the `count_pruned` smallest.
 
-    Ranks rather than a threshold, so ties never change the number pruned.
+    One sort finds the threshold; ties at the threshold are broken by position (as a
+    stable sort would), so ties never change the number pruned.
     """
-    ranks = ops.argsort(ops.argsort(scores))
-    return ops.cast(ranks >= count_pruned, "float32")
+    count_pruned = ops.cast(count_pruned, "int32")
+    threshold = ops.take(ops.sort(scores), ops.maximum(count_pruned - 1, 0))
+    below = scores < threshold
+    at = scores == threshold
+    rank_among_ties = ops.cumsum(ops.cast(at, "int32"))
+    from_ties = count_pruned - ops.sum(ops.cast(below, "int32"))
+    pruned = ops.logical_or(below, ops.logical_and(at, rank_among_ties <= from_ties))
+    pruned = ops.logical_and(pruned, count_pruned > 0)
+    return 1.0 - ops.cast(pruned, "float32")
 
 
 def _count(ratio, total):
