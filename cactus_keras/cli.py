@@ -53,11 +53,7 @@ def _run_certify(args):
     start = time.perf_counter()
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
-        x, y = x[: args.limit], y[: args.limit]
+    x, y = _split(dataset, args.split, args.limit)
     print(f"model {args.model}: {model.count_params()} parameters")
     print(f"data {dataset.name} ({dataset.source}), {args.split} split, {len(x)} samples")
     result = cactus_keras.certify(
@@ -89,11 +85,25 @@ def _run_certify(args):
     lines.append(f"certified accuracy  {result.certified_accuracy:.4f}  ({result.method}, epsilon={result.epsilon:g})")
     report["seconds"] = time.perf_counter() - start
     print("\n".join(lines))
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json_path}")
+    _write_json(args.json_path, report)
     return 0
+
+
+def _split(dataset, split, limit):
+    """The images and labels of a split, cut to the first `limit` samples."""
+    x, y = (dataset.x_test, dataset.y_test) if split == "test" else (dataset.x_train, dataset.y_train)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}.")
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def _write_json(path, report):
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {path}")
 
 
 def _add_train(subparsers):
@@ -188,11 +198,7 @@ def _run_evaluate(args):
 
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    x, y = dataset.x_test, dataset.y_test
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
-        x, y = x[: args.limit], y[: args.limit]
+    x, y = _split(dataset, "test", args.limit)
     table = cactus_keras.evaluate_compressed(
         model,
         x,
@@ -204,11 +210,7 @@ def _run_evaluate(args):
         recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,
     )
     print(table)
-    if args.json_path:
-        report = {"model": args.model, "dataset": dataset.name, **table.to_dict()}
-        with open(args.json_path, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json_path}")
+    _write_json(args.json_path, {"model": args.model, "dataset": dataset.name, **table.to_dict()})
     return 0
 
 
