@@ -279,3 +279,20 @@ def test_tfmot_schedule_drives_the_ratio_and_survives_saving(tmp_path):
     assert ratios[0] == pytest.approx(0.1) and ratios[-1] == pytest.approx(0.7)
     assert ratios == sorted(ratios)
     assert name == "PolynomialDecay"
+
+
+def test_fit_accepts_tf_data_and_crown_ibp_loss():
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("uses tf.data")
+    x, y = _data(48)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    ibp = _model(seed=3)
+    crown = _model(seed=3, certified_loss="crown-ibp")
+    history = crown.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    ibp_loss = float(ibp.compute_loss(x, y, training=False))
+    crown_loss = float(_model(seed=3, certified_loss="crown-ibp").compute_loss(x, y, training=False))
+    # Same weights and data: only the bound of the certified loss differs.
+    assert crown_loss != ibp_loss
+    assert "certified_accuracy_pruned" in crown.evaluate(dataset, verbose=0, return_dict=True)
