@@ -26,7 +26,7 @@ from cactus_keras.certification import (  # noqa: F401
     certify,
     evaluate_compressed,
 )
-from cactus_keras.compression import Pruning  # noqa: F401
+from cactus_keras.compression import Pruning, Quantization  # noqa: F401
 from cactus_keras.training import (  # noqa: F401
     CactusModel,
     EpsilonRamp,

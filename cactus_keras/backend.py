@@ -88,3 +88,22 @@ def full_precision():
         yield
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(was_enabled)
+
+
+def gradients(fn, values):
+    """Gradients of the scalar `fn(values)` with respect to the list `values`.
+
+    Usable inside a traced training step (nested in its own gradient computation).
+    """
+    if _backend() == "jax":
+        import jax
+
+        return jax.grad(fn)(list(values))
+    import tensorflow as tf
+
+    values = list(values)
+    with tf.GradientTape() as tape:
+        for v in values:
+            tape.watch(v)
+        loss = fn(values)
+    return tape.gradient(loss, values)

@@ -10,6 +10,7 @@ import numpy as np
 
 from cactus_keras import validation
 from cactus_keras.certification.certificates import certify
+from cactus_keras.compression.quantization import check_bits, fake_quantize
 from cactus_keras.compression.pruning import (
     check_pruning_method,
     check_ratio,
@@ -40,21 +41,27 @@ class CompressionTable:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
 
-    def lookup(self, method, ratio):
+    def lookup(self, method, ratio=None, bits=None):
+        """The row of a pruning (method, ratio) or of a quantization ("quantize", bits)."""
         for row in self.rows:
-            if row["method"] == method and abs(row["ratio"] - ratio) < 1e-9:
+            if row["method"] != method:
+                continue
+            if bits is not None and row["bits"] == bits:
                 return row
-        raise KeyError((method, ratio))
+            if ratio is not None and row["ratio"] is not None and abs(row["ratio"] - ratio) < 1e-9:
+                return row
+        raise KeyError((method, ratio, bits))
 
     def __str__(self):
         lines = [
             f"epsilon {self.epsilon:g}, bound {self.bound}, batch norm "
             + ("recalibrated" if self.recalibrated_batchnorm else "as trained"),
-            f"{'method':<22} {'ratio':>6} {'sparsity':>9} {'clean':>7} {'certified':>10}",
+            f"{'method':<22} {'level':>7} {'sparsity':>9} {'clean':>7} {'certified':>10}",
         ]
         for row in self.rows:
+            level = f"{row['ratio']:.2f}" if row["bits"] is None else f"{row['bits']} bit"
             lines.append(
-                f"{row['method']:<22} {row['ratio']:>6.2f} {row['sparsity']:>9.4f} "
+                f"{row['method']:<22} {level:>7} {row['sparsity']:>9.4f} "
                 f"{row['clean_accuracy']:>7.4f} {row['certified_accuracy']:>10.4f}"
             )
         return "\n".join(lines)
@@ -65,20 +72,31 @@ def _network_of(model_or_network):
     return getattr(model_or_network, "network", model_or_network)
 
 
-def _prune_into(copy, network, method, ratio, exclude_output):
-    """Sets `copy` (a clone of `network`) to `network` with pruned kernels; returns
-    the achieved sparsity over the pruned kernels."""
-    kernels = prunable_kernels(network, output_is_excluded(method, exclude_output))
-    masks = magnitude_masks([k.value for k in kernels], ratio, method)
-    masks = [keras.ops.convert_to_numpy(m) for m in masks]
+def _compress_into(copy, network, kernels, transform):
+    """Sets `copy` (a clone of `network`) to `network` with `transform` applied to
+    `kernels`; returns the fraction of zeros over those kernels afterwards."""
     copy.set_weights(network.get_weights())
     # A clone lists its weights in the same order as the original.
     index = {id(v): i for i, v in enumerate(network.weights)}
-    for kernel, mask in zip(kernels, masks):
-        copy.weights[index[id(kernel)]].assign(keras.ops.convert_to_numpy(kernel.value) * mask)
-    total = sum(m.size for m in masks)
-    zeros = sum(float((m == 0).sum()) for m in masks)
-    return zeros / total
+    values = [keras.ops.convert_to_numpy(v) for v in transform([k.value for k in kernels])]
+    for kernel, value in zip(kernels, values):
+        copy.weights[index[id(kernel)]].assign(value)
+    return sum(float((v == 0).sum()) for v in values) / sum(v.size for v in values)
+
+
+def _pruning_transform(method, ratio):
+    def transform(kernels):
+        masks = magnitude_masks(kernels, ratio, method)
+        return [k * m for k, m in zip(kernels, masks)]
+
+    return transform
+
+
+def _quantization_transform(bits, per_channel):
+    def transform(kernels):
+        return [fake_quantize(k, bits, per_channel) for k in kernels]
+
+    return transform
 
 
 def set_batchnorm_statistics(network, x, batch_size=2048):
@@ -110,13 +128,16 @@ def evaluate_compressed(
     pruning=(0.0, 0.5, 0.7, 0.9),
     methods=("global_l1",),
     *,
+    bits=(),
+    per_channel=True,
     bound="ibp",
     recalibrate_batchnorm=None,
     exclude_output=False,
     batch_size=None,
     verbose=0,
 ):
-    """Clean and certified accuracy of the network pruned at each ratio by each method.
+    """Clean and certified accuracy of the network pruned at each ratio by each method,
+    and quantized at each bit width.
 
     Each row is one (method, ratio) with the achieved sparsity over the pruned kernels.
     The network itself is not changed: each row certifies a pruned copy. The structured
@@ -128,6 +149,9 @@ def evaluate_compressed(
         epsilon: certification radius.
         pruning: ratios in [0, 1).
         methods: pruning methods ("global_l1", "local_l1", "global_l2_structured").
+        bits: bit widths (2 to 8) of fake-quantized kernels, one row each (method
+            "quantize"): symmetric, round to nearest, per output channel unless
+            `per_channel=False`.
         bound: certification method ("ibp", "crown-ibp", "crown", "best").
         recalibrate_batchnorm: inputs used to recompute batch-norm statistics of
             each pruned copy (None keeps the trained statistics).
@@ -145,24 +169,34 @@ def evaluate_compressed(
     epsilon = validation.check_epsilon(epsilon)
     ratios = [check_ratio(r, "pruning ratio") for r in pruning]
     methods = [check_pruning_method(m) for m in methods]
+    bits = [check_bits(b) for b in bits]
+    settings = [
+        (method, ratio, None, _pruning_transform(method, ratio),
+         output_is_excluded(method, exclude_output))
+        for method in methods for ratio in ratios
+    ] + [
+        ("quantize", None, b, _quantization_transform(b, per_channel), exclude_output)
+        for b in bits
+    ]
     recalibrated = False
     rows = []
     # One working copy, so its compiled bound computation is reused for every row.
     copy = keras.models.clone_model(network)
-    for method in methods:
-        for ratio in ratios:
-            achieved = _prune_into(copy, network, method, ratio, exclude_output)
-            if recalibrate_batchnorm is not None:
-                recalibrated = set_batchnorm_statistics(copy, recalibrate_batchnorm) or recalibrated
-            result = certify(copy, x, y, epsilon, method=bound, batch_size=batch_size, verbose=verbose)
-            rows.append(
-                {
-                    "method": method,
-                    "ratio": ratio,
-                    "sparsity": achieved,
-                    "clean_accuracy": result.clean_accuracy,
-                    "certified_accuracy": result.certified_accuracy,
-                    "samples": int(len(result.labels)),
-                }
-            )
+    for method, ratio, width, transform, excluded in settings:
+        kernels = prunable_kernels(network, excluded)
+        achieved = _compress_into(copy, network, kernels, transform)
+        if recalibrate_batchnorm is not None:
+            recalibrated = set_batchnorm_statistics(copy, recalibrate_batchnorm) or recalibrated
+        result = certify(copy, x, y, epsilon, method=bound, batch_size=batch_size, verbose=verbose)
+        rows.append(
+            {
+                "method": method,
+                "ratio": ratio,
+                "bits": width,
+                "sparsity": achieved,
+                "clean_accuracy": result.clean_accuracy,
+                "certified_accuracy": result.certified_accuracy,
+                "samples": int(len(result.labels)),
+            }
+        )
     return CompressionTable(rows=rows, epsilon=epsilon, bound=bound, recalibrated_batchnorm=recalibrated)

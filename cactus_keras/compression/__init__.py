@@ -1,4 +1,5 @@
-"""Compression of networks: pruning masks and the members of the compression set."""
+"""Compression of networks: pruning masks, fake quantization, and the members of the
+compression set."""
 
 from cactus_keras.compression.pruning import (
     PRUNING_METHODS,
@@ -6,4 +7,9 @@ from cactus_keras.compression.pruning import (
     magnitude_masks,
     prunable_kernels,
     sparsity,
+)
+from cactus_keras.compression.quantization import (
+    Quantization,
+    fake_quantize,
+    quantization_scale,
 )

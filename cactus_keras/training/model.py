@@ -5,10 +5,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from cactus_keras import validation
+from cactus_keras import backend, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import input_box, margin_lower_bounds
 from cactus_keras.compression.pruning import Pruning, magnitude_masks, prunable_kernels
+from cactus_keras.compression.quantization import Quantization, fake_quantize
 from cactus_keras.training import losses
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 
@@ -36,8 +37,10 @@ class CactusModel(keras.Model):
     Args:
         network: a Sequential or functional Keras model returning logits.
         epsilon: L-infinity training radius in the data space (the target of a ramp).
-        compression: a list of members, e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75))]`;
-            empty for plain certified training.
+        compression: a list of members, e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)),
+            cactus_keras.Quantization(bits=8)]`; empty for plain certified training. The
+            quantization member is AWP in training and the fake-quantized network in
+            evaluation (so `certified_accuracy_quantized` is that of the quantized kernels).
         standard_weight: lambda, the weight of the standard loss (0 = purely certified).
         certified_loss: bound method of L_cert, "ibp" or "crown-ibp".
         input_range: valid data range the epsilon ball is cut to, or None.
@@ -83,10 +86,10 @@ class CactusModel(keras.Model):
         self.input_range = validation.check_input_range(input_range)
         self.compression = list(compression)
         for member in self.compression:
-            if not isinstance(member, Pruning):
+            if not isinstance(member, (Pruning, Quantization)):
                 raise TypeError(
                     f"Unsupported compression member {member!r}; expected "
-                    "cactus_keras.Pruning."
+                    "cactus_keras.Pruning or cactus_keras.Quantization."
                 )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -104,7 +107,7 @@ class CactusModel(keras.Model):
         self._kernels = [prunable_kernels(network, m.excludes_output) for m in self.compression]
         self._mask_stores = {}
         for member, kernels in zip(self.compression, self._kernels):
-            if member.refresh_every > 1:
+            if isinstance(member, Pruning) and member.refresh_every > 1:
                 for name in member.member_names():
                     self._mask_stores[name] = [
                         self.add_variable(
@@ -159,32 +162,49 @@ class CactusModel(keras.Model):
         seen = {id(m) for m in super().metrics}
         return super().metrics + [m for m in self._trackers.values() if id(m) not in seen]
 
-    def _members(self, training):
-        """(suffix, state mapping) per compressed member; None mapping is the full net."""
-        members = [("", None)]
+    def _pruned_kernels(self, member, kernels, name, training):
+        """`kernel * mask` values of one pruned member (masks are constants)."""
         step = self.train_steps.value
-        for member, kernels in zip(self.compression, self._kernels):
-            for name in member.member_names():
-                def fresh(member=member, kernels=kernels):
-                    ratio = member.sample_ratio(step, self.seed_generator, training)
-                    return magnitude_masks([k.value for k in kernels], ratio, member.method)
 
-                store = self._mask_stores.get(name)
-                if store is not None and training:
-                    refresh = ops.equal(step % member.refresh_every, 0)
-                    masks = ops.cond(refresh, fresh, lambda store=store: [v.value for v in store])
-                    for variable, mask in zip(store, masks):
-                        variable.assign(mask)
-                else:
-                    masks = fresh()
-                kernel_values = {
-                    id(k): k.value * ops.stop_gradient(m) for k, m in zip(kernels, masks)
-                }
-                mapping = [
-                    (v, kernel_values.get(id(v), v.value)) for v in self.network.variables
-                ]
-                members.append((f"_{name}", mapping))
-        return members
+        def fresh():
+            ratio = member.sample_ratio(step, self.seed_generator, training)
+            return magnitude_masks([k.value for k in kernels], ratio, member.method)
+
+        store = self._mask_stores.get(name)
+        if store is not None and training:
+            refresh = ops.equal(step % member.refresh_every, 0)
+            masks = ops.cond(refresh, fresh, lambda: [v.value for v in store])
+            for variable, mask in zip(store, masks):
+                variable.assign(mask)
+        else:
+            masks = fresh()
+        return [k.value * ops.stop_gradient(m) for k, m in zip(kernels, masks)]
+
+    def _quantized_kernels(self, member, kernels, evaluate, training):
+        """Kernel values of the quantization member: `theta + stop_gradient(delta*)` by
+        AWP in training, the fake-quantized kernels in evaluation."""
+        current = [k.value for k in kernels]
+        if not training:
+            return [fake_quantize(c, member.bits, member.per_channel) for c in current]
+        radii = member.radii(current)
+        deltas = [ops.zeros_like(c) for c in current]
+
+        def loss_of(values):
+            mapping = self._mapping(kernels, [c + d for c, d in zip(current, values)])
+            return ops.mean(evaluate(mapping)[0])
+
+        for _ in range(member.steps):
+            grads = backend.gradients(loss_of, deltas)
+            deltas = [
+                ops.clip(d + member.step_size(r) * ops.sign(g), -r, r)
+                for d, g, r in zip(deltas, grads, radii)
+            ]
+        return [c + ops.stop_gradient(d) for c, d in zip(current, deltas)]
+
+    def _mapping(self, kernels, values):
+        """A state mapping of every network variable, with `kernels` replaced."""
+        replaced = {id(k): v for k, v in zip(kernels, values)}
+        return [(v, replaced.get(id(v), v.value)) for v in self.network.variables]
 
     def member_results(self, x, y, training=True):
         """Per member of the compression set: (suffix, per-sample loss, standard loss,
@@ -192,8 +212,8 @@ class CactusModel(keras.Model):
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         box = input_box(x, self.epsilon.value, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
-        results = []
-        for suffix, mapping in self._members(training):
+
+        def evaluate(mapping):
             if mapping is None:
                 margins, logits = self._bounds(box, labels, x, training)
             else:
@@ -201,8 +221,16 @@ class CactusModel(keras.Model):
                     margins, logits = self._bounds(box, labels, x, training)
             standard = losses.standard_loss(labels, logits)
             certified = losses.certified_loss(labels, margins)
-            per_sample = weight * standard + (1.0 - weight) * certified
-            results.append((suffix, per_sample, standard, certified, logits, margins))
+            return weight * standard + (1.0 - weight) * certified, standard, certified, logits, margins
+
+        results = [("", *evaluate(None))]
+        for member, kernels in zip(self.compression, self._kernels):
+            for name in member.member_names():
+                if isinstance(member, Quantization):
+                    values = self._quantized_kernels(member, kernels, evaluate, training)
+                else:
+                    values = self._pruned_kernels(member, kernels, name, training)
+                results.append((f"_{name}", *evaluate(self._mapping(kernels, values))))
         return results
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
