@@ -120,9 +120,12 @@ def _add_train(subparsers):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--compression", default="prune", help="none (plain IBP training) or prune")
+    p.add_argument("--compression", default="prune", help="none (plain IBP training), prune, quant or prune+quant")
     p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"))
     p.add_argument("--prune-method", default="global_l1")
+    p.add_argument("--bits", type=int, default=8, help="bit width the quantization member targets")
+    p.add_argument("--awp-radius", type=float, default=0.5, help="eta: AWP radius in quantization steps")
+    p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
     p.add_argument("--certified-loss", default="ibp", help="ibp or crown-ibp")
     p.add_argument("--warmup-epochs", type=int, default=1, help="epochs of standard training first")
@@ -151,6 +154,9 @@ def _run_train(args):
         compression=args.compression,
         prune_range=tuple(args.prune_range),
         prune_method=args.prune_method,
+        bits=args.bits,
+        awp_radius=args.awp_radius,
+        awp_steps=args.awp_steps,
         standard_weight=args.standard_weight,
         certified_loss=args.certified_loss,
         warmup_epochs=args.warmup_epochs,
@@ -169,15 +175,16 @@ def _run_train(args):
 def _add_evaluate(subparsers):
     p = subparsers.add_parser(
         "evaluate",
-        help="clean and certified accuracy under pruning",
+        help="clean and certified accuracy under pruning and quantization",
         description="Certify a saved model (CactusModel or plain network) after pruning "
-        "at each ratio with each method.",
+        "at each ratio with each method, and after quantizing its kernels to each bit width.",
     )
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--epsilon", required=True, type=float)
-    p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios")
+    p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
     p.add_argument("--prune-method", default="global_l1", help="comma-separated methods")
+    p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
     p.add_argument("--bound", default="ibp", help="ibp, crown-ibp, crown or best")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
     p.add_argument("--limit", type=int, default=None)
@@ -206,6 +213,7 @@ def _run_evaluate(args):
         args.epsilon,
         pruning=_parse_list(args.prune, float, "--prune"),
         methods=_parse_list(args.prune_method, str, "--prune-method"),
+        bits=_parse_list(args.bits, int, "--bits"),
         bound=args.bound,
         recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,
     )

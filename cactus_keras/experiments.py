@@ -10,6 +10,7 @@ import keras
 
 from cactus_keras import models, validation
 from cactus_keras.compression.pruning import Pruning, check_pruning_method
+from cactus_keras.compression.quantization import Quantization
 from cactus_keras.training import (
     CactusModel,
     EpsilonRamp,
@@ -17,7 +18,7 @@ from cactus_keras.training import (
     ibp_initialize,
 )
 
-COMPRESSIONS = ("none", "prune")
+COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
 
 
 @dataclasses.dataclass
@@ -39,6 +40,9 @@ class TrainConfig:
     compression: str = "prune"
     prune_range: tuple = (0.25, 0.75)
     prune_method: str = "global_l1"
+    bits: int = 8
+    awp_radius: float = 0.5
+    awp_steps: int = 1
     standard_weight: float = 0.5
     certified_loss: str = "ibp"
     warmup_epochs: int = 1
@@ -60,7 +64,8 @@ class TrainConfig:
                 f"{', '.join(COMPRESSIONS)}."
             )
         check_pruning_method(self.prune_method)
-        Pruning(ratio=tuple(self.prune_range), method=self.prune_method)  # validates the range
+        # Building the members validates their arguments before any training.
+        self.compression_members()
         for name in ("epochs", "batch_size"):
             validation.check_positive_int(getattr(self, name), name)
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -77,6 +82,14 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
 
+    def compression_members(self):
+        members = []
+        if "prune" in self.compression:
+            members.append(Pruning(ratio=tuple(self.prune_range), method=self.prune_method))
+        if "quant" in self.compression:
+            members.append(Quantization(bits=self.bits, epsilon_weight=self.awp_radius, steps=self.awp_steps))
+        return members
+
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["prune_range"] = list(self.prune_range)
@@ -89,13 +102,10 @@ def build_model(config, input_shape, num_classes):
     network = models.get(config.arch, input_shape, num_classes, batch_norm=config.batch_norm)
     if config.ibp_init:
         ibp_initialize(network, seed=config.seed)
-    compression = []
-    if config.compression == "prune":
-        compression.append(Pruning(ratio=tuple(config.prune_range), method=config.prune_method))
     model = CactusModel(
         network,
         epsilon=config.epsilon,
-        compression=compression,
+        compression=config.compression_members(),
         standard_weight=config.standard_weight,
         certified_loss=config.certified_loss,
         seed=config.seed,

@@ -122,6 +122,8 @@ def test_train_then_evaluate(saved, capsys):
         (["--arch", "resnet"], "arch"),
         (["--prune-range", "0.5", "1.5"], "[0, 1)"),
         (["--epochs", "1", "--warmup-epochs", "1"], "warmup_epochs"),
+        (["--compression", "quant", "--bits", "9"], "2 to 8"),
+        (["--compression", "prune+quant", "--awp-radius", "-1"], "eta"),
     ],
 )
 def test_train_rejects_bad_arguments_before_training(saved, capsys, argv, message):
@@ -130,3 +132,21 @@ def test_train_rejects_bad_arguments_before_training(saved, capsys, argv, messag
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_train_quantization_aware_then_evaluate_bits(saved):
+    directory, _, data = saved
+    out = directory / "quant"
+    assert cli.main(
+        ["train", "--dataset", str(data), "--epsilon", "0.01", "--epochs", "2", "--batch-size", "10",
+         "--compression", "prune+quant", "--bits", "4", "--awp-radius", "0.6", "--validation-samples", "0",
+         "--output", str(out)]
+    ) == 0
+    assert "certified_accuracy_quantized" in (out / "training_log.csv").read_text().splitlines()[0]
+    report_path = directory / "quant.json"
+    assert cli.main(
+        ["evaluate", "--model", str(out / "model.keras"), "--dataset", str(data), "--epsilon", "0.01",
+         "--prune", "", "--bits", "8,4", "--json", str(report_path)]
+    ) == 0
+    rows = json.loads(report_path.read_text())["rows"]
+    assert [(r["method"], r["bits"]) for r in rows] == [("quantize", 8), ("quantize", 4)]
