@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# IBP training then int8/int4, versus CACTUS with the AWP quantization member, on full
+# Fashion-MNIST at epsilon 0.1 (same schedule as tools/reproduce_pruning.sh, whose IBP
+# model is the baseline here). Certifies the Keras model with fake-quantized int8 and
+# int4 kernels and the exported int8 .tflite file. Writes results/quantization_fashion_mnist/.
+#   bash tools/reproduce_pruning.sh && bash tools/reproduce_quantization.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-results/quantization_fashion_mnist}
+baseline=${2:-results/pruning_fashion_mnist/ibp/model.keras}
+mkdir -p "$out"
+export TF_CPP_MIN_LOG_LEVEL=3
+if [ ! -f "$out/cactus_awp/model.keras" ]; then
+  .venv/bin/cactus-keras train --dataset fashion_mnist --epsilon 0.1 --arch cnn3 --epochs 20 \
+    --warmup-epochs 1 --ramp-epochs 10 --standard-weight 0.25 --ibp-init --batch-size 128 \
+    --learning-rate 1e-3 --seed 0 --validation-samples 1000 --compression quant --bits 4 \
+    --awp-radius 0.5 --output "$out/cactus_awp" > "$out/cactus_awp.train.log" 2>&1
+fi
+for run in ibp cactus_awp; do
+  if [ "$run" = ibp ]; then model=$baseline; else model=$out/cactus_awp/model.keras; fi
+  .venv/bin/cactus-keras evaluate --model "$model" --dataset fashion_mnist --epsilon 0.1 \
+    --prune 0 --bits 8,4 --json "$out/$run.evaluate.json" > "$out/$run.evaluate.txt" 2>&1
+  .venv/bin/cactus-keras export --model "$model" --dataset fashion_mnist \
+    --output "$out/$run.int8.tflite" > "$out/$run.export.txt" 2>&1
+  .venv/bin/cactus-keras verify-tflite "$out/$run.int8.tflite" --dataset fashion_mnist \
+    --epsilon 0.1 --json "$out/$run.verify.json" > "$out/$run.verify.txt" 2>&1
+done
+.venv/bin/python tools/summarize_quantization.py "$out" | tee "$out/summary.md"
