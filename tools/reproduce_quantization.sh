@@ -10,14 +10,18 @@ out=${1:-results/quantization_fashion_mnist}
 baseline=${2:-results/pruning_fashion_mnist/ibp/model.keras}
 mkdir -p "$out"
 export TF_CPP_MIN_LOG_LEVEL=3
-if [ ! -f "$out/cactus_awp/model.keras" ]; then
-  .venv/bin/cactus-keras train --dataset fashion_mnist --epsilon 0.1 --arch cnn3 --epochs 20 \
-    --warmup-epochs 1 --ramp-epochs 10 --standard-weight 0.25 --ibp-init --batch-size 128 \
-    --learning-rate 1e-3 --seed 0 --validation-samples 1000 --compression quant --bits 4 \
-    --awp-radius 0.5 --output "$out/cactus_awp" > "$out/cactus_awp.train.log" 2>&1
-fi
-for run in ibp cactus_awp; do
-  if [ "$run" = ibp ]; then model=$baseline; else model=$out/cactus_awp/model.keras; fi
+# Two CACTUS runs: the AWP member aimed at 4-bit and at 8-bit kernels (eta 0.5 steps).
+for bits in 4 8; do
+  run=cactus_awp$bits
+  if [ ! -f "$out/$run/model.keras" ]; then
+    .venv/bin/cactus-keras train --dataset fashion_mnist --epsilon 0.1 --arch cnn3 --epochs 20 \
+      --warmup-epochs 1 --ramp-epochs 10 --standard-weight 0.25 --ibp-init --batch-size 128 \
+      --learning-rate 1e-3 --seed 0 --validation-samples 1000 --compression quant --bits $bits \
+      --awp-radius 0.5 --output "$out/$run" > "$out/$run.train.log" 2>&1
+  fi
+done
+for run in ibp cactus_awp4 cactus_awp8; do
+  if [ "$run" = ibp ]; then model=$baseline; else model=$out/$run/model.keras; fi
   .venv/bin/cactus-keras evaluate --model "$model" --dataset fashion_mnist --epsilon 0.1 \
     --prune 0 --bits 8,4 --json "$out/$run.evaluate.json" > "$out/$run.evaluate.txt" 2>&1
   .venv/bin/cactus-keras export --model "$model" --dataset fashion_mnist \

@@ -14,7 +14,11 @@ def _load(directory, name):
 
 
 def main(directory):
-    labels = {"ibp": "IBP training, then quantize", "cactus_awp": "CACTUS with the AWP member (4-bit, eta 0.5)"}
+    labels = {
+        "ibp": "IBP training, then quantize",
+        "cactus_awp4": "CACTUS, AWP member for 4-bit kernels (eta 0.5)",
+        "cactus_awp8": "CACTUS, AWP member for 8-bit kernels (eta 0.5)",
+    }
     first = _load(directory, "ibp.evaluate.json")
     print(f"Fashion-MNIST test set ({first['rows'][0]['samples']} samples), epsilon {first['epsilon']}, "
           f"IBP certificates for the Keras models; the .tflite files are certified by integer interval "
