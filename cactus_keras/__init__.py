@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # Importing the package registers CactusModel and Pruning with Keras, so that
 # `keras.saving.load_model` can rebuild saved models after `import cactus_keras`.
-from cactus_keras import attacks, bounds, compression, data, models, training  # noqa: F401
+from cactus_keras import attacks, bounds, compression, data, export, models, training  # noqa: F401
 from cactus_keras.certification import (  # noqa: F401
     CertificationResult,
     CompressionTable,

@@ -222,6 +222,64 @@ def _run_evaluate(args):
     return 0
 
 
+def _add_export(subparsers):
+    p = subparsers.add_parser(
+        "export",
+        help="export a saved model to a full-integer int8 .tflite file",
+        description="Export a saved model (CactusModel or plain network) to TFLite, "
+        "calibrating the int8 ranges on training samples of the dataset.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True, help="calibration data: a dataset name or path")
+    p.add_argument("--output", required=True, help="path of the .tflite file")
+    p.add_argument("--calibration-samples", type=int, default=500)
+    p.add_argument("--float", dest="int8", action="store_false", help="export float32 instead of int8")
+    p.add_argument("--no-download", action="store_true")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args):
+    import cactus_keras.export
+
+    model = _load_model(args.model)
+    dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
+    x, _ = _split(dataset, "train", args.calibration_samples)
+    path = cactus_keras.export.to_tflite(
+        model, args.output, representative_data=x, int8=args.int8,
+        num_calibration_samples=args.calibration_samples,
+    )
+    print(f"wrote {path} ({os.path.getsize(path)} bytes, {'int8' if args.int8 else 'float32'})")
+    return 0
+
+
+def _add_verify_tflite(subparsers):
+    p = subparsers.add_parser(
+        "verify-tflite",
+        help="clean and certified accuracy of an int8 .tflite file as it runs",
+        description="Run an int8 .tflite file in the LiteRT interpreter, and certify it by "
+        "integer interval propagation through its int8 arithmetic.",
+    )
+    p.add_argument("path", help="the .tflite file")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--kernels", default="default", help="default (XNNPACK), builtin or reference")
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--json", dest="json_path", default=None)
+    p.set_defaults(run=_run_verify_tflite)
+
+
+def _run_verify_tflite(args):
+    import cactus_keras.export
+
+    dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
+    x, y = _split(dataset, "test", args.limit)
+    result = cactus_keras.export.verify_tflite(args.path, x, y, args.epsilon, kernels=args.kernels)
+    print(result.summary())
+    _write_json(args.json_path, {"dataset": dataset.name, **result.to_dict()})
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cactus-keras",
@@ -231,6 +289,8 @@ def build_parser():
     _add_certify(subparsers)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_export(subparsers)
+    _add_verify_tflite(subparsers)
     return parser
 
 

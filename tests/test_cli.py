@@ -150,3 +150,28 @@ def test_train_quantization_aware_then_evaluate_bits(saved):
     ) == 0
     rows = json.loads(report_path.read_text())["rows"]
     assert [(r["method"], r["bits"]) for r in rows] == [("quantize", 8), ("quantize", 4)]
+
+
+def test_export_then_verify_tflite(saved, capsys):
+    pytest.importorskip("tensorflow")
+    directory, model, data = saved
+    tflite = directory / "m_int8.tflite"
+    assert cli.main(["export", "--model", str(model), "--dataset", str(data), "--output", str(tflite)]) == 0
+    assert tflite.stat().st_size > 0
+    report_path = directory / "verify.json"
+    assert cli.main(["verify-tflite", str(tflite), "--dataset", str(data), "--epsilon", "0.001",
+                     "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["samples"] == 30 and report["interpreter"] in ("ai_edge_litert", "tf.lite")
+    assert report["simulation_agreement"] == 1.0
+    assert report["clean_accuracy"] >= report["certified_accuracy"]
+    assert "certified accuracy" in capsys.readouterr().out
+
+
+def test_verify_tflite_rejects_a_corrupt_file(saved, capsys):
+    directory, _, data = saved
+    bad = directory / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all" * 10)
+    assert cli.main(["verify-tflite", str(bad), "--dataset", str(data), "--epsilon", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.tflite" in err and "Traceback" not in err

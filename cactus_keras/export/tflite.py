@@ -1,0 +1,191 @@
+"""`to_tflite`: full-integer int8 (or float32) TFLite export of a Keras 3 model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from cactus_keras import validation
+
+
+def _network(model_or_network):
+    from cactus_keras.training.model import CactusModel
+
+    if isinstance(model_or_network, CactusModel):
+        return model_or_network.network
+    if not isinstance(model_or_network, keras.Model):
+        raise TypeError(
+            "`model_or_network` must be a cactus_keras.CactusModel or a Keras 3 model "
+            f"(keras.Sequential or functional keras.Model), got "
+            f"{type(model_or_network).__name__}. A tf.keras (Keras 2) model or a saved file "
+            "must first be loaded with keras.saving.load_model."
+        )
+    network = model_or_network
+    inputs = getattr(network, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"Model '{network.name}' has no defined input shape: build it with keras.Input "
+            "(or call it once on data) before exporting."
+        )
+    if len(inputs) != 1 or len(network.outputs) != 1:
+        raise ValueError(
+            f"Model '{network.name}' has {len(inputs)} inputs and {len(network.outputs)} "
+            "outputs; to_tflite exports classifiers with one input and one output."
+        )
+    return network
+
+
+def _check_samples(x, input_shape, what):
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{what} must be numeric, got dtype {x.dtype}.")
+    if x.ndim == len(input_shape) and all(
+            e is None or e == n for e, n in zip(input_shape, x.shape)):
+        raise ValueError(
+            f"{what} has shape {x.shape}, the shape of a single sample; pass a batch "
+            f"(samples, {', '.join(str(e) for e in input_shape)}), e.g. x[None]."
+        )
+    if x.ndim != len(input_shape) + 1 or any(
+            e is not None and e != n for e, n in zip(input_shape, x.shape[1:])):
+        raise ValueError(
+            f"{what} has sample shape {x.shape[1:]} but the model input is "
+            f"({', '.join(str(e) for e in input_shape)}) (batch dimension first). Pass "
+            "inputs shaped like the training data (for example add a channel axis with "
+            "x[..., None])."
+        )
+    x = x.astype("float32", copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} contains NaN or infinite values.")
+    return x
+
+
+def representative_samples(representative_data, input_shape, limit):
+    """Up to `limit` float32 samples (samples, *input_shape) from a NumPy array or a
+    tf.data.Dataset of inputs or (inputs, labels[, weights]) elements, batched or not."""
+    import tensorflow as tf
+
+    what = "`representative_data`"
+    if representative_data is None:
+        raise ValueError(
+            f"{what} is required for int8 export: a NumPy array of model inputs (about "
+            "100-500 training images) or a tf.data.Dataset of inputs or (inputs, labels)."
+        )
+    if isinstance(representative_data, tf.data.Dataset):
+        chunks, count = [], 0
+        for element in representative_data:
+            if isinstance(element, dict):
+                raise TypeError(f"{what} yields dicts; yield inputs or (inputs, labels).")
+            if isinstance(element, (tuple, list)):
+                if not element:
+                    raise ValueError(f"{what} yields empty tuples.")
+                element = element[0]
+            element = np.asarray(element)
+            if element.ndim == len(input_shape):
+                element = element[None]  # unbatched dataset
+            chunk = _check_samples(element, input_shape, f"{what} (a dataset element)")
+            chunks.append(chunk[: limit - count])
+            count += len(chunks[-1])
+            if count >= limit:
+                break
+        if not count:
+            raise ValueError(
+                f"{what} is an empty dataset; pass at least one input sample (about 100-500 "
+                "training images is typical)."
+            )
+        return np.concatenate(chunks)[:limit]
+    if isinstance(representative_data, (str, bytes, dict)):
+        raise TypeError(
+            f"{what} must be a NumPy array of inputs or a tf.data.Dataset, got "
+            f"{type(representative_data).__name__}."
+        )
+    x = np.asarray(representative_data)
+    if x.size == 0:
+        raise ValueError(
+            f"{what} is empty (shape {x.shape}); pass at least one input sample (about "
+            "100-500 training images is typical)."
+        )
+    return _check_samples(x, input_shape, what)[:limit]
+
+
+def to_tflite(model_or_network, path, representative_data=None, int8=True,
+              num_calibration_samples=200):
+    """Exports a Keras model to a `.tflite` file, full-integer int8 by default.
+
+    The network is written as a SavedModel (`network.export`) and converted with
+    `tf.lite.TFLiteConverter.from_saved_model` (`from_keras_model` does not work with
+    Keras 3). With `int8=True` the conversion is full-integer: `Optimize.DEFAULT`, the
+    representative dataset for calibrating activation ranges, `TFLITE_BUILTINS_INT8`
+    only, and int8 input and output tensors (quantize inputs with the input tensor's
+    scale and zero point; `verify_tflite` does this). Weights are int8 (per channel for
+    convolutions and dense layers), biases int32. A final softmax is kept, as deployed;
+    `verify_tflite` certifies through it. With `int8=False` the file is float32.
+
+    Args:
+        model_or_network: a `cactus_keras.CactusModel` (its `.network` is exported) or a
+            Keras 3 Sequential/functional model with one input and one output.
+        path: the `.tflite` file to write (parent folders are created).
+        representative_data: model inputs for calibration: a NumPy array (samples,
+            *input shape) or a tf.data.Dataset of inputs or (inputs, labels), batched or
+            not. Required when `int8=True`.
+        int8: full-integer int8 (True) or float32 (False).
+        num_calibration_samples: at most this many samples are used for calibration.
+
+    Returns:
+        `path`, as a string.
+
+    Example:
+
+    ```python
+    cactus_keras.export.to_tflite(model, "model.tflite", x_train[:500])
+    result = cactus_keras.export.verify_tflite("model.tflite", x_test, y_test, 0.01)
+    ```
+    """
+    import tensorflow as tf
+
+    network = _network(model_or_network)
+    num_calibration_samples = validation.check_positive_int(
+        num_calibration_samples, "num_calibration_samples")
+    input_shape = tuple(network.inputs[0].shape[1:])
+    samples = None
+    if int8 or representative_data is not None:
+        samples = representative_samples(representative_data, input_shape,
+                                         num_calibration_samples)
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`path` '{path}' is a directory; pass a file name such as "
+                         "'model.tflite'.")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="cactus_tflite_") as saved_model:
+        network.export(saved_model, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        if int8:
+            def dataset():
+                for sample in samples:
+                    yield [sample[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        try:
+            content = converter.convert()
+        except Exception as error:  # the converter raises assorted TF/MLIR errors
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
+            raise ValueError(
+                f"TFLite conversion of model '{network.name}' failed"
+                f"{' (int8)' if int8 else ''}: {summary}. Layers without an int8 TFLite "
+                "kernel cannot be exported full-integer; try int8=False to see whether the "
+                "float conversion works."
+            ) from None
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        f.write(content)
+    os.replace(temporary, path)
+    return path

@@ -1,0 +1,283 @@
+"""`verify_tflite`: run an int8 `.tflite` file and certify it as it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from cactus_keras import validation
+from cactus_keras.export import integer_bounds
+from cactus_keras.export.model_file import TFLiteFormatError, load_integer_graph
+
+KERNELS = ("default", "builtin", "reference")
+# The interpreter's kernels -> the rounding the integer simulation follows.
+SIMULATED_KERNELS = {"default": "xnnpack", "builtin": "builtin", "reference": "reference"}
+
+
+@dataclasses.dataclass
+class TFLiteVerificationResult:
+    """Interpreter accuracy and integer certificates of one `.tflite` file.
+
+    Attributes:
+        path: the file.
+        interpreter: which interpreter ran it, "ai_edge_litert" or "tf.lite".
+        kernels: "default" (XNNPACK delegate where it applies), "builtin" (TFLite's
+            optimized kernels) or "reference" (TFLite's reference kernels).
+        epsilon, input_range: the L-infinity box in the float data space.
+        labels: the true labels.
+        predicted: the interpreter's arg-max (first maximum) on the quantized inputs.
+        simulated: the arg-max of the integer simulation of the same inputs.
+        certified: bool per sample: every int8 input in the quantized box is classified
+            as the label by the int8 arithmetic of the file.
+        output_lower, output_upper: (samples, classes) int8 bounds of the output codes.
+    """
+
+    path: str
+    interpreter: str
+    kernels: str
+    rounding: str
+    epsilon: float
+    input_range: tuple | None
+    labels: np.ndarray
+    predicted: np.ndarray
+    simulated: np.ndarray
+    certified: np.ndarray
+    output_lower: np.ndarray
+    output_upper: np.ndarray
+
+    @property
+    def clean_accuracy(self):
+        return float(np.mean(self.predicted == self.labels))
+
+    @property
+    def certified_accuracy(self):
+        return float(np.mean(self.certified))
+
+    @property
+    def simulation_agreement(self):
+        """Fraction of samples where the integer simulation's arg-max equals the
+        interpreter's (1.0 expected)."""
+        return float(np.mean(self.simulated == self.predicted))
+
+    def summary(self):
+        return (
+            f"{len(self.labels)} samples, epsilon={self.epsilon:g}, {self.interpreter} "
+            f"({self.kernels} kernels): clean accuracy {self.clean_accuracy:.4f}, certified "
+            f"accuracy {self.certified_accuracy:.4f}, simulation agreement "
+            f"{self.simulation_agreement:.4f}"
+        )
+
+    def to_dict(self):
+        return {
+            "path": self.path,
+            "interpreter": self.interpreter,
+            "kernels": self.kernels,
+            "rounding": self.rounding,
+            "epsilon": self.epsilon,
+            "input_range": list(self.input_range) if self.input_range is not None else None,
+            "samples": int(len(self.labels)),
+            "clean_accuracy": self.clean_accuracy,
+            "certified_accuracy": self.certified_accuracy,
+            "simulation_agreement": self.simulation_agreement,
+        }
+
+
+def interpreter_class():
+    """(Interpreter class, OpResolverType, name): LiteRT's, else TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        return Interpreter, OpResolverType, "ai_edge_litert"
+    except ImportError:  # pragma: no cover - ai_edge_litert is a dependency
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, tf.lite.experimental.OpResolverType, "tf.lite"
+
+
+def make_interpreter(path, kernels="default", preserve_all_tensors=False):
+    """An interpreter for `path`. kernels: "default" (XNNPACK where it applies),
+    "builtin" (no default delegate) or "reference" (BUILTIN_REF). Returns
+    (interpreter, name)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"`kernels` must be one of {', '.join(KERNELS)}, got {kernels!r}.")
+    path = os.fspath(path)
+    cls, resolver, name = interpreter_class()
+    resolver_type = {
+        "default": resolver.AUTO,
+        "builtin": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        "reference": resolver.BUILTIN_REF,
+    }[kernels]
+    try:
+        interpreter = cls(model_path=path, experimental_op_resolver_type=resolver_type,
+                          experimental_preserve_all_tensors=preserve_all_tensors)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        message = str(error).strip().splitlines()
+        raise TFLiteFormatError(
+            f"{name} could not load '{path}': {message[-1] if message else error}"
+        ) from None
+    return interpreter, name
+
+
+def quantize_input(graph, x):
+    """Float inputs -> int8 codes of the model's entry tensor: round(x / scale) + zero
+    point (round half away from zero, in float32 as TFLite's QUANTIZE), clamped."""
+    t = graph.entry_tensor
+    v = np.asarray(x, np.float32) / np.float32(t.scale[0])
+    q = integer_bounds.round_half_away(v) + int(t.zero_point[0])
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def input_interval(graph, x, epsilon, input_range, rounding="floor_ceil"):
+    """int8 bounds of the quantized epsilon box: [max(x - eps, lo), min(x + eps, hi)]
+    divided by the scale, floor/ceil (sound for any quantizer whose error is below one
+    step; with rounding="nearest", [ceil(v - 0.5), floor(v + 0.5)] for round-to-nearest
+    quantizers), plus the zero point, clamped to [-128, 127]. The box always contains
+    x."""
+    t = graph.entry_tensor
+    x = np.asarray(x, np.float64)
+    low, high = x - epsilon, x + epsilon
+    if input_range is not None:
+        low = np.minimum(np.maximum(low, input_range[0]), x)
+        high = np.maximum(np.minimum(high, input_range[1]), x)
+    scale, zero_point = np.float64(t.scale[0]), int(t.zero_point[0])
+    v_lo, v_hi = low / scale, high / scale
+    lower, upper = integer_bounds.round_bounds(v_lo, v_hi, rounding, 0.5)
+    return (np.clip(lower + zero_point, -128, 127).astype(np.int64),
+            np.clip(upper + zero_point, -128, 127).astype(np.int64))
+
+
+class InterpreterRunner:
+    """Runs batches through an interpreter, resizing the batch dimension when allowed."""
+
+    def __init__(self, interpreter):
+        self.interpreter = interpreter
+        details = interpreter.get_input_details()[0]
+        self.input_index = details["index"]
+        self.input_dtype = details["dtype"]
+        signature = details.get("shape_signature", details["shape"])
+        self.dynamic = len(signature) > 0 and signature[0] == -1
+        self.sample_shape = tuple(int(d) for d in details["shape"][1:])
+        self.output_index = interpreter.get_output_details()[0]["index"]
+        self.batch = int(details["shape"][0])
+
+    def _resize(self, batch):
+        if batch != self.batch:
+            self.interpreter.resize_tensor_input(self.input_index, (batch,) + self.sample_shape)
+            self.interpreter.allocate_tensors()
+            self.batch = batch
+
+    def __call__(self, inputs):
+        """inputs: int8 codes (or floats for a float-input model). Returns the outputs,
+        shape (samples, classes)."""
+        inputs = np.asarray(inputs, self.input_dtype)
+        if self.dynamic:
+            self._resize(len(inputs))
+            return self._invoke(inputs)
+        # A fixed batch dimension is 1 (load_integer_graph checks it): one by one.
+        return np.concatenate([self._invoke(inputs[i: i + 1]) for i in range(len(inputs))])
+
+    def _invoke(self, inputs):
+        self.interpreter.set_tensor(self.input_index, inputs)
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self.output_index)).reshape(len(inputs), -1)
+
+
+def _check_x(graph, x, y):
+    x = np.asarray(x)
+    if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+        raise TypeError(f"`x` must be a numeric array, got dtype {x.dtype}.")
+    expected = graph.entry_tensor.shape[1:]
+    if x.shape[1:] != expected:
+        raise ValueError(
+            f"`x` has shape {x.shape}, but '{graph.path}' expects (batch, "
+            f"{', '.join(str(e) for e in expected)}). Reshape the data to match."
+        )
+    # check_data checks the labels; the shape was checked above (no Keras model here).
+    return validation.check_data(_NoShape, x, y, graph.num_classes)
+
+
+class _NoShape:
+    inputs = None
+
+
+def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *,
+                  kernels="default", rounding="floor_ceil"):
+    """Runs an int8 `.tflite` file and certifies it against L-infinity perturbations.
+
+    The interpreter (`ai_edge_litert`, else `tf.lite`) gives the clean predictions on
+    the quantized inputs. The certificate is computed on the int8 model as it runs: the
+    op graph, int8 weights, int32 biases, scales and zero points are read from the file
+    and integer intervals are propagated through the integer arithmetic
+    (`cactus_keras.export.integer_bounds`): exact int32 accumulators, requantization as
+    [floor(a*M), ceil(b*M)] + zp (sound for TFLite's fixed-point reference kernels and
+    XNNPACK's float requantization alike), fused activation clamps. A sample is
+    certified when no int8 input in its quantized epsilon box can make the first-maximum
+    arg-max of the int8 output differ from the label (ties do not certify). The integer
+    simulation of the clean inputs is compared with the interpreter
+    (`simulation_agreement`, expected 1.0).
+
+    Args:
+        path: a full-integer int8 `.tflite` file (e.g. from `to_tflite`).
+        x: float inputs (samples, *input shape) in the data space.
+        y: integer labels.
+        epsilon: L-infinity radius in the data space.
+        input_range: `(low, high)` the box is cut to, or None.
+        batch_size: samples per batch.
+        kernels: "default" (XNNPACK delegate where it applies), "builtin" (TFLite's
+            optimized kernels) or "reference" (TFLite's reference kernels).
+        rounding: "floor_ceil" (default): every rounding of the input quantizer and of
+            each requantization is bounded by floor/ceil of the real value, sound for
+            any implementation whose rounding error is below one unit. "nearest":
+            bounded by the rounding errors of round-to-nearest kernels (0.5, plus the
+            first step of TFLite's two-step fixed-point rounding), which keeps points
+            points and certifies more.
+
+    Returns:
+        A `TFLiteVerificationResult`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a TFLite flatbuffer, corrupt or truncated, not full-integer int8,
+            or ops without an integer rule (the message names them).
+    """
+    graph = load_integer_graph(path)
+    if rounding not in integer_bounds.ROUNDINGS:
+        raise ValueError(f"`rounding` must be one of {', '.join(integer_bounds.ROUNDINGS)}, "
+                         f"got {rounding!r}.")
+    epsilon = validation.check_epsilon(epsilon)
+    input_range = validation.check_input_range(input_range)
+    batch_size = validation.check_positive_int(batch_size, "batch_size")
+    x, y = _check_x(graph, x, y)
+    interpreter, name = make_interpreter(graph.path, kernels)
+    run = InterpreterRunner(interpreter)
+    predicted, simulated, certified, lows, highs = [], [], [], [], []
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start: start + batch_size], y[start: start + batch_size]
+        q = quantize_input(graph, xb)
+        outputs = run(xb if graph.float_input else q)
+        predicted.append(np.argmax(outputs, axis=1))
+        point = integer_bounds.propagate(graph, q, point=True,
+                                         kernels=SIMULATED_KERNELS[kernels])
+        simulated.append(np.argmax(point.lower, axis=1))
+        lower, upper = input_interval(graph, xb, epsilon, input_range, rounding)
+        bounds = integer_bounds.propagate(graph, lower, upper, rounding=rounding)
+        certified.append(integer_bounds.certify_propagation(graph, bounds, yb))
+        lows.append(bounds.lower)
+        highs.append(bounds.upper)
+    return TFLiteVerificationResult(
+        path=graph.path,
+        interpreter=name,
+        kernels=kernels,
+        rounding=rounding,
+        epsilon=epsilon,
+        input_range=input_range,
+        labels=y,
+        predicted=np.concatenate(predicted),
+        simulated=np.concatenate(simulated),
+        certified=np.concatenate(certified),
+        output_lower=np.concatenate(lows),
+        output_upper=np.concatenate(highs),
+    )
