@@ -264,6 +264,9 @@ def _add_verify_tflite(subparsers):
     p.add_argument("--epsilon", required=True, type=float)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--kernels", default="default", help="default (XNNPACK), builtin or reference")
+    p.add_argument("--rounding", default="floor_ceil",
+                   help="floor_ceil (sound for any round-to-nearest kernel, default) or nearest "
+                   "(tighter, uses the rounding error of LiteRT's and XNNPACK's kernels)")
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--json", dest="json_path", default=None)
     p.set_defaults(run=_run_verify_tflite)
@@ -274,7 +277,9 @@ def _run_verify_tflite(args):
 
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.limit)
-    result = cactus_keras.export.verify_tflite(args.path, x, y, args.epsilon, kernels=args.kernels)
+    result = cactus_keras.export.verify_tflite(
+        args.path, x, y, args.epsilon, kernels=args.kernels, rounding=args.rounding
+    )
     print(result.summary())
     _write_json(args.json_path, {"dataset": dataset.name, **result.to_dict()})
     return 0

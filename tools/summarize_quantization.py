@@ -25,16 +25,19 @@ def main(directory):
           f"propagation through their int8 arithmetic.")
     print()
     print("| training | float32: clean / certified | int8 kernels: clean / certified | int4 kernels: clean / certified "
-          "| int8 .tflite: clean / certified | simulation = interpreter |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| int8 .tflite: clean / certified (floor_ceil) | int8 .tflite certified (nearest) | simulation = interpreter |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for run, label in labels.items():
         table = _load(directory, f"{run}.evaluate.json")
-        verify = _load(directory, f"{run}.verify.json")
+        verify = _load(directory, f"{run}.verify_floor_ceil.json")
+        nearest = _load(directory, f"{run}.verify_nearest.json")
         cells = []
         for row in table["rows"]:
             cells.append(f"{row['clean_accuracy']:.4f} / {row['certified_accuracy']:.4f}")
         cells.append(f"{verify['clean_accuracy']:.4f} / {verify['certified_accuracy']:.4f}")
-        cells.append(f"{verify['simulation_agreement']:.4f}")
+        cells.append(f"{nearest['certified_accuracy']:.4f}")
+        agreement = min(verify["simulation_agreement"], nearest["simulation_agreement"])
+        cells.append(f"{agreement:.4f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

@@ -212,11 +212,18 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     op graph, int8 weights, int32 biases, scales and zero points are read from the file
     and integer intervals are propagated through the integer arithmetic
     (`cactus_keras.export.integer_bounds`): exact int32 accumulators, requantization as
-    [floor(a*M), ceil(b*M)] + zp (sound for TFLite's fixed-point reference kernels and
-    XNNPACK's float requantization alike), fused activation clamps. A sample is
-    certified when no int8 input in its quantized epsilon box can make the first-maximum
-    arg-max of the int8 output differ from the label (ties do not certify). The integer
-    simulation of the clean inputs is compared with the interpreter
+    [floor(a*M), ceil(b*M)] + zp (sound for any round-to-nearest implementation of a*M
+    with a tiny multiplier error, which covers TFLite's fixed-point reference and
+    optimized kernels and XNNPACK's float requantization alike), fused activation
+    clamps, pooling, ADD and MEAN rules. A final softmax stays in the file; the
+    certificate handles it through its monotonicity. A final dense layer is folded into
+    the margins (exact accumulators of w_y - w_j) where that is tighter.
+
+    A sample is certified when no int8 input in its quantized epsilon box can make the
+    first-maximum arg-max of the int8 output differ from the label: q_y > q_j for
+    j < y and q_y >= q_j for j > y (a tie with an earlier class does not certify). The
+    bounds are the same whichever `kernels` run the file. The integer simulation of the
+    clean inputs, rounding ties like `kernels`, is compared with the interpreter
     (`simulation_agreement`, expected 1.0).
 
     Args:
@@ -230,10 +237,12 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
             optimized kernels) or "reference" (TFLite's reference kernels).
         rounding: "floor_ceil" (default): every rounding of the input quantizer and of
             each requantization is bounded by floor/ceil of the real value, sound for
-            any implementation whose rounding error is below one unit. "nearest":
-            bounded by the rounding errors of round-to-nearest kernels (0.5, plus the
-            first step of TFLite's two-step fixed-point rounding), which keeps points
-            points and certifies more.
+            any implementation whose total rounding error is below one unit.
+            "nearest": bounded by the rounding errors of the round-to-nearest kernels
+            (0.5, plus 2**(shift - 1) for the first step of TFLite's two-step
+            fixed-point rounding, plus 1e-6 relative), which keeps points points and
+            certifies much more on deep models; sound for LiteRT's reference, optimized
+            and XNNPACK kernels, but tied to that rounding structure.
 
     Returns:
         A `TFLiteVerificationResult`.
