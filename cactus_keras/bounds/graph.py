@@ -8,8 +8,6 @@ is monotone and preserves the arg-max, so certification works on the logits befo
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
-
 import keras
 
 from cactus_keras.bounds import rules as rules_lib
@@ -224,6 +222,3 @@ def parse_network(model) -> BoundGraph:
 def _is_softmax_node(node):
     return isinstance(node.rule, rules_lib.SoftmaxMarker)
 
-
-def nodes_by_output(nodes: Sequence[Node]):
-    return {node.output: node for node in nodes}

@@ -61,15 +61,23 @@ def register_rule(*layer_classes):
     return decorator
 
 
-def rule_for(layer, input_shapes):
-    """Returns a new rule wrapping `layer` at one call site of the given input shapes."""
+def _registered(layer):
+    """The rule class (or factory) registered for the layer's class or nearest base."""
     for cls in type(layer).__mro__:
         rule_cls = _REGISTRY.get(cls)
         if rule_cls is not None:
-            return rule_cls(layer, input_shapes)
-    raise UnsupportedLayerError(
-        f"Layer '{layer.name}' of class {type(layer).__name__} has no bound rule."
-    )
+            return rule_cls
+    return None
+
+
+def rule_for(layer, input_shapes):
+    """Returns a new rule wrapping `layer` at one call site of the given input shapes."""
+    rule_cls = _registered(layer)
+    if rule_cls is None:
+        raise UnsupportedLayerError(
+            f"Layer '{layer.name}' of class {type(layer).__name__} has no bound rule."
+        )
+    return rule_cls(layer, input_shapes)
 
 
 def supported_layer_names():
@@ -105,11 +113,7 @@ def fused_activation(layer):
     """The activation applied inside an affine layer (`Dense(..., activation=...)`)."""
     if isinstance(layer, keras.layers.Activation):
         return None
-    rule_cls = None
-    for cls in type(layer).__mro__:
-        rule_cls = _REGISTRY.get(cls)
-        if rule_cls is not None:
-            break
+    rule_cls = _registered(layer)
     if not (isinstance(rule_cls, type) and issubclass(rule_cls, AffineRule)):
         return None
     return getattr(layer, "activation", None)
