@@ -452,19 +452,13 @@ class _Runner:
                                   multiplier32=multiplier32)
         self.set(op.outputs[0], lower, upper)
 
-    def op_conv_2d(self, op):
+    def _convolution(self, op, w, w_scale, kh, kw, out_channels, window_product):
+        """Accumulates `window_product(view, weights, i, j)` over the kernel window of a
+        2-D convolution's input interval, then requantizes."""
         lo, hi = self.get(op.inputs[0])
         shape = self.tensors[op.inputs[0]].shape
-        if len(shape) != 4:
-            raise UnsupportedOperatorError(f"{self.label(op)}: input of rank {len(shape)}.")
         _, zp_in = self.quant(op.inputs[0])
-        w, w_scale = self._weights(op.inputs[1], 0)
-        out_channels, kh, kw, channels = w.shape
-        if channels != shape[3]:
-            raise UnsupportedOperatorError(f"{self.label(op)}: grouped convolutions are not "
-                                           "supported.")
         strides, dilations, out_hw, pads = _geometry(op, shape, kh, kw, self.label(op))
-        _check_exact(510, np.abs(w).max(initial=0), kh * kw * channels, self.label(op))
         batch = lo.shape[0]
         x_lo = lo.reshape((-1,) + shape[1:]) - zp_in
         x_hi = hi.reshape((-1,) + shape[1:]) - zp_in
@@ -472,17 +466,28 @@ class _Runner:
         def apply(x, weights):
             out = np.zeros((x.shape[0],) + out_hw + (out_channels,))
             for i, j, view in _patches(x, kh, kw, strides, dilations, out_hw, pads, 0.0):
-                out += view @ weights[:, i, j, :].T
+                out += window_product(view, weights, i, j)
             return out
 
         acc_lo, acc_hi = self._affine(op, x_lo, x_hi, w, apply)
         self._finish_affine(op, acc_lo.reshape(batch, -1, out_channels),
                             acc_hi.reshape(batch, -1, out_channels), w_scale, out_channels)
 
-    def op_depthwise_conv_2d(self, op):
-        lo, hi = self.get(op.inputs[0])
+    def op_conv_2d(self, op):
         shape = self.tensors[op.inputs[0]].shape
-        _, zp_in = self.quant(op.inputs[0])
+        if len(shape) != 4:
+            raise UnsupportedOperatorError(f"{self.label(op)}: input of rank {len(shape)}.")
+        w, w_scale = self._weights(op.inputs[1], 0)
+        out_channels, kh, kw, channels = w.shape
+        if channels != shape[3]:
+            raise UnsupportedOperatorError(f"{self.label(op)}: grouped convolutions are not "
+                                           "supported.")
+        _check_exact(510, np.abs(w).max(initial=0), kh * kw * channels, self.label(op))
+        self._convolution(op, w, w_scale, kh, kw, out_channels,
+                          lambda view, weights, i, j: view @ weights[:, i, j, :].T)
+
+    def op_depthwise_conv_2d(self, op):
+        shape = self.tensors[op.inputs[0]].shape
         w, w_scale = self._weights(op.inputs[1], 3)
         _, kh, kw, out_channels = w.shape
         channels = shape[3]
@@ -490,23 +495,14 @@ class _Runner:
             raise UnsupportedOperatorError(f"{self.label(op)}: {out_channels} output channels "
                                            f"for {channels} input channels.")
         multiplier = out_channels // channels
-        strides, dilations, out_hw, pads = _geometry(op, shape, kh, kw, self.label(op))
         _check_exact(510, np.abs(w).max(initial=0), kh * kw, self.label(op))
-        batch = lo.shape[0]
-        x_lo = lo.reshape((-1,) + shape[1:]) - zp_in
-        x_hi = hi.reshape((-1,) + shape[1:]) - zp_in
 
-        def apply(x, weights):
-            out = np.zeros((x.shape[0],) + out_hw + (out_channels,))
-            for i, j, view in _patches(x, kh, kw, strides, dilations, out_hw, pads, 0.0):
-                if multiplier > 1:
-                    view = np.repeat(view, multiplier, axis=-1)
-                out += view * weights[0, i, j, :]
-            return out
+        def window_product(view, weights, i, j):
+            if multiplier > 1:
+                view = np.repeat(view, multiplier, axis=-1)
+            return view * weights[0, i, j, :]
 
-        acc_lo, acc_hi = self._affine(op, x_lo, x_hi, w, apply)
-        self._finish_affine(op, acc_lo.reshape(batch, -1, out_channels),
-                            acc_hi.reshape(batch, -1, out_channels), w_scale, out_channels)
+        self._convolution(op, w, w_scale, kh, kw, out_channels, window_product)
 
     def op_fully_connected(self, op):
         o = op.options
