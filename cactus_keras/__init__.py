@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # Importing the package registers CactusModel and Pruning with Keras, so that
 # `keras.saving.load_model` can rebuild saved models after `import cactus_keras`.
-from cactus_keras import attacks, bounds, compression, data, export, models, training  # noqa: F401
+from cactus_keras import attacks, bounds, compression, data, models, training  # noqa: F401
 from cactus_keras.certification import (  # noqa: F401
     CertificationResult,
     CompressionTable,
@@ -32,3 +32,13 @@ from cactus_keras.training import (  # noqa: F401
     EpsilonRamp,
     StandardWeightRamp,
 )
+
+
+def __getattr__(name):
+    # `export` and `experiments` need the TFLite runtime (TensorFlow side); importing
+    # them on first use keeps `import cactus_keras` working on a JAX-only machine.
+    if name in ("export", "experiments", "tuning"):
+        import importlib
+
+        return importlib.import_module(f"cactus_keras.{name}")
+    raise AttributeError(f"module 'cactus_keras' has no attribute {name!r}")

@@ -296,6 +296,12 @@ def build_parser():
     _add_evaluate(subparsers)
     _add_export(subparsers)
     _add_verify_tflite(subparsers)
+    # Their argparse blocks live beside the code they drive; imports stay lazy there.
+    from cactus_keras.experiments.cli import add_parser as add_experiment
+    from cactus_keras.tuning.cli import add_parser as add_tune
+
+    add_experiment(subparsers)
+    add_tune(subparsers)
     return parser
 
 

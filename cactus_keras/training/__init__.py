@@ -9,3 +9,8 @@ from cactus_keras.training.schedules import (
     VariableRamp,
     smooth_ramp,
 )
+from cactus_keras.training.finetune import (
+    CompressedFineTuning,
+    MaskedFineTuning,
+    QuantizedFineTuning,
+)

@@ -127,9 +127,13 @@ class CactusModel(keras.Model):
         for suffix in names:
             for kind in ("clean_accuracy", "certified_accuracy"):
                 self._trackers[kind + suffix] = keras.metrics.Mean(name=kind + suffix)
+        self._create_state()
         # The network is built, so the model is: callbacks such as BackupAndRestore
         # need a built model before fit.
         self.build((None, *self.graph.input_shape))
+
+    def _create_state(self):
+        """Subclasses create their variables here: a built model accepts none."""
 
     def _check_arrays(self, x, y):
         # Arrays can be checked before tracing; datasets are the user's to keep valid.
@@ -206,10 +210,10 @@ class CactusModel(keras.Model):
         replaced = {id(k): v for k, v in zip(kernels, values)}
         return [(v, replaced.get(id(v), v.value)) for v in self.network.variables]
 
-    def member_results(self, x, y, training=True):
-        """Per member of the compression set: (suffix, per-sample loss, standard loss,
-        certified loss, logits, margin lower bounds). The full network comes first."""
-        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+    def _evaluator(self, x, labels, training):
+        """`evaluate(mapping)` -> (per-sample loss, standard loss, certified loss, logits,
+        margin lower bounds) of the network at the variable values of `mapping` (None:
+        the network's own values)."""
         box = input_box(x, self.epsilon.value, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
 
@@ -223,6 +227,13 @@ class CactusModel(keras.Model):
             certified = losses.certified_loss(labels, margins)
             return weight * standard + (1.0 - weight) * certified, standard, certified, logits, margins
 
+        return evaluate
+
+    def member_results(self, x, y, training=True):
+        """Per member of the compression set: (suffix, per-sample loss, standard loss,
+        certified loss, logits, margin lower bounds). The full network comes first."""
+        labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+        evaluate = self._evaluator(x, labels, training)
         results = [("", *evaluate(None))]
         for member, kernels in zip(self.compression, self._kernels):
             for name in member.member_names():

@@ -19,6 +19,8 @@ from cactus_keras.training import (
 )
 
 COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
+# Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
+CLIP_NORM = 10.0
 
 
 @dataclasses.dataclass
@@ -110,8 +112,7 @@ def build_model(config, input_shape, num_classes):
         certified_loss=config.certified_loss,
         seed=config.seed,
     )
-    # Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=CLIP_NORM))
     return model
 
 

@@ -1,0 +1,239 @@
+"""Experiment configuration files (TOML): parsing and validation before any training.
+
+A config has four tables. Every key is checked, so a typo is an error, not a default:
+
+```toml
+[experiment]
+dataset = "fashion_mnist"      # a name or a path (IDX directory or .npz)
+epsilon = 0.1
+seeds = 1                      # runs per method (seeds 0 .. seeds-1); --seeds overrides
+test_samples = 10000           # evaluate on the first N test samples (default: all)
+
+[training]                     # TrainConfig fields shared by the trained methods
+arch = "cnn3"
+epochs = 10
+
+[evaluation]
+prune_ratios = [0.0, 0.5, 0.7, 0.9]
+prune_method = "global_l1"
+bits = [8, 4]                  # fake-quantized kernels
+tflite = true                  # also export int8 .tflite and certify the file itself
+
+[methods.ibp]                  # one table per run name; `method` picks the method
+method = "ibp-then-compress"
+[methods.cactus]
+method = "cactus"
+compression = "prune+quant"    # TrainConfig fields override [training]
+[methods.ibp-finetune]
+method = "ibp-then-finetune"
+source = "ibp"                 # the run whose networks it fine-tunes
+```
+
+See `cactus_keras.experiments.methods` for each method's options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from cactus_keras import validation
+from cactus_keras.bounds.margins import check_method as check_bound_method
+from cactus_keras.compression.pruning import check_pruning_method, check_ratio
+from cactus_keras.compression.quantization import check_bits
+from cactus_keras.experiments.training import TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """An experiment config is invalid; the message names the key and the fix."""
+
+
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("dataset", "epsilon", "seed"))
+
+EXPERIMENT_KEYS = {"name", "description", "dataset", "epsilon", "seeds", "test_samples", "download"}
+EVALUATION_DEFAULTS = {
+    "prune_ratios": [0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95],
+    "prune_method": "global_l1",
+    "bits": [8, 4],
+    "tflite": True,
+    "calibration_samples": 500,
+    "bound": "ibp",
+    # The pruning ratio the report's headline compares methods at.
+    "headline_ratio": 0.7,
+}
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """A parsed and validated experiment config (see the module docstring)."""
+
+    name: str
+    dataset: str
+    epsilon: float
+    seeds: int
+    training: dict
+    evaluation: dict
+    methods: dict  # run name -> Method (cactus_keras.experiments.methods)
+    test_samples: int | None = None
+    download: bool = True
+    description: str = ""
+    path: str | None = None
+
+    def train_config(self, overrides, seed):
+        """The TrainConfig of a trained run: [training], then the run's overrides."""
+        fields = {**self.training, **overrides}
+        if "prune_range" in fields:
+            fields["prune_range"] = tuple(fields["prune_range"])
+        return TrainConfig(dataset=self.dataset, epsilon=self.epsilon, seed=seed, **fields)
+
+    def ordered_runs(self):
+        """Run names with every source before the runs that use it."""
+        order, seen = [], set()
+
+        def visit(name, chain):
+            if name in seen:
+                return
+            if name in chain:
+                raise ConfigError(f"methods form a cycle through `source`: {' -> '.join(chain + [name])}.")
+            for source in self.methods[name].sources():
+                visit(source, chain + [name])
+            seen.add(name)
+            order.append(name)
+
+        for name in self.methods:
+            visit(name, [])
+        return order
+
+    def to_dict(self):
+        return {
+            "name": self.name,
+            "description": self.description,
+            "dataset": self.dataset,
+            "epsilon": self.epsilon,
+            "seeds": self.seeds,
+            "test_samples": self.test_samples,
+            "training": self.training,
+            "evaluation": self.evaluation,
+            "methods": {name: m.spec() for name, m in self.methods.items()},
+        }
+
+
+def _table(data, key, where):
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: `{key}` must be a table ([{key}]), got {value!r}.")
+    return value
+
+
+def _unknown(table, allowed, where):
+    extra = sorted(set(table) - set(allowed))
+    if extra:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(extra)}; expected some of "
+            f"{', '.join(sorted(allowed))}."
+        )
+
+
+def check_evaluation(evaluation, where="[evaluation]"):
+    """Validates an evaluation table (filled with defaults) in place and returns it."""
+    _unknown(evaluation, EVALUATION_DEFAULTS, where)
+    filled = {**EVALUATION_DEFAULTS, **evaluation}
+    try:
+        filled["prune_ratios"] = [check_ratio(r, "prune ratio") for r in filled["prune_ratios"]]
+        filled["headline_ratio"] = check_ratio(filled["headline_ratio"], "headline_ratio")
+        check_pruning_method(filled["prune_method"])
+        filled["bits"] = [check_bits(b) for b in filled["bits"]]
+        check_bound_method(filled["bound"])
+        validation.check_positive_int(filled["calibration_samples"], "calibration_samples")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not isinstance(filled["tflite"], bool):
+        raise ConfigError(f"{where}: `tflite` must be true or false, got {filled['tflite']!r}.")
+    return filled
+
+
+def parse_config(data, path=None, seeds=None):
+    """An `ExperimentConfig` from the dict of a TOML file; raises `ConfigError`."""
+    from cactus_keras.experiments.methods import make_method
+
+    where = path or "config"
+    _unknown(data, {"experiment", "training", "evaluation", "methods"}, where)
+    experiment = _table(data, "experiment", where)
+    _unknown(experiment, EXPERIMENT_KEYS, f"{where} [experiment]")
+    for key in ("dataset", "epsilon"):
+        if key not in experiment:
+            raise ConfigError(f"{where} [experiment]: `{key}` is required.")
+    try:
+        epsilon = validation.check_epsilon(experiment["epsilon"])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} [experiment]: {exc}") from None
+    count = experiment.get("seeds", 1) if seeds is None else seeds
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"{where}: `seeds` must be a positive integer, got {count!r}.")
+    test_samples = experiment.get("test_samples")
+    if test_samples is not None:
+        try:
+            validation.check_positive_int(test_samples, "test_samples")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where} [experiment]: {exc}") from None
+    training = _table(data, "training", where)
+    _unknown(training, TRAIN_FIELDS, f"{where} [training]")
+    evaluation = check_evaluation(_table(data, "evaluation", where), f"{where} [evaluation]")
+    methods_table = _table(data, "methods", where)
+    if not methods_table:
+        raise ConfigError(
+            f"{where}: no methods; add tables such as [methods.cactus] with "
+            'method = "cactus".'
+        )
+    name = experiment.get("name") or (os.path.splitext(os.path.basename(path))[0] if path else "experiment")
+    config = ExperimentConfig(
+        name=str(name),
+        description=str(experiment.get("description", "")),
+        dataset=str(experiment["dataset"]),
+        epsilon=epsilon,
+        seeds=count,
+        training=dict(training),
+        evaluation=evaluation,
+        methods={},
+        test_samples=test_samples,
+        download=bool(experiment.get("download", True)),
+        path=path,
+    )
+    for run_name, options in methods_table.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}: [methods.{run_name}] must be a table, got {options!r}.")
+        config.methods[run_name] = make_method(run_name, options, config, f"{where} [methods.{run_name}]")
+    for run_name, method in config.methods.items():
+        for source in method.sources():
+            if source not in config.methods:
+                raise ConfigError(
+                    f"{where} [methods.{run_name}]: source {source!r} is not a run of this "
+                    f"config; runs: {', '.join(config.methods)}."
+                )
+            if not config.methods[source].produces_network:
+                raise ConfigError(
+                    f"{where} [methods.{run_name}]: source {source!r} is a "
+                    f"{config.methods[source].name!r} run, which trains no network of its "
+                    "own; use a cactus or ibp-then-compress run."
+                )
+    config.ordered_runs()
+    return config
+
+
+def load_config(path, seeds=None):
+    """Reads and validates an experiment TOML file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No experiment config at '{path}'; see examples/configs/ for examples."
+        )
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path=path, seeds=seeds)

@@ -1,0 +1,425 @@
+"""The methods an experiment compares: CACTUS and the baselines, one class each.
+
+Every method turns (data, seed, the networks of its source runs) into result rows: one
+row per compression level it was evaluated at, with clean and certified accuracy.
+
+- `cactus`: CACTUS training (`CactusModel` with pruning and/or quantization members),
+  then the whole evaluation grid.
+- `ibp-then-compress`: plain IBP certified training, then the grid: pruning and
+  quantization applied with no fine-tuning.
+- `ibp-then-finetune`: a source run's network compressed once, then certified
+  fine-tuning of the compressed network alone (`MaskedFineTuning`: fixed mask;
+  `QuantizedFineTuning`: fake quantization with a straight-through estimator).
+- `tfmot`: TensorFlow Model Optimization's compressors on a source run's network,
+  through a `tf_keras` twin (`prune_low_magnitude` + fine-tuning + `strip_pruning`;
+  `quantize_model` QAT + int8 conversion), certified by our bounds. Applied to a CACTUS
+  run it checks that the certificate survives a compressor we did not write.
+
+Options of each method are its class's `options` (name -> default, None meaning "the
+experiment's value"); an unknown option is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+
+from cactus_keras.experiments.config import TRAIN_FIELDS, ConfigError, check_evaluation
+
+COMPRESSED_FORMS = ("prune", "quantize", "tflite")
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a method's `run` gets: the experiment, the data, the seed and folders."""
+
+    config: object
+    data: object
+    x_test: np.ndarray
+    y_test: np.ndarray
+    seed: int
+    directory: str
+    source_directories: dict
+    verbose: int = 2
+    log: object = print
+
+    @property
+    def x_train(self):
+        return self.data.x_train
+
+    @property
+    def y_train(self):
+        return self.data.y_train
+
+    def cached(self, key, compute):
+        """`compute()` (a JSON-able value), or its saved value if this run already
+        computed it: an interrupted run resumes at the step it was in."""
+        path = os.path.join(self.directory, "steps", f"{key}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        value = compute()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(path + ".tmp", path)
+        return value
+
+    def source_network(self, run_name):
+        path = os.path.join(self.source_directories[run_name], "network.keras")
+        return keras.saving.load_model(path, compile=False)
+
+
+def row(form, *, ratio=None, bits=None, sparsity=0.0, clean_accuracy, certified_accuracy,
+        samples, prune_method=None, **extra):
+    """One result row. `form` is "prune" (ratio; ratio 0 is the uncompressed network),
+    "quantize" (fake-quantized kernels, `bits`) or "tflite" (the int8 file)."""
+    assert form in COMPRESSED_FORMS
+    return {
+        "form": form,
+        "prune_method": prune_method if form == "prune" else None,
+        "ratio": ratio,
+        "bits": bits,
+        "sparsity": float(sparsity),
+        "clean_accuracy": float(clean_accuracy),
+        "certified_accuracy": float(certified_accuracy),
+        "samples": int(samples),
+        **extra,
+    }
+
+
+# ----- evaluation steps shared by the methods -----
+
+def grid_rows(network, ctx, ratios, bits):
+    """Rows of `evaluate_compressed` over pruning `ratios` and quantization `bits`."""
+    from cactus_keras.certification.compressed import evaluate_compressed
+
+    evaluation = ctx.config.evaluation
+    table = evaluate_compressed(
+        network, ctx.x_test, ctx.y_test, ctx.config.epsilon, pruning=ratios,
+        methods=[evaluation["prune_method"]], bits=bits, bound=evaluation["bound"],
+    )
+    rows = []
+    for r in table.rows:
+        common = dict(sparsity=r["sparsity"], clean_accuracy=r["clean_accuracy"],
+                      certified_accuracy=r["certified_accuracy"], samples=r["samples"])
+        if r["bits"] is None:
+            rows.append(row("prune", ratio=r["ratio"], prune_method=r["method"], **common))
+        else:
+            rows.append(row("quantize", bits=r["bits"], **common))
+    return rows
+
+
+def tflite_row(path, ctx):
+    """The row of an int8 `.tflite` file, certified on its own integer arithmetic."""
+    from cactus_keras.export import verify_tflite
+
+    result = verify_tflite(path, ctx.x_test, ctx.y_test, ctx.config.epsilon)
+    return row("tflite", bits=8, clean_accuracy=result.clean_accuracy,
+               certified_accuracy=result.certified_accuracy, samples=len(result.labels),
+               simulation_agreement=result.simulation_agreement, file=os.path.relpath(path, ctx.directory))
+
+
+def export_row(network, ctx, name):
+    """Exports `network` to DIR/<name>.int8.tflite with our exporter and certifies it."""
+    from cactus_keras.export import to_tflite
+
+    path = os.path.join(ctx.directory, f"{name}.int8.tflite")
+    samples = ctx.config.evaluation["calibration_samples"]
+    to_tflite(network, path, representative_data=ctx.x_train[:samples],
+              num_calibration_samples=samples)
+    return tflite_row(path, ctx)
+
+
+# ----- the methods -----
+
+class Method:
+    """Base class. Subclasses set `name`, `options` and define `run(ctx)`."""
+
+    name = ""
+    options = {}
+    produces_network = False
+
+    def __init__(self, run_name, options, config, where):
+        self.run_name = run_name
+        self.config = config
+        self.where = where
+        unknown = sorted(set(options) - set(self.options) - {"method"})
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown option(s) {', '.join(unknown)} for method {self.name!r}; "
+                f"its options are {', '.join(sorted(self.options)) or 'none'}."
+            )
+        self.settings = {k: options.get(k, default) for k, default in self.options.items()}
+        self.check()
+
+    def check(self):
+        """Validates `self.settings`; raise ConfigError."""
+
+    def sources(self):
+        return []
+
+    def spec(self):
+        """Everything that defines this run's results (saved; a change forces a rerun)."""
+        return {"method": self.name, **self.settings}
+
+    def describe(self):
+        """The options this run sets itself (for the report)."""
+        return {k: v for k, v in self.settings.items() if v is not None}
+
+    def run(self, ctx):
+        raise NotImplementedError
+
+
+class TrainedMethod(Method):
+    """A method that trains a network from scratch with a `TrainConfig`, then evaluates
+    it over the whole grid (pruning ratios, bit widths, the exported int8 file)."""
+
+    options = {field: None for field in TRAIN_FIELDS}
+    produces_network = True
+
+    def overrides(self):
+        return {k: v for k, v in self.settings.items() if v is not None}
+
+    def check(self):
+        try:
+            train_config = self.config.train_config(self.overrides(), seed=0)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+        self.check_compression(train_config.compression)
+
+    def check_compression(self, compression):
+        pass
+
+    def spec(self):
+        train_config = self.config.train_config(self.overrides(), seed=0).to_dict()
+        train_config.pop("seed")
+        return {"method": self.name, "training": train_config,
+                "evaluation": self.config.evaluation}
+
+    def describe(self):
+        return self.overrides()
+
+    def train(self, ctx):
+        from cactus_keras.experiments.training import train
+
+        if not os.path.exists(os.path.join(ctx.directory, "network.keras")):
+            config = self.config.train_config(self.overrides(), seed=ctx.seed)
+            ctx.log(f"training {config.epochs} epochs ({config.compression} compression)")
+            train(config, ctx.data, ctx.directory, verbose=ctx.verbose)
+        return keras.saving.load_model(os.path.join(ctx.directory, "network.keras"), compile=False)
+
+    def run(self, ctx):
+        network = self.train(ctx)
+        evaluation = self.config.evaluation
+        ctx.log("certifying the compression grid")
+        rows = ctx.cached("grid", lambda: grid_rows(
+            network, ctx, evaluation["prune_ratios"], evaluation["bits"]))
+        if evaluation["tflite"]:
+            ctx.log("exporting and verifying the int8 .tflite file")
+            rows = rows + [ctx.cached("tflite", lambda: export_row(network, ctx, "network"))]
+        return rows
+
+
+class Cactus(TrainedMethod):
+    """CACTUS: certified training over the full network and its compressed members."""
+
+    name = "cactus"
+
+    def overrides(self):
+        # CACTUS means compression-aware; the shared [training] table may say "none"
+        # for the IBP runs, so CACTUS's own default is the full compression set.
+        overrides = super().overrides()
+        if self.config.training.get("compression", "none") == "none":
+            overrides.setdefault("compression", "prune+quant")
+        return overrides
+
+    def check_compression(self, compression):
+        if compression == "none":
+            raise ConfigError(
+                f"{self.where}: a cactus run needs compression prune, quant or "
+                "prune+quant; for plain IBP training use method = \"ibp-then-compress\"."
+            )
+
+
+class IBPThenCompress(TrainedMethod):
+    """Plain IBP certified training; pruning and quantization after, no fine-tuning."""
+
+    name = "ibp-then-compress"
+
+    def overrides(self):
+        return {**super().overrides(), "compression": "none"}
+
+    def check(self):
+        if self.settings.get("compression") not in (None, "none"):
+            raise ConfigError(
+                f"{self.where}: ibp-then-compress trains without compression members; "
+                f"remove compression = {self.settings['compression']!r} (or use method = "
+                "\"cactus\")."
+            )
+        super().check()
+
+
+class _FromSource(Method):
+    """A method that starts from the network of another run (`source`)."""
+
+    def check(self):
+        if not isinstance(self.settings["source"], str):
+            raise ConfigError(f"{self.where}: `source` must be a run name, got {self.settings['source']!r}.")
+        evaluation = {k: self.settings[k] for k in ("prune_ratios", "bits") if k in self.settings
+                      and self.settings[k] is not None}
+        check_evaluation(evaluation, self.where)
+        for key in ("epochs", "batch_size"):
+            if key in self.settings and self.settings[key] is not None:
+                value = self.settings[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"{self.where}: `{key}` must be a positive integer, got {value!r}.")
+        rate = self.settings.get("learning_rate")
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+            raise ConfigError(f"{self.where}: `learning_rate` must be > 0, got {rate!r}.")
+
+    def sources(self):
+        return [self.settings["source"]]
+
+    def setting(self, key):
+        """The method's own value, else the experiment's ([training] or [evaluation])."""
+        value = self.settings.get(key)
+        if value is not None:
+            return value
+        if key in ("prune_ratios", "bits", "tflite"):
+            value = self.config.evaluation[key]
+            # Fine-tuning the unpruned network is not this baseline; ratio 0 is the source's.
+            return [r for r in value if r > 0] if key == "prune_ratios" else value
+        return self.config.train_config({}, seed=0).to_dict()[key]
+
+    def train_data(self, ctx):
+        limit = self.config.train_config({}, seed=0).limit
+        if limit is None:
+            return ctx.x_train, ctx.y_train
+        return ctx.x_train[:limit], ctx.y_train[:limit]
+
+
+class IBPThenFinetune(_FromSource):
+    """Compress the source run's network once, then certified fine-tuning of the
+    compressed network alone for a few epochs: fixed mask for pruning, fake
+    quantization with a straight-through estimator for quantization."""
+
+    name = "ibp-then-finetune"
+    options = {"source": "ibp", "epochs": 2, "learning_rate": 1e-4, "batch_size": None,
+               "standard_weight": None, "prune_ratios": None, "bits": None, "tflite": None}
+
+    def _fine_tune(self, model, ctx):
+        from cactus_keras.experiments.training import CLIP_NORM
+
+        model.compile(optimizer=keras.optimizers.Adam(self.setting("learning_rate"), clipnorm=CLIP_NORM))
+        x, y = self.train_data(ctx)
+        model.fit(x, y, batch_size=self.setting("batch_size"), epochs=self.setting("epochs"),
+                  verbose=ctx.verbose)
+        return model.apply_compression()
+
+    def _model(self, kind, ctx, **kwargs):
+        keras.utils.set_random_seed(ctx.seed)
+        network = ctx.source_network(self.settings["source"])
+        return kind(network, self.config.epsilon, standard_weight=self.setting("standard_weight"), **kwargs)
+
+    def run(self, ctx):
+        from cactus_keras.training.finetune import MaskedFineTuning, QuantizedFineTuning
+
+        method = self.config.evaluation["prune_method"]
+        rows = []
+        for ratio in self.setting("prune_ratios"):
+            def prune(ratio=ratio):
+                ctx.log(f"fine-tuning the network pruned at {ratio:g} ({method})")
+                model = self._model(MaskedFineTuning, ctx, ratio=ratio, method=method)
+                network = self._fine_tune(model, ctx)
+                network.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
+                return grid_rows(network, ctx, [ratio], [])
+
+            rows += ctx.cached(f"prune_{ratio:g}", prune)
+        for bits in self.setting("bits"):
+            def quantize(bits=bits):
+                ctx.log(f"fine-tuning the {bits}-bit network (straight-through estimator)")
+                model = self._model(QuantizedFineTuning, ctx, bits=bits)
+                network = self._fine_tune(model, ctx)
+                network.save(os.path.join(ctx.directory, f"quantized_{bits}bit.keras"))
+                found = grid_rows(network, ctx, [], [bits])
+                if bits == 8 and self.setting("tflite"):
+                    found.append(export_row(network, ctx, "quantized_8bit"))
+                return found
+
+            rows += ctx.cached(f"quantize_{bits}", quantize)
+        return rows
+
+
+class TFMOT(_FromSource):
+    """TensorFlow Model Optimization's pruning and QAT applied to the source run's
+    network (on a `tf_keras` twin with copied weights), certified by our bounds.
+
+    TF-MOT fine-tunes with the standard cross-entropy, as its users do: it knows nothing
+    of certification. Pruning is per layer (`ConstantSparsity`), whatever
+    [evaluation].prune_method says.
+    """
+
+    name = "tfmot"
+    options = {"source": "ibp", "epochs": 1, "learning_rate": 1e-4, "batch_size": None,
+               "prune_ratios": None, "quantize": True}
+
+    def check(self):
+        super().check()
+        if not isinstance(self.settings["quantize"], bool):
+            raise ConfigError(f"{self.where}: `quantize` must be true or false.")
+
+    def run(self, ctx):
+        from cactus_keras.certification.certificates import certify
+        from cactus_keras.compression.pruning import prunable_kernels
+        from cactus_keras.compression import tfmot_interop
+
+        x, y = self.train_data(ctx)
+        fit = dict(epochs=self.setting("epochs"), batch_size=self.setting("batch_size"),
+                   learning_rate=self.setting("learning_rate"), seed=ctx.seed,
+                   verbose=ctx.verbose)
+        rows = []
+        for ratio in self.setting("prune_ratios"):
+            def prune(ratio=ratio):
+                ctx.log(f"TF-MOT prune_low_magnitude at {ratio:g}, fine-tune, strip_pruning")
+                network = ctx.source_network(self.settings["source"])
+                pruned = tfmot_interop.tfmot_prune(network, x, y, ratio, **fit)
+                pruned.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
+                kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
+                sparsity = sum(float((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+                result = certify(pruned, ctx.x_test, ctx.y_test, self.config.epsilon,
+                                 method=self.config.evaluation["bound"])
+                return [row("prune", ratio=ratio, prune_method="tfmot_constant_sparsity",
+                            sparsity=sparsity, clean_accuracy=result.clean_accuracy,
+                            certified_accuracy=result.certified_accuracy,
+                            samples=len(result.labels))]
+
+            rows += ctx.cached(f"prune_{ratio:g}", prune)
+        if self.settings["quantize"]:
+            def quantize():
+                ctx.log("TF-MOT quantize_model (QAT), fine-tune, int8 conversion")
+                network = ctx.source_network(self.settings["source"])
+                path = os.path.join(ctx.directory, "qat.int8.tflite")
+                tfmot_interop.tfmot_quantize_to_tflite(
+                    network, x, y, path,
+                    representative_samples=self.config.evaluation["calibration_samples"], **fit)
+                return [tflite_row(path, ctx)]
+
+            rows += ctx.cached("quantize_tflite", quantize)
+        return rows
+
+
+METHODS = {cls.name: cls for cls in (Cactus, IBPThenCompress, IBPThenFinetune, TFMOT)}
+
+
+def make_method(run_name, options, config, where):
+    name = options.get("method")
+    if name is None:
+        raise ConfigError(f'{where}: `method` is required, one of {", ".join(METHODS)}.')
+    if name not in METHODS:
+        raise ConfigError(f"{where}: unknown method {name!r}; expected one of {', '.join(METHODS)}.")
+    return METHODS[name](run_name, options, config, where)

@@ -1,0 +1,66 @@
+"""PNG plots of an experiment's summary rows (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FORM_MARKERS = {"prune": "o", "quantize": "s", "tflite": "^"}
+FORM_NAMES = {"prune": "pruned (ratio 0: uncompressed)", "quantize": "fake-quantized kernels",
+              "tflite": "int8 .tflite"}
+
+
+def _colors(runs):
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {run: cycle[i % len(cycle)] for i, run in enumerate(runs)}
+
+
+def certified_vs_pruning(summary, runs, path, title=""):
+    """Certified accuracy against pruning ratio, one line per run (error bars: std
+    over seeds)."""
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, method in runs.items():
+        points = sorted((e for e in summary if e["run"] == run and e["form"] == "prune"),
+                        key=lambda e: e["ratio"])
+        if not points:
+            continue
+        ax.errorbar([e["ratio"] for e in points], [e["certified_accuracy_mean"] for e in points],
+                    yerr=[e["certified_accuracy_std"] for e in points], marker="o", capsize=3,
+                    color=colors[run], label=f"{run} ({method})")
+    ax.set_xlabel("pruning ratio")
+    ax.set_ylabel("certified accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def clean_vs_certified(summary, runs, path, title=""):
+    """Clean against certified accuracy of every (run, compression level): colour is
+    the run, marker the kind of compression."""
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for e in summary:
+        ax.errorbar(e["clean_accuracy_mean"], e["certified_accuracy_mean"],
+                    xerr=e["clean_accuracy_std"], yerr=e["certified_accuracy_std"],
+                    marker=FORM_MARKERS[e["form"]], color=colors[e["run"]], linestyle="none",
+                    alpha=0.8)
+    handles = [plt.Line2D([], [], color=colors[r], marker="o", linestyle="none",
+                          label=f"{r} ({m})") for r, m in runs.items()]
+    handles += [plt.Line2D([], [], color="gray", marker=FORM_MARKERS[f], linestyle="none",
+                           label=FORM_NAMES[f]) for f in FORM_MARKERS]
+    ax.legend(handles=handles, fontsize=7)
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("certified accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

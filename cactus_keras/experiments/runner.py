@@ -1,0 +1,112 @@
+"""`run_experiment`: every (seed, run) of a config, resumable, then the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from cactus_keras.experiments.config import ConfigError
+from cactus_keras.experiments.methods import RunContext, TrainedMethod
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _spec(config, method, seed):
+    return _jsonable({**method.spec(), "seed": seed, "dataset": config.dataset,
+                      "epsilon": config.epsilon, "test_samples": config.test_samples})
+
+
+def _preflight(config, data, output):
+    """Everything that can fail before training: architectures against the data,
+    and runs already in `output` made with other settings."""
+    from cactus_keras import models
+
+    for name, method in config.methods.items():
+        if isinstance(method, TrainedMethod):
+            train_config = config.train_config(method.overrides(), seed=0)
+            try:
+                models.get(train_config.arch, data.input_shape, data.num_classes,
+                           batch_norm=train_config.batch_norm)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"[methods.{name}]: architecture {train_config.arch!r} cannot take "
+                    f"{data.name}'s inputs of shape {data.input_shape}: {exc}"
+                ) from None
+    for seed in range(config.seeds):
+        for name, method in config.methods.items():
+            path = os.path.join(output, "runs", name, f"seed{seed}", "spec.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    saved = json.load(f)
+                if saved != _spec(config, method, seed):
+                    raise ConfigError(
+                        f"{os.path.dirname(path)} holds a run made with other settings "
+                        "than this config's; use another --output, or delete that folder "
+                        "to rerun it."
+                    )
+
+
+def run_experiment(config, output, *, verbose=None, progress=True, command=None):
+    """Runs every method of `config` for each seed, then writes the results into
+    `output` (results.json, results.csv, runs.csv, report.md, PNG plots).
+
+    Runs whose results are already in `output` are not run again; a run that was
+    interrupted resumes at its last finished step (training, each evaluation).
+    Returns the path of report.md.
+
+    Example:
+
+    ```python
+    config = cactus_keras.experiments.load_config("examples/configs/fashion_mnist_cpu.toml")
+    cactus_keras.experiments.run_experiment(config, "runs/fmnist")
+    ```
+    """
+    from tqdm.auto import tqdm
+
+    from cactus_keras.data import load
+    from cactus_keras.experiments.report import write_results
+
+    data = load(config.dataset, download=config.download)
+    _preflight(config, data, output)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    os.makedirs(output, exist_ok=True)
+    n = config.test_samples or len(data.x_test)
+    x_test, y_test = data.x_test[:n], data.y_test[:n]
+    data_note = f"{data.name} ({data.source}), {len(x_test)} test samples"
+    command = command or f"cactus-keras experiment {config.path} --output {output}"
+    plan = [(seed, name) for seed in range(config.seeds) for name in config.ordered_runs()]
+    bar = tqdm(plan, desc="experiment", unit="run", disable=not progress, file=sys.stderr)
+    records = []
+    for seed, name in bar:
+        method = config.methods[name]
+        directory = os.path.join(output, "runs", name, f"seed{seed}")
+        done = os.path.join(directory, "result.json")
+        bar.set_postfix_str(f"{name} seed {seed}")
+        if os.path.exists(done):
+            with open(done) as f:
+                records.append(json.load(f))
+            tqdm.write(f"[{name} seed {seed}] done before, not rerun")
+            continue
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "spec.json"), "w") as f:
+            json.dump(_spec(config, method, seed), f, indent=2)
+        sources = {s: os.path.join(output, "runs", s, f"seed{seed}") for s in method.sources()}
+        ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
+                         directory=directory, source_directories=sources, verbose=verbose,
+                         log=lambda text, name=name, seed=seed: tqdm.write(f"[{name} seed {seed}] {text}"))
+        start = time.perf_counter()
+        rows = method.run(ctx)
+        record = {"run": name, "method": method.name, "seed": seed,
+                  "seconds": time.perf_counter() - start,
+                  "rows": [{"run": name, "method": method.name, "seed": seed, **r} for r in rows]}
+        with open(done + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(done + ".tmp", done)
+        records.append(record)
+    bar.close()
+    return write_results(output, config, records, data_note, command)

@@ -1,0 +1,89 @@
+"""Certified fine-tuning of one fixed compressed network (the baselines' second stage)."""
+
+import keras
+import numpy as np
+import pytest
+
+import cactus_keras
+from cactus_keras.compression import fake_quantize, magnitude_masks, prunable_kernels
+from cactus_keras.compression.pruning import output_is_excluded
+from cactus_keras.training import MaskedFineTuning, QuantizedFineTuning
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.random((n, 16, 16, 1)).astype("float32") * 0.3
+    for i, c in enumerate(y):
+        x[i, 5 * c : 5 * c + 5, :, 0] += 0.6
+    return np.clip(x, 0, 1), y
+
+
+def _kernels(network, exclude_output=False):
+    return [keras.ops.convert_to_numpy(k).copy() for k in prunable_kernels(network, exclude_output)]
+
+
+@pytest.mark.parametrize("method", ["global_l1", "local_l1", "global_l2_structured"])
+def test_masked_fine_tuning_keeps_the_mask_fixed(method):
+    x, y = _data()
+    network = cactus_keras.models.cnn3((16, 16, 1), 3)
+    # The structured method never prunes output units.
+    excluded = output_is_excluded(method, False)
+    before = _kernels(network, excluded)
+    expected = [keras.ops.convert_to_numpy(m) for m in magnitude_masks(before, 0.6, method)]
+    model = MaskedFineTuning(network, 0.01, ratio=0.6, method=method)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    after = _kernels(model.apply_compression(), excluded)
+    for mask, old, new in zip(expected, before, after):
+        assert np.all(new[mask == 0] == 0)
+        kept = mask == 1
+        # The kept weights were trained.
+        assert not np.allclose(new[kept], old[kept])
+
+
+def test_masked_fine_tuning_metrics_are_those_of_the_pruned_network():
+    x, y = _data()
+    network = cactus_keras.models.cnn3((16, 16, 1), 3)
+    model = MaskedFineTuning(network, 0.01, ratio=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    metrics = model.evaluate(x, y, verbose=0, return_dict=True)
+    pruned = model.apply_compression()
+    result = cactus_keras.certify(pruned, x, y, 0.01)
+    assert metrics["certified_accuracy"] == pytest.approx(result.certified_accuracy, abs=1e-6)
+    assert metrics["clean_accuracy"] == pytest.approx(result.clean_accuracy, abs=1e-6)
+
+
+def test_quantized_fine_tuning_trains_through_the_straight_through_estimator():
+    x, y = _data()
+    network = cactus_keras.models.cnn3((16, 16, 1), 3)
+    before = _kernels(network)
+    model = QuantizedFineTuning(network, 0.01, bits=4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    trained = _kernels(network)
+    # Rounding has zero gradient almost everywhere: without the STE nothing would move.
+    assert all(not np.allclose(a, b) for a, b in zip(trained, before))
+    metrics = model.evaluate(x, y, verbose=0, return_dict=True)
+    quantized = model.apply_compression()
+    for value, float_kernel in zip(_kernels(quantized), trained):
+        np.testing.assert_allclose(value, keras.ops.convert_to_numpy(fake_quantize(float_kernel, 4)), atol=1e-6)
+    result = cactus_keras.certify(quantized, x, y, 0.01)
+    assert metrics["certified_accuracy"] == pytest.approx(result.certified_accuracy, abs=1e-6)
+
+
+def test_fine_tuning_wrappers_are_not_saved_and_say_what_to_save(tmp_path):
+    model = QuantizedFineTuning(cactus_keras.models.cnn3((16, 16, 1), 3), 0.01)
+    with pytest.raises(NotImplementedError, match="apply_compression"):
+        model.get_config()
+
+
+def test_bad_arguments():
+    network = cactus_keras.models.cnn3((16, 16, 1), 3)
+    with pytest.raises(ValueError, match="ratio"):
+        MaskedFineTuning(network, 0.01, ratio=1.0)
+    with pytest.raises(ValueError, match="method"):
+        MaskedFineTuning(network, 0.01, ratio=0.5, method="l3")
+    with pytest.raises(ValueError, match="bits"):
+        QuantizedFineTuning(network, 0.01, bits=12)
