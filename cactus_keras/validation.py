@@ -76,3 +76,20 @@ def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def check_single_io(network, purpose):
+    """Checks that a built Keras model has one input and one output; `purpose` ends
+    the messages (e.g. "exporting", "converting it for TF-MOT")."""
+    inputs = getattr(network, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"Model '{network.name}' has no defined input shape: build it with keras.Input "
+            f"(or call it once on data) before {purpose}."
+        )
+    if len(inputs) != 1 or len(network.outputs) != 1:
+        raise ValueError(
+            f"Model '{network.name}' has {len(inputs)} inputs and {len(network.outputs)} "
+            f"outputs; {purpose} needs a classifier with one input and one output."
+        )
+    return network

@@ -23,19 +23,7 @@ def _network(model_or_network):
             f"{type(model_or_network).__name__}. A tf.keras (Keras 2) model or a saved file "
             "must first be loaded with keras.saving.load_model."
         )
-    network = model_or_network
-    inputs = getattr(network, "inputs", None)
-    if not inputs:
-        raise ValueError(
-            f"Model '{network.name}' has no defined input shape: build it with keras.Input "
-            "(or call it once on data) before exporting."
-        )
-    if len(inputs) != 1 or len(network.outputs) != 1:
-        raise ValueError(
-            f"Model '{network.name}' has {len(inputs)} inputs and {len(network.outputs)} "
-            "outputs; to_tflite exports classifiers with one input and one output."
-        )
-    return network
+    return validation.check_single_io(model_or_network, "exporting")
 
 
 def _check_samples(x, input_shape, what):
@@ -110,6 +98,45 @@ def representative_samples(representative_data, input_shape, limit):
     return _check_samples(x, input_shape, what)[:limit]
 
 
+def configure_int8(converter, samples):
+    """Sets a TFLiteConverter to full-integer int8 with int8 input and output, its
+    activation ranges calibrated on `samples` (float32, batch first)."""
+    import tensorflow as tf
+
+    def dataset():
+        for sample in samples:
+            yield [sample[None]]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter
+
+
+def convert(converter, what, hint=""):
+    """`converter.convert()`, its assorted TF/MLIR errors turned into a short ValueError
+    about `what`."""
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises assorted TF/MLIR errors
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
+        raise ValueError(f"TFLite conversion of {what} failed: {summary}.{hint}") from None
+
+
+def write_file(path, content):
+    """Writes `content` to `path` through a temporary file, so a failed write leaves no
+    truncated model behind."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        f.write(content)
+    os.replace(temporary, path)
+    return path
+
+
 def to_tflite(model_or_network, path, representative_data=None, int8=True,
               num_calibration_samples=200):
     """Exports a Keras model to a `.tflite` file, full-integer int8 by default.
@@ -157,35 +184,14 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     if os.path.isdir(path):
         raise ValueError(f"`path` '{path}' is a directory; pass a file name such as "
                          "'model.tflite'.")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="cactus_tflite_") as saved_model:
         network.export(saved_model, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if int8:
-            def dataset():
-                for sample in samples:
-                    yield [sample[None]]
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = dataset
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-        try:
-            content = converter.convert()
-        except Exception as error:  # the converter raises assorted TF/MLIR errors
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
-            raise ValueError(
-                f"TFLite conversion of model '{network.name}' failed"
-                f"{' (int8)' if int8 else ''}: {summary}. Layers without an int8 TFLite "
-                "kernel cannot be exported full-integer; try int8=False to see whether the "
-                "float conversion works."
-            ) from None
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        f.write(content)
-    os.replace(temporary, path)
+            configure_int8(converter, samples)
+        hint = (" Layers without an int8 TFLite kernel cannot be exported full-integer; try "
+                "int8=False to see whether the float conversion works.") if int8 else ""
+        content = convert(converter, f"model '{network.name}'{' (int8)' if int8 else ''}", hint)
+    write_file(path, content)
     return path

@@ -1,0 +1,339 @@
+"""`CactusHyperModel`: a KerasTuner HyperModel that builds and trains a CactusModel."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import keras
+import keras_tuner
+
+from cactus_keras import validation
+from cactus_keras.compression.pruning import Pruning, check_pruning_method
+from cactus_keras.compression.quantization import Quantization, check_bits
+from cactus_keras.experiments.training import CLIP_NORM
+from cactus_keras.training import CactusModel, EpsilonRamp, StandardWeightRamp, ibp_initialize
+from cactus_keras.tuning.objectives import CompressedCertification, parse_targets
+
+TRAIN_COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
+
+# Default search spaces: (low, high) is a range, a list a choice, a number a fixed value.
+DEFAULT_STANDARD_WEIGHT = (0.0, 0.9)        # lambda, linear
+DEFAULT_AWP_RADIUS = (0.25, 4.0)            # eta in quantization steps, log
+DEFAULT_LEARNING_RATE = 1e-3                # fixed unless asked: (1e-4, 1e-2), log
+DEFAULT_PRUNE_RATIO_LOW = 0.25              # fixed unless asked: (0.0, 0.5)
+DEFAULT_PRUNE_RATIO_HIGH = 0.75             # fixed unless asked: (0.5, 0.95)
+SEARCH_LEARNING_RATE = (1e-4, 1e-2)
+SEARCH_PRUNE_RATIO_LOW = (0.0, 0.5)
+SEARCH_PRUNE_RATIO_HIGH = (0.5, 0.95)
+
+# name: (lowest, highest, log sampling) of each hyperparameter.
+_BOUNDS = {
+    "standard_weight": (0.0, 1.0, False),
+    "awp_radius": (0.0, math.inf, True),
+    "learning_rate": (0.0, math.inf, True),
+    "prune_ratio_low": (0.0, 0.99, False),
+    "prune_ratio_high": (0.0, 0.99, False),
+}
+
+
+def check_space(name, space):
+    """Checks a search space: a number (fixed), a (low, high) tuple (a range) or a list
+    (a choice). Returns it normalized (floats, tuple or list)."""
+    lowest, highest, _ = _BOUNDS[name]
+
+    def number(value):
+        if isinstance(value, bool):
+            raise TypeError(f"`{name}` values must be numbers, got {value!r}.")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"`{name}` values must be numbers, got {value!r}.") from None
+        if not (lowest <= value <= highest) or (name == "learning_rate" and value <= 0):
+            raise ValueError(
+                f"`{name}` must lie in [{lowest:g}, {highest:g}]"
+                + (" and be > 0" if name == "learning_rate" else "")
+                + f", got {value!r}."
+            )
+        return value
+
+    if isinstance(space, tuple):
+        if len(space) != 2:
+            raise ValueError(f"A `{name}` range must be (low, high), got {space!r}.")
+        low, high = number(space[0]), number(space[1])
+        if not low < high:
+            raise ValueError(
+                f"A `{name}` range must have low < high, got {space!r}; give a single number "
+                "to fix the value."
+            )
+        if _BOUNDS[name][2] and low <= 0:
+            raise ValueError(f"A `{name}` range is sampled on a log scale: low must be > 0, got {low!r}.")
+        return (low, high)
+    if isinstance(space, list):
+        if not space:
+            raise ValueError(f"A `{name}` choice must not be empty.")
+        values = [number(v) for v in space]
+        if len(set(values)) != len(values):
+            raise ValueError(f"A `{name}` choice has repeated values: {space!r}.")
+        return values
+    return number(space)
+
+
+def _declare(hp, name, space, log):
+    if isinstance(space, tuple):
+        return hp.Float(name, space[0], space[1], sampling="log" if log else "linear")
+    if isinstance(space, list):
+        return hp.Choice(name, space)
+    return hp.Fixed(name, space)
+
+
+def _call_builder(build_network, hp):
+    try:
+        parameters = inspect.signature(build_network).parameters
+    except (TypeError, ValueError):
+        parameters = {"hp": None}
+    return build_network(hp) if parameters else build_network()
+
+
+class CactusHyperModel(keras_tuner.HyperModel):
+    """Builds and trains a `CactusModel` with searched lambda and eta.
+
+    Searched hyperparameters (a `(low, high)` tuple is a range, a list a choice, a number
+    a fixed value; the defaults are the documented search space):
+
+    - `standard_weight` (lambda): default range (0.0, 0.9), linear.
+    - `awp_radius` (eta, AWP radius in quantization steps): default (0.25, 4.0), log;
+      only when the training set has a quantization member.
+    - `learning_rate`: fixed 1e-3 by default; `search_learning_rate=True` searches
+      (1e-4, 1e-2) on a log scale.
+    - `prune_ratio_low`, `prune_ratio_high` (the range pruning ratios are sampled from
+      in training): fixed (0.25, 0.75) by default; `search_prune_range=True` searches
+      (0.0, 0.5) and (0.5, 0.95). Only with a pruning member.
+
+    Each trial trains with the epsilon and lambda ramps (`warmup_epochs` of standard
+    training, then `ramp_epochs` of ramp), and at the end of every epoch certifies the
+    network, and the network compressed to each of `targets`, at the target epsilon:
+    the metrics `val_certified_accuracy`, `val_certified_accuracy_compressed` and
+    `val_certified_accuracy_mean` that the objectives of `cactus_keras.tuning` name.
+
+    Args:
+        build_network: a function returning a fresh Keras network (logits); it may take
+            the `hp` argument to tune the architecture too.
+        epsilon: certification (and training) radius.
+        targets: compressions the network must stay certified under, e.g.
+            `"prune:0.7,int8"` or `["prune:0.7", "int8"]`.
+        train_compression: members of the training set: "none", "prune", "quant" or
+            "prune+quant"; default: pruning if a target prunes, quantization if a target
+            quantizes.
+        epochs: epochs of each trial, for the ramps (`search(epochs=...)` if None; for
+            Hyperband, its `max_epochs`).
+        bits: bit width of the quantization member (default: the quantization target's,
+            else 8).
+        prune_method: pruning method of the pruning member (default: the pruning
+            target's, else "global_l1").
+        awp_steps: AWP ascent steps.
+        certified_loss: "ibp" or "crown-ibp".
+        bound: bound method of the objective certificates.
+        ibp_init: apply IBP initialization (Shi et al. 2021) to each new network.
+        certify_samples: certify only the first N validation samples (None: all).
+        seed: seed set before each network is built, so trials differ by their
+            hyperparameters only.
+
+    Example:
+
+    ```python
+    import keras_tuner, cactus_keras
+    from cactus_keras.tuning import CactusHyperModel, make_tuner
+
+    hypermodel = CactusHyperModel(
+        lambda: cactus_keras.models.cnn3((28, 28, 1), 10), epsilon=0.1,
+        targets="prune:0.7,int8", epochs=6)
+    tuner = make_tuner(hypermodel, "bayesian", objective="mean", max_trials=20,
+                       directory="runs/tune")
+    tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128)
+    print(tuner.get_best_hyperparameters()[0].values)
+    ```
+    """
+
+    def __init__(
+        self,
+        build_network,
+        epsilon,
+        targets="prune:0.7",
+        *,
+        train_compression=None,
+        epochs=None,
+        standard_weight=DEFAULT_STANDARD_WEIGHT,
+        awp_radius=DEFAULT_AWP_RADIUS,
+        learning_rate=DEFAULT_LEARNING_RATE,
+        prune_ratio_low=DEFAULT_PRUNE_RATIO_LOW,
+        prune_ratio_high=DEFAULT_PRUNE_RATIO_HIGH,
+        search_learning_rate=False,
+        search_prune_range=False,
+        bits=None,
+        prune_method=None,
+        awp_steps=1,
+        certified_loss="ibp",
+        bound="ibp",
+        warmup_epochs=None,
+        ramp_epochs=None,
+        ibp_init=False,
+        certify_samples=None,
+        seed=0,
+        name=None,
+        tunable=True,
+    ):
+        super().__init__(name=name, tunable=tunable)
+        if not callable(build_network):
+            raise TypeError(
+                f"`build_network` must be a function returning a Keras network, got {build_network!r}."
+            )
+        self.build_network = build_network
+        self.epsilon = validation.check_epsilon(epsilon)
+        self.targets = parse_targets(targets)
+        if train_compression is None:
+            kinds = {t.kind for t in self.targets}
+            parts = [p for p, k in (("prune", "prune"), ("quant", "quantize")) if k in kinds]
+            train_compression = "+".join(parts) or "none"
+        if train_compression not in TRAIN_COMPRESSIONS:
+            raise ValueError(
+                f"Unknown train_compression {train_compression!r}; expected one of "
+                f"{', '.join(TRAIN_COMPRESSIONS)}."
+            )
+        self.train_compression = train_compression
+        self.epochs = None if epochs is None else validation.check_positive_int(epochs, "epochs")
+        if search_learning_rate and learning_rate == DEFAULT_LEARNING_RATE:
+            learning_rate = SEARCH_LEARNING_RATE
+        if search_prune_range:
+            if prune_ratio_low == DEFAULT_PRUNE_RATIO_LOW:
+                prune_ratio_low = SEARCH_PRUNE_RATIO_LOW
+            if prune_ratio_high == DEFAULT_PRUNE_RATIO_HIGH:
+                prune_ratio_high = SEARCH_PRUNE_RATIO_HIGH
+        self.spaces = {
+            "standard_weight": check_space("standard_weight", standard_weight),
+            "awp_radius": check_space("awp_radius", awp_radius),
+            "learning_rate": check_space("learning_rate", learning_rate),
+            "prune_ratio_low": check_space("prune_ratio_low", prune_ratio_low),
+            "prune_ratio_high": check_space("prune_ratio_high", prune_ratio_high),
+        }
+        low, high = self.spaces["prune_ratio_low"], self.spaces["prune_ratio_high"]
+        if _max(low) > _min(high):
+            raise ValueError(
+                f"Every prune_ratio_low must be <= every prune_ratio_high, got {low!r} and "
+                f"{high!r}: let the ranges meet at most at one value (e.g. (0.0, 0.5) and "
+                "(0.5, 0.95))."
+            )
+        quant_targets = [t.bits for t in self.targets if t.kind == "quantize"]
+        prune_targets = [t.method for t in self.targets if t.kind == "prune"]
+        self.bits = check_bits(bits if bits is not None else (quant_targets[0] if quant_targets else 8))
+        self.prune_method = check_pruning_method(
+            prune_method if prune_method is not None else (prune_targets[0] if prune_targets else "global_l1")
+        )
+        self.awp_steps = validation.check_positive_int(awp_steps, "awp_steps")
+        self.certified_loss = certified_loss
+        self.bound = bound
+        self.warmup_epochs = warmup_epochs
+        self.ramp_epochs = ramp_epochs
+        self.ibp_init = bool(ibp_init)
+        self.certify_samples = (
+            None if certify_samples is None else validation.check_positive_int(certify_samples, "certify_samples")
+        )
+        self.seed = seed
+        self.build_count = 0
+
+    # The searched names, for reports and checks.
+    def searched(self):
+        """Names of the hyperparameters this hypermodel declares."""
+        names = ["standard_weight", "learning_rate"]
+        if "quant" in self.train_compression:
+            names.insert(1, "awp_radius")
+        if "prune" in self.train_compression:
+            names += ["prune_ratio_low", "prune_ratio_high"]
+        return names
+
+    def search_space(self):
+        """{name: space} of the declared hyperparameters (as given, normalized)."""
+        return {name: self.spaces[name] for name in self.searched()}
+
+    def declare(self, hp):
+        """Declares the hyperparameters on `hp`; returns {name: value}."""
+        return {name: _declare(hp, name, self.spaces[name], _BOUNDS[name][2]) for name in self.searched()}
+
+    def build(self, hp):
+        self.build_count += 1
+        values = self.declare(hp)
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        network = _call_builder(self.build_network, hp)
+        if not isinstance(network, keras.Model):
+            raise TypeError(
+                f"`build_network` must return a Keras model, got {type(network).__name__}."
+            )
+        if self.ibp_init:
+            ibp_initialize(network, seed=self.seed)
+        members = []
+        if "prune" in self.train_compression:
+            low, high = values["prune_ratio_low"], values["prune_ratio_high"]
+            ratio = (low, high) if low < high else low
+            members.append(Pruning(ratio=ratio, method=self.prune_method))
+        if "quant" in self.train_compression:
+            members.append(
+                Quantization(bits=self.bits, epsilon_weight=values["awp_radius"], steps=self.awp_steps)
+            )
+        model = CactusModel(
+            network,
+            epsilon=self.epsilon,
+            compression=members,
+            standard_weight=values["standard_weight"],
+            certified_loss=self.certified_loss,
+            seed=self.seed,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(values["learning_rate"], clipnorm=CLIP_NORM))
+        return model
+
+    def schedule(self, epochs):
+        """(warmup_epochs, ramp_epochs) of a run of `epochs` epochs: one warm-up epoch
+        when there are 3 or more, then a ramp over half the rest (at least one)."""
+        warmup = self.warmup_epochs
+        if warmup is None:
+            warmup = 1 if epochs >= 3 else 0
+        ramp = self.ramp_epochs
+        if ramp is None:
+            ramp = max(1, (epochs - warmup) // 2)
+        return warmup, ramp
+
+    def callbacks(self, validation_data, epochs):
+        """The ramps and the objective callback of a trial."""
+        warmup, ramp = self.schedule(epochs)
+        if self.certify_samples is not None:
+            validation_data = tuple(v[: self.certify_samples] for v in validation_data[:2])
+        return [
+            EpsilonRamp(ramp, start_epoch=warmup, shape="smooth"),
+            StandardWeightRamp(ramp, start_epoch=warmup),
+            CompressedCertification(validation_data, self.targets, epsilon=self.epsilon, bound=self.bound),
+        ]
+
+    def fit(self, hp, model, *args, **kwargs):
+        validation_data = kwargs.get("validation_data")
+        if validation_data is None:
+            raise ValueError(
+                "CactusHyperModel needs `validation_data=(x_val, y_val)` in `search()`: the "
+                "objectives are certified accuracies on it."
+            )
+        if not isinstance(validation_data, (tuple, list)):
+            raise TypeError(
+                "`validation_data` must be a tuple (x_val, y_val) of arrays for the "
+                "certified-accuracy objectives."
+            )
+        epochs = self.epochs or kwargs.get("epochs", 1)
+        # Ours first, so KerasTuner's callbacks (which read the objective) see our metrics.
+        kwargs["callbacks"] = [*self.callbacks(validation_data, epochs), *kwargs.get("callbacks", [])]
+        return model.fit(*args, **kwargs)
+
+
+def _min(space):
+    return min(space) if isinstance(space, (tuple, list)) else space
+
+
+def _max(space):
+    return max(space) if isinstance(space, (tuple, list)) else space

@@ -1,0 +1,257 @@
+"""Search objectives of CACTUS tuning: certified accuracy of the full network, of the
+network at target compressions, and their mean, logged as epoch metrics.
+
+The metrics are written into the epoch logs by `CompressedCertification` (a Keras
+callback that `CactusHyperModel.fit` adds), so every KerasTuner tuner can use them as
+`objective` with direction "max". Nothing here imports keras_tuner at module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from cactus_keras import validation
+from cactus_keras.compression.pruning import PRUNING_METHODS, check_pruning_method, check_ratio
+from cactus_keras.compression.quantization import check_bits
+
+# The metric names (validation split, hence `val_`) and their short aliases.
+CERTIFIED = "val_certified_accuracy"
+COMPRESSED = "val_certified_accuracy_compressed"
+MEAN = "val_certified_accuracy_mean"
+CLEAN = "val_clean_accuracy"
+OBJECTIVES = {"certified": CERTIFIED, "compressed": COMPRESSED, "mean": MEAN}
+DEFAULT_OBJECTIVE = "mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionTarget:
+    """A compression the tuned network must stay certified under.
+
+    `kind` is "prune" (with `ratio` and `method`) or "quantize" (with `bits`, kernels
+    fake-quantized symmetric per output channel, as int8 TFLite kernels).
+    """
+
+    kind: str
+    ratio: float | None = None
+    method: str = "global_l1"
+    bits: int | None = None
+
+    @property
+    def key(self):
+        """The suffix of this target's metrics, e.g. `prune70` or `int8`."""
+        if self.kind == "quantize":
+            return f"int{self.bits}"
+        key = f"prune{round(self.ratio * 100):02d}"
+        return key if self.method == "global_l1" else f"{key}_{self.method}"
+
+    @property
+    def spec(self):
+        """The string form `parse_targets` reads (`prune:0.7`, `int8`)."""
+        if self.kind == "quantize":
+            return f"int{self.bits}"
+        spec = f"prune:{self.ratio:g}"
+        return spec if self.method == "global_l1" else f"{spec}:{self.method}"
+
+
+TARGET_FORMS = "prune:RATIO, prune:RATIO:METHOD or intBITS (e.g. prune:0.7, int8)"
+
+
+def _parse_target(text):
+    text = text.strip().lower()
+    if text.startswith("int") and text[3:].isdigit():
+        return CompressionTarget("quantize", bits=check_bits(int(text[3:])))
+    parts = text.split(":")
+    if parts[0] in ("prune", "pruning") and len(parts) in (2, 3):
+        try:
+            ratio = float(parts[1])
+        except ValueError:
+            raise ValueError(f"Compression target {text!r}: the ratio must be a number.") from None
+        ratio = check_ratio(ratio, "pruning ratio")
+        if ratio == 0:
+            raise ValueError(
+                f"Compression target {text!r}: ratio 0 is the full network, which is always "
+                "evaluated; give a ratio in (0, 1)."
+            )
+        method = check_pruning_method(parts[2]) if len(parts) == 3 else "global_l1"
+        return CompressionTarget("prune", ratio=ratio, method=method)
+    raise ValueError(
+        f"Unknown compression target {text!r}; expected {TARGET_FORMS}. Pruning methods: "
+        f"{', '.join(PRUNING_METHODS)}."
+    )
+
+
+def parse_targets(targets):
+    """`CompressionTarget`s from strings like "prune:0.7,int8", a list of such strings
+    or of `CompressionTarget`s. Empty or "none" means no target."""
+    if targets is None:
+        return []
+    if isinstance(targets, (str, CompressionTarget)):
+        targets = [targets]
+    parsed = []
+    for target in targets:
+        if isinstance(target, CompressionTarget):
+            parsed.append(target)
+            continue
+        if not isinstance(target, str):
+            raise TypeError(
+                f"Compression targets must be strings ({TARGET_FORMS}), got {target!r}."
+            )
+        for item in target.split(","):
+            if item.strip() and item.strip().lower() != "none":
+                parsed.append(_parse_target(item))
+    keys = [t.key for t in parsed]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"Compression targets are repeated: {', '.join(keys)}.")
+    return parsed
+
+
+def metric_names(targets):
+    """Every metric `CompressedCertification` writes for these targets."""
+    names = [CERTIFIED]
+    if targets:
+        names += [COMPRESSED, MEAN]
+        for target in targets:
+            names += [f"{CERTIFIED}_{target.key}", f"{CLEAN}_{target.key}"]
+    return names
+
+
+def _valid_objectives_text():
+    return ", ".join(f"{alias!r} ({name})" for alias, name in OBJECTIVES.items())
+
+
+def check_objective_name(name, targets=None):
+    """The metric name of an objective name or alias; a ValueError naming the valid
+    ones if it is not one. `targets` (parsed) checks that compressed objectives have a
+    compression to measure."""
+    if not isinstance(name, str):
+        raise TypeError(f"An objective name must be a string, got {name!r}.")
+    key = name.strip()
+    metric = OBJECTIVES.get(key.lower(), key if key in OBJECTIVES.values() else None)
+    if metric is None:
+        raise ValueError(
+            f"Unknown objective {name!r}; expected one of {_valid_objectives_text()}. "
+            "They are maximized."
+        )
+    if targets is not None and not targets and metric != CERTIFIED:
+        raise ValueError(
+            f"The objective {name!r} needs a compression target (e.g. prune:0.7 or int8); "
+            f"without one only {CERTIFIED!r} is measured."
+        )
+    return metric
+
+
+def resolve_objective(objective=DEFAULT_OBJECTIVE, targets=None):
+    """A `keras_tuner.Objective` (or a list of them) for a CACTUS search.
+
+    Accepts an alias ("certified", "compressed", "mean"), a metric name
+    ("val_certified_accuracy_mean"), a `keras_tuner.Objective` with one of those names
+    and direction "max", a comma-separated string or a list of these (KerasTuner sums a
+    list). Raises ValueError naming the valid objectives for anything else.
+    """
+    import keras_tuner
+
+    if isinstance(objective, str) and "," in objective:
+        objective = [o for o in objective.split(",") if o.strip()]
+    if isinstance(objective, (list, tuple)):
+        if not objective:
+            raise ValueError(f"No objective given; expected one of {_valid_objectives_text()}.")
+        resolved = [resolve_objective(o, targets) for o in objective]
+        names = [o.name for o in resolved]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Objectives are repeated: {', '.join(names)}.")
+        return resolved if len(resolved) > 1 else resolved[0]
+    if isinstance(objective, keras_tuner.Objective):
+        metric = check_objective_name(objective.name, targets)
+        if objective.direction != "max":
+            raise ValueError(
+                f"The objective {objective.name!r} is an accuracy: its direction must be "
+                f"'max', got {objective.direction!r}."
+            )
+        return keras_tuner.Objective(metric, "max")
+    return keras_tuner.Objective(check_objective_name(objective, targets), "max")
+
+
+def objective_names(objective):
+    """The metric names of a resolved objective (one or a list)."""
+    if isinstance(objective, (list, tuple)):
+        return [o.name for o in objective]
+    return [objective.name]
+
+
+class CompressedCertification(keras.callbacks.Callback):
+    """Writes certified accuracies at the target epsilon into the epoch logs.
+
+    At the end of each epoch it certifies the network (`model.network`) on the
+    validation samples at the model's target epsilon (not the ramped training one), and
+    each compressed copy of it (pruned by magnitude, or with fake-quantized kernels) with
+    `cactus_keras.evaluate_compressed`. It writes:
+
+    - `val_certified_accuracy`: the full network (this replaces the model's own
+      validation metric, which is measured at the current, possibly ramped, epsilon);
+    - `val_certified_accuracy_<target>` and `val_clean_accuracy_<target>` per target
+      (`prune70`, `int8`, ...);
+    - `val_certified_accuracy_compressed`: the worst target;
+    - `val_certified_accuracy_mean`: the mean of the full and the compressed value.
+
+    Add it before other callbacks that read these logs (KerasTuner's, CSVLogger).
+
+    Example:
+
+    ```python
+    targets = cactus_keras.tuning.parse_targets("prune:0.7,int8")
+    model.fit(x, y, epochs=4, validation_data=(x_val, y_val), callbacks=[
+        cactus_keras.tuning.CompressedCertification((x_val, y_val), targets)])
+    ```
+    """
+
+    def __init__(self, validation_data, targets=(), epsilon=None, bound="ibp", batch_size=None):
+        super().__init__()
+        x, y = validation_data[:2]
+        self.x = np.asarray(x, "float32")
+        self.y = np.asarray(y).reshape(-1)
+        if len(self.x) == 0:
+            raise ValueError("CompressedCertification needs at least one validation sample.")
+        self.targets = parse_targets(list(targets))
+        self.epsilon = None if epsilon is None else validation.check_epsilon(epsilon)
+        self.bound = bound
+        self.batch_size = batch_size
+
+    def measure(self, model):
+        """The metrics (a dict) of a CactusModel or network, at this callback's epsilon
+        (default: the model's target epsilon)."""
+        from cactus_keras.certification import certify, evaluate_compressed
+
+        network = getattr(model, "network", model)
+        epsilon = self.epsilon
+        if epsilon is None:
+            epsilon = float(getattr(model, "epsilon_target"))
+        full = certify(network, self.x, self.y, epsilon, method=self.bound,
+                       batch_size=self.batch_size, verbose=0)
+        logs = {CERTIFIED: float(full.certified_accuracy)}
+        compressed = []
+        for target in self.targets:
+            if target.kind == "prune":
+                table = evaluate_compressed(network, self.x, self.y, epsilon,
+                                            pruning=[target.ratio], methods=[target.method],
+                                            bound=self.bound, batch_size=self.batch_size)
+            else:
+                table = evaluate_compressed(network, self.x, self.y, epsilon, pruning=[],
+                                            bits=[target.bits], bound=self.bound,
+                                            batch_size=self.batch_size)
+            row = table.rows[0]
+            logs[f"{CERTIFIED}_{target.key}"] = float(row["certified_accuracy"])
+            logs[f"{CLEAN}_{target.key}"] = float(row["clean_accuracy"])
+            compressed.append(float(row["certified_accuracy"]))
+        if compressed:
+            logs[COMPRESSED] = min(compressed)
+            logs[MEAN] = 0.5 * (logs[CERTIFIED] + logs[COMPRESSED])
+        return logs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        # The same dict goes on to the callbacks after this one (History included).
+        logs.update(self.measure(self.model))
