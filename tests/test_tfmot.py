@@ -148,6 +148,23 @@ def test_tfmot_prune_reaches_the_ratio_per_layer(ratio, tmp_path):
                                logits, rtol=1e-6, atol=1e-6)
 
 
+def test_tfmot_prune_with_learning_rate_zero_only_masks():
+    """learning_rate=0 is TF-MOT's magnitude pruning of the weights as they are: every
+    kept weight is the original one, and what is dropped are each kernel's smallest."""
+    x, y = quadrant_data(64)
+    network = models.mlp((8, 8, 1), 4, hidden=(16,))
+    pruned = tfmot_interop.tfmot_prune(network, x, y, 0.5, learning_rate=0.0, batch_size=16)
+    for old_layer, new_layer in zip(kernel_layers(network), kernel_layers(pruned)):
+        old = keras.ops.convert_to_numpy(old_layer.kernel)
+        new = keras.ops.convert_to_numpy(new_layer.kernel)
+        kept = new != 0
+        np.testing.assert_array_equal(new[kept], old[kept])
+        assert kept.sum() == int(round(old.size * 0.5))
+        assert np.abs(old[~kept]).max() <= np.abs(old[kept]).min()
+    with pytest.raises(ValueError, match="learning_rate"):
+        tfmot_interop.tfmot_prune(network, x, y, 0.5, learning_rate=-1.0)
+
+
 def test_tfmot_prune_ratio_zero_and_bad_arguments(tmp_path):
     x, y = quadrant_data(16)
     network = models.mlp((8, 8, 1), 4, hidden=(8,))

@@ -383,8 +383,11 @@ def _fit_arguments(network, x, y, epochs, batch_size, learning_rate, seed, verbo
         learning_rate = float(learning_rate)
     except (TypeError, ValueError):
         raise TypeError(f"`learning_rate` must be a number, got {learning_rate!r}.") from None
-    if not np.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate!r}.")
+    if not np.isfinite(learning_rate) or learning_rate < 0:
+        raise ValueError(
+            f"`learning_rate` must be >= 0, got {learning_rate!r} (0 applies TF-MOT's "
+            "compression to the weights as they are)."
+        )
     if seed is not None and not isinstance(seed, (int, np.integer)):
         raise TypeError(f"`seed` must be an integer or None, got {seed!r}.")
     return x, y, epochs, batch_size, learning_rate, seed, verbose
@@ -437,7 +440,9 @@ def tfmot_prune(network, x, y, ratio, *, epochs=1, batch_size=128, learning_rate
         network: a Keras 3 model outputting logits (see `tf_keras_twin` for the layers).
         x, y: training inputs and integer labels for the fine-tuning.
         ratio: fraction of each kernel set to zero, in [0, 1). 0 returns a clone.
-        epochs, batch_size, learning_rate: the fine-tuning (`batch_size=None` means 128).
+        epochs, batch_size, learning_rate: the fine-tuning (`batch_size=None` means
+            128). `learning_rate=0` prunes the weights as they are: TF-MOT's masks are
+            applied after one pass and no weight is trained.
         seed: seeds the shuffling and the global Python/NumPy/TF random state
             (`tf_keras.utils.set_random_seed`); None leaves them alone.
         verbose: passed to `fit`.

@@ -267,6 +267,8 @@ class IBPThenCompress(TrainedMethod):
 class _FromSource(Method):
     """A method that starts from the network of another run (`source`)."""
 
+    allows_zero_learning_rate = False
+
     def check(self):
         if not isinstance(self.settings["source"], str):
             raise ConfigError(f"{self.where}: `source` must be a run name, got {self.settings['source']!r}.")
@@ -279,8 +281,11 @@ class _FromSource(Method):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ConfigError(f"{self.where}: `{key}` must be a positive integer, got {value!r}.")
         rate = self.settings.get("learning_rate")
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
-            raise ConfigError(f"{self.where}: `learning_rate` must be > 0, got {rate!r}.")
+        lowest = 0.0 if self.allows_zero_learning_rate else None
+        if (not isinstance(rate, (int, float)) or isinstance(rate, bool)
+                or not (rate > 0 or rate == lowest)):
+            allowed = ">= 0 (0: compress without training)" if lowest is not None else "> 0"
+            raise ConfigError(f"{self.where}: `learning_rate` must be {allowed}, got {rate!r}.")
 
     def sources(self):
         return [self.settings["source"]]
@@ -365,6 +370,10 @@ class TFMOT(_FromSource):
     """
 
     name = "tfmot"
+    # learning_rate = 0: TF-MOT compresses the source weights as they are (its masks,
+    # its QAT ranges calibrated on one pass), which isolates the compressor from the
+    # standard-loss fine-tuning.
+    allows_zero_learning_rate = True
     options = {"source": "ibp", "epochs": 1, "learning_rate": 1e-4, "batch_size": None,
                "prune_ratios": None, "quantize": True}
 
