@@ -51,6 +51,7 @@ def cnn(seed):
             [
                 keras.Input((9, 9, 1)),
                 layers.Rescaling(2.0, offset=-1.0),
+                layers.ZeroPadding2D(((1, 0), (0, 1))),
                 layers.Conv2D(4, 3, strides=2, padding="same"),
                 layers.BatchNormalization(),
                 layers.ReLU(),
@@ -93,6 +94,7 @@ def pooling(seed):
     inputs = keras.Input((10, 3))
     x = inner(inputs)
     x = layers.Permute((2, 1))(x)
+    x = layers.Cropping1D((1, 0))(x)
     x = layers.AveragePooling1D(2)(x)
     x = layers.Conv1D(5, 1, activation="relu6")(x)
     x = layers.GlobalMaxPooling1D()(x)

@@ -201,6 +201,20 @@ def _reshape_cases():
         _single(functools.partial(layers.Permute, (2, 1)), (4, 3), nonneg=True, id="permute-21"),
         _single(functools.partial(layers.Permute, (3, 1, 2)), (4, 3, 2), nonneg=True, id="permute-312"),
         _single(functools.partial(layers.Permute, (2, 3, 1)), (4, 3, 2), nonneg=True, id="permute-231"),
+        _single(functools.partial(layers.ZeroPadding1D, (1, 2)), (4, 3), nonneg=True, id="zeropad1d"),
+        _single(functools.partial(layers.ZeroPadding2D, ((1, 2), (0, 1))), (4, 3, 2), nonneg=True,
+                id="zeropad2d"),
+        _single(functools.partial(layers.ZeroPadding2D, 1, data_format="channels_first"), (2, 4, 3),
+                nonneg=True, id="zeropad2d-channels_first"),
+        _single(functools.partial(layers.ZeroPadding3D, ((0, 1), (1, 0), (2, 1))), (3, 2, 4, 2),
+                nonneg=True, id="zeropad3d"),
+        _single(functools.partial(layers.Cropping1D, (1, 2)), (6, 3), nonneg=True, id="crop1d"),
+        _single(functools.partial(layers.Cropping2D, ((1, 0), (0, 2))), (4, 5, 2), nonneg=True,
+                id="crop2d"),
+        _single(functools.partial(layers.Cropping2D, 1, data_format="channels_first"), (2, 4, 5),
+                nonneg=True, id="crop2d-channels_first"),
+        _single(functools.partial(layers.Cropping3D, ((0, 1), (1, 0), (1, 1))), (3, 2, 4, 2),
+                nonneg=True, id="crop3d"),
     ]
 
 

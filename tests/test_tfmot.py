@@ -23,15 +23,13 @@ def quadrant_data(samples, size=8, seed=0):
     return x, y.astype("int64")
 
 
-def every_layer_network(zero_padding=True):
-    """A Sequential chain with every supported layer type, non-trivial BN statistics.
-    (Our bounds have no ZeroPadding2D rule: `zero_padding=False` uses padding="same".)"""
-    padding = [layers.ZeroPadding2D(1)] if zero_padding else []
+def every_layer_network():
+    """A Sequential chain with every supported layer type, non-trivial BN statistics."""
     network = keras.Sequential([
         keras.Input((8, 8, 1)),
         layers.Rescaling(2.0, offset=-1.0),
-        *padding,
-        layers.Conv2D(4, 3, activation="relu", padding="valid" if zero_padding else "same"),
+        layers.ZeroPadding2D(1),
+        layers.Conv2D(4, 3, activation="relu", padding="valid"),
         layers.BatchNormalization(),
         layers.ReLU(max_value=6.0),
         layers.MaxPooling2D(),
@@ -116,7 +114,7 @@ def test_copy_twin_weights_round_trip_and_shape_check():
 @pytest.mark.parametrize("ratio", [0.5, 0.8])
 def test_tfmot_prune_reaches_the_ratio_per_layer(ratio, tmp_path):
     x, y = quadrant_data(64)
-    network = every_layer_network(zero_padding=False)
+    network = every_layer_network()
     before = [w.copy() for w in network.get_weights()]
     old_kernel = keras.ops.convert_to_numpy(network.layers[-1].kernel).copy()
     pruned = tfmot_interop.tfmot_prune(network, x, y, ratio, epochs=1, batch_size=16)

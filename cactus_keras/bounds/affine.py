@@ -259,6 +259,54 @@ class ReshapeRule(AffineRule):
         return [ops.reshape(coefficients, (*ops.shape(coefficients)[:2], *in_shape))]
 
 
+def _spatial_margins(layer, rank):
+    """(axes of the sample shape, (before, after) per axis) of a padding or cropping
+    layer on samples of `rank` dimensions (spatial axes and one channel axis)."""
+    margins = layer.padding if hasattr(layer, "padding") else layer.cropping
+    if isinstance(margins[0], int):  # the 1D layers store one (before, after) pair
+        margins = (margins,)
+    first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    axes = range(1, rank) if first else range(rank - 1)
+    return list(axes), [tuple(m) for m in margins]
+
+
+def _crop(coefficients, axes, margins):
+    index = [slice(None)] * len(coefficients.shape)
+    for axis, (before, after) in zip(axes, margins):
+        size = coefficients.shape[axis + 2]
+        index[axis + 2] = slice(before, size - after)
+    return coefficients[tuple(index)]
+
+
+def _pad(coefficients, axes, margins):
+    widths = [(0, 0)] * len(coefficients.shape)
+    for axis, margin in zip(axes, margins):
+        widths[axis + 2] = margin
+    return ops.pad(coefficients, widths)
+
+
+@register_rule(
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+)
+class PaddingRule(AffineRule):
+    """Zero padding and cropping: each is the other's adjoint."""
+
+    def linear(self, inputs, params):
+        return self.layer(inputs[0])
+
+    def transpose(self, coefficients, params):
+        (in_shape,) = self.input_shapes
+        axes, margins = _spatial_margins(self.layer, len(in_shape))
+        if hasattr(self.layer, "padding"):
+            return [_crop(coefficients, axes, margins)]
+        return [_pad(coefficients, axes, margins)]
+
+
 def _channel_axis(data_format, rank):
     """The channel axis of a shape without its batch axis."""
     return 0 if data_format == "channels_first" else rank - 1
