@@ -314,3 +314,18 @@ def test_parse_config_is_usable_from_python():
     })
     assert config.train_config(config.methods["c"].overrides(), seed=3).compression == "prune+quant"
     assert config.train_config(config.methods["i"].overrides(), seed=3).compression == "none"
+
+
+def test_run_fingerprints_follow_what_changes_results(tmp_path):
+    """A run's spec (checked on resume) changes with any setting its results depend
+    on, its source's included, and not with the report-only headline ratio."""
+    base = _config_text("unused.npz", ALL_METHODS)
+    specs = lambda text: {n: m.spec() for n, m in load_config(_write(tmp_path, text)).methods.items()}  # noqa: E731
+    original = specs(base)
+    assert specs(base.replace("headline_ratio = 0.7", "headline_ratio = 0.5")) == original
+    bound = specs(base.replace("[evaluation]", "[evaluation]\nbound = 'crown-ibp'"))
+    assert all(bound[name] != original[name] for name in original)
+    # [training] reaches the fine-tuning run through its source and its fallbacks.
+    weight = specs(base.replace("standard_weight = 0.5", "standard_weight = 0.3"))
+    assert weight["ibp-finetune"] != original["ibp-finetune"]
+    assert weight["tfmot"] != original["tfmot"]

@@ -165,7 +165,11 @@ class Method:
 
     def spec(self):
         """Everything that defines this run's results (saved; a change forces a rerun)."""
-        return {"method": self.name, **self.settings}
+        return {"method": self.name, **self.settings, "evaluation": self.evaluation_spec()}
+
+    def evaluation_spec(self):
+        # The headline ratio only picks the report's comparison, not any result.
+        return {k: v for k, v in self.config.evaluation.items() if k != "headline_ratio"}
 
     def describe(self):
         """The options this run sets itself (for the report)."""
@@ -199,7 +203,7 @@ class TrainedMethod(Method):
         train_config = self.config.train_config(self.overrides(), seed=0).to_dict()
         train_config.pop("seed")
         return {"method": self.name, "training": train_config,
-                "evaluation": self.config.evaluation}
+                "evaluation": self.evaluation_spec()}
 
     def describe(self):
         return self.overrides()
@@ -289,6 +293,15 @@ class _FromSource(Method):
 
     def sources(self):
         return [self.settings["source"]]
+
+    def spec(self):
+        # Unset options fall back to the experiment's values, and the results depend on
+        # the source run: both are part of what defines this run.
+        resolved = {k: self.setting(k) for k in self.options if k != "source"}
+        source = self.config.methods.get(self.settings["source"])
+        return {**super().spec(), "resolved": resolved,
+                "training_limit": self.config.train_config({}, seed=0).limit,
+                "source_spec": source.spec() if source is not None else None}
 
     def setting(self, key):
         """The method's own value, else the experiment's ([training] or [evaluation])."""
