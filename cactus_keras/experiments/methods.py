@@ -28,6 +28,7 @@ import os
 import keras
 import numpy as np
 
+from cactus_keras import validation
 from cactus_keras.experiments.config import TRAIN_FIELDS, ConfigError, check_evaluation
 
 COMPRESSED_FORMS = ("prune", "quantize", "tflite")
@@ -63,15 +64,21 @@ class RunContext:
             with open(path) as f:
                 return json.load(f)
         value = compute()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, value)
         return value
 
     def source_network(self, run_name):
         path = os.path.join(self.source_directories[run_name], "network.keras")
         return keras.saving.load_model(path, compile=False)
+
+
+def write_json(path, value):
+    """Writes `value` as JSON through a temporary file: an interrupted run never leaves
+    a truncated file that would read as finished."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def row(form, *, ratio=None, bits=None, sparsity=0.0, clean_accuracy, certified_accuracy,
@@ -280,10 +287,11 @@ class _FromSource(Method):
                       and self.settings[k] is not None}
         check_evaluation(evaluation, self.where)
         for key in ("epochs", "batch_size"):
-            if key in self.settings and self.settings[key] is not None:
-                value = self.settings[key]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f"{self.where}: `{key}` must be a positive integer, got {value!r}.")
+            if self.settings.get(key) is not None:
+                try:
+                    validation.check_positive_int(self.settings[key], key)
+                except ValueError as exc:
+                    raise ConfigError(f"{self.where}: {exc}") from None
         rate = self.settings.get("learning_rate")
         lowest = 0.0 if self.allows_zero_learning_rate else None
         if (not isinstance(rate, (int, float)) or isinstance(rate, bool)
@@ -397,7 +405,7 @@ class TFMOT(_FromSource):
 
     def run(self, ctx):
         from cactus_keras.certification.certificates import certify
-        from cactus_keras.compression.pruning import prunable_kernels
+        from cactus_keras.compression.pruning import prunable_kernels, sparsity
         from cactus_keras.compression import tfmot_interop
 
         x, y = self.train_data(ctx)
@@ -411,12 +419,12 @@ class TFMOT(_FromSource):
                 network = ctx.source_network(self.settings["source"])
                 pruned = tfmot_interop.tfmot_prune(network, x, y, ratio, **fit)
                 pruned.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
-                kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
-                sparsity = sum(float((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+                kept = [keras.ops.convert_to_numpy(k) != 0 for k in prunable_kernels(pruned)]
                 result = certify(pruned, ctx.x_test, ctx.y_test, self.config.epsilon,
                                  method=self.config.evaluation["bound"])
                 return [row("prune", ratio=ratio, prune_method="tfmot_constant_sparsity",
-                            sparsity=sparsity, clean_accuracy=result.clean_accuracy,
+                            sparsity=sparsity([k.astype("float32") for k in kept]),
+                            clean_accuracy=result.clean_accuracy,
                             certified_accuracy=result.certified_accuracy,
                             samples=len(result.labels))]
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from cactus_keras.experiments.config import ConfigError
-from cactus_keras.experiments.methods import RunContext, TrainedMethod
+from cactus_keras.experiments.methods import RunContext, TrainedMethod, write_json
 
 
 def _jsonable(value):
@@ -92,9 +92,7 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None)
                 records.append(json.load(f))
             tqdm.write(f"[{name} seed {seed}] done before, not rerun")
             continue
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "spec.json"), "w") as f:
-            json.dump(_spec(config, method, seed), f, indent=2)
+        write_json(os.path.join(directory, "spec.json"), _spec(config, method, seed))
         sources = {s: os.path.join(output, "runs", s, f"seed{seed}") for s in method.sources()}
         ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
                          directory=directory, source_directories=sources, verbose=verbose,
@@ -104,9 +102,7 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None)
         record = {"run": name, "method": method.name, "seed": seed,
                   "seconds": time.perf_counter() - start,
                   "rows": [{"run": name, "method": method.name, "seed": seed, **r} for r in rows]}
-        with open(done + ".tmp", "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(done + ".tmp", done)
+        write_json(done, record)
         records.append(record)
     bar.close()
     return write_results(output, config, records, data_note, command)

@@ -76,7 +76,7 @@ class TrainConfig:
                 f"epochs={self.epochs}."
             )
         if self.ramp_epochs is None:
-            self.ramp_epochs = max(1, (self.epochs - self.warmup_epochs) // 2)
+            self.ramp_epochs = default_ramp_epochs(self.epochs, self.warmup_epochs)
         if self.ramp_epochs < 0:
             raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}.")
         if not 0.0 <= self.standard_weight <= 1.0:
@@ -116,11 +116,22 @@ def build_model(config, input_shape, num_classes):
     return model
 
 
-def schedule_callbacks(config):
+def default_ramp_epochs(epochs, warmup_epochs):
+    """The ramp length when none is given: half the epochs after the warm-up, at least 1."""
+    return max(1, (epochs - warmup_epochs) // 2)
+
+
+def ramp_callbacks(warmup_epochs, ramp_epochs):
+    """The epsilon ramp (smoothed) and the lambda ramp of a run, both starting after
+    `warmup_epochs` of standard training."""
     return [
-        EpsilonRamp(config.ramp_epochs, start_epoch=config.warmup_epochs, shape="smooth"),
-        StandardWeightRamp(config.ramp_epochs, start_epoch=config.warmup_epochs),
+        EpsilonRamp(ramp_epochs, start_epoch=warmup_epochs, shape="smooth"),
+        StandardWeightRamp(ramp_epochs, start_epoch=warmup_epochs),
     ]
+
+
+def schedule_callbacks(config):
+    return ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
 
 
 def train(config, data, output_dir, verbose=2, callbacks=()):

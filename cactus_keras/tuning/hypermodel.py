@@ -11,11 +11,15 @@ import keras_tuner
 from cactus_keras import validation
 from cactus_keras.compression.pruning import Pruning, check_pruning_method
 from cactus_keras.compression.quantization import Quantization, check_bits
-from cactus_keras.experiments.training import CLIP_NORM
-from cactus_keras.training import CactusModel, EpsilonRamp, StandardWeightRamp, ibp_initialize
+from cactus_keras.experiments.training import (
+    CLIP_NORM,
+    COMPRESSIONS,
+    default_ramp_epochs,
+    ramp_callbacks,
+)
+from cactus_keras.training import CactusModel, ibp_initialize
 from cactus_keras.tuning.objectives import CompressedCertification, parse_targets
 
-TRAIN_COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
 
 # Default search spaces: (low, high) is a range, a list a choice, a number a fixed value.
 DEFAULT_STANDARD_WEIGHT = (0.0, 0.9)        # lambda, linear
@@ -195,10 +199,10 @@ class CactusHyperModel(keras_tuner.HyperModel):
             kinds = {t.kind for t in self.targets}
             parts = [p for p, k in (("prune", "prune"), ("quant", "quantize")) if k in kinds]
             train_compression = "+".join(parts) or "none"
-        if train_compression not in TRAIN_COMPRESSIONS:
+        if train_compression not in COMPRESSIONS:
             raise ValueError(
                 f"Unknown train_compression {train_compression!r}; expected one of "
-                f"{', '.join(TRAIN_COMPRESSIONS)}."
+                f"{', '.join(COMPRESSIONS)}."
             )
         self.train_compression = train_compression
         self.epochs = None if epochs is None else validation.check_positive_int(epochs, "epochs")
@@ -299,7 +303,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
             warmup = 1 if epochs >= 3 else 0
         ramp = self.ramp_epochs
         if ramp is None:
-            ramp = max(1, (epochs - warmup) // 2)
+            ramp = default_ramp_epochs(epochs, warmup)
         return warmup, ramp
 
     def callbacks(self, validation_data, epochs):
@@ -308,8 +312,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         if self.certify_samples is not None:
             validation_data = tuple(v[: self.certify_samples] for v in validation_data[:2])
         return [
-            EpsilonRamp(ramp, start_epoch=warmup, shape="smooth"),
-            StandardWeightRamp(ramp, start_epoch=warmup),
+            *ramp_callbacks(warmup, ramp),
             CompressedCertification(validation_data, self.targets, epsilon=self.epsilon, bound=self.bound),
         ]
 
