@@ -6,7 +6,7 @@
 # runs/tuning/fashion_mnist (trial checkpoints, not committed; a second call resumes it
 # and runs nothing); the summary, Pareto front and plot, best hyperparameters and logs
 # are copied to results/tuning/.
-#   bash tools/reproduce_tuning.sh            (about 8 minutes on 2 shared cores)
+#   bash tools/reproduce_tuning.sh            (2 min 16 s of search on 2 shared cores: search.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/tuning}
