@@ -26,7 +26,14 @@ from cactus_keras.certification import (  # noqa: F401
     certify,
     evaluate_compressed,
 )
-from cactus_keras.compression import Pruning, Quantization  # noqa: F401
+from cactus_keras.compression import (  # noqa: F401
+    CompressionMember,
+    FixedMaskPruning,
+    Pruning,
+    Quantization,
+    StraightThroughQuantization,
+    register_member,
+)
 from cactus_keras.training import (  # noqa: F401
     CactusModel,
     EpsilonRamp,
@@ -37,7 +44,7 @@ from cactus_keras.training import (  # noqa: F401
 def __getattr__(name):
     # `export` and `experiments` need the TFLite runtime (TensorFlow side); importing
     # them on first use keeps `import cactus_keras` working on a JAX-only machine.
-    if name in ("export", "experiments", "tuning"):
+    if name in ("export", "interop", "experiments", "tuning"):
         import importlib
 
         return importlib.import_module(f"cactus_keras.{name}")

@@ -19,7 +19,7 @@ def _add_certify(subparsers):
     p.add_argument("--model", required=True, help="path of a model saved with model.save('m.keras')")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="L-infinity radius in the data space ([0, 1] images)")
-    p.add_argument("--method", default="ibp", help="ibp (default), crown-ibp, crown or best")
+    p.add_argument("--bound", default="ibp", help="bound method: ibp (default), crown-ibp, crown or best")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     p.add_argument("--batch-size", type=int, default=None)
@@ -57,7 +57,7 @@ def _run_certify(args):
     print(f"model {args.model}: {model.count_params()} parameters")
     print(f"data {dataset.name} ({dataset.source}), {args.split} split, {len(x)} samples")
     result = cactus_keras.certify(
-        model, x, y, args.epsilon, method=args.method, batch_size=args.batch_size
+        model, x, y, args.epsilon, bound=args.bound, batch_size=args.batch_size
     )
     report = {
         "model": args.model,
@@ -82,7 +82,7 @@ def _run_certify(args):
         report["pgd_accuracy"] = attack.robust_accuracy
         report["pgd"] = {"steps": attack.steps, "restarts": attack.restarts}
         lines.append(f"PGD accuracy        {attack.robust_accuracy:.4f}  ({attack.steps} steps, {attack.restarts} restarts)")
-    lines.append(f"certified accuracy  {result.certified_accuracy:.4f}  ({result.method}, epsilon={result.epsilon:g})")
+    lines.append(f"certified accuracy  {result.certified_accuracy:.4f}  ({result.bound}, epsilon={result.epsilon:g})")
     report["seconds"] = time.perf_counter() - start
     print("\n".join(lines))
     _write_json(args.json_path, report)
@@ -101,8 +101,9 @@ def _split(dataset, split, limit):
 
 def _write_json(path, report):
     if path:
-        with open(path, "w") as f:
-            json.dump(report, f, indent=2)
+        from cactus_keras import atomic_write
+
+        atomic_write.write_json(path, report)
         print(f"wrote {path}")
 
 
@@ -122,12 +123,12 @@ def _add_train(subparsers):
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--compression", default="prune", help="none (plain IBP training), prune, quant or prune+quant")
     p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"))
-    p.add_argument("--prune-method", default="global_l1")
+    p.add_argument("--pruning-method", default="global_l1")
     p.add_argument("--bits", type=int, default=8, help="bit width the quantization member targets")
     p.add_argument("--awp-radius", type=float, default=0.5, help="eta: AWP radius in quantization steps")
     p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
-    p.add_argument("--certified-loss", default="ibp", help="ibp or crown-ibp")
+    p.add_argument("--bound", default="ibp", help="bound method of the certified loss: ibp or crown-ibp")
     p.add_argument("--warmup-epochs", type=int, default=1, help="epochs of standard training first")
     p.add_argument("--ramp-epochs", type=int, default=None, help="epsilon ramp length (default: half the remaining epochs)")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
@@ -153,12 +154,12 @@ def _run_train(args):
         learning_rate=args.learning_rate,
         compression=args.compression,
         prune_range=tuple(args.prune_range),
-        prune_method=args.prune_method,
+        pruning_method=args.pruning_method,
         bits=args.bits,
         awp_radius=args.awp_radius,
         awp_steps=args.awp_steps,
         standard_weight=args.standard_weight,
-        certified_loss=args.certified_loss,
+        bound=args.bound,
         warmup_epochs=args.warmup_epochs,
         ramp_epochs=args.ramp_epochs,
         ibp_init=args.ibp_init,
@@ -183,9 +184,9 @@ def _add_evaluate(subparsers):
     p.add_argument("--dataset", required=True)
     p.add_argument("--epsilon", required=True, type=float)
     p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
-    p.add_argument("--prune-method", default="global_l1", help="comma-separated methods")
+    p.add_argument("--pruning-method", default="global_l1", help="comma-separated pruning methods")
     p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
-    p.add_argument("--bound", default="ibp", help="ibp, crown-ibp, crown or best")
+    p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown or best")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--no-download", action="store_true")
@@ -212,7 +213,7 @@ def _run_evaluate(args):
         y,
         args.epsilon,
         pruning=_parse_list(args.prune, float, "--prune"),
-        methods=_parse_list(args.prune_method, str, "--prune-method"),
+        pruning_method=_parse_list(args.pruning_method, str, "--pruning-method"),
         bits=_parse_list(args.bits, int, "--bits"),
         bound=args.bound,
         recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,

@@ -64,10 +64,10 @@ def main():
     rows = []
     for epsilon in (float(e) for e in args.epsilons.split(",")):
         attack = cactus_keras.attacks.pgd(net, x, y, epsilon, steps=20, verbose=0)
-        for method in cactus_keras.bounds.METHODS:
+        for method in cactus_keras.bounds.BOUNDS:
             n = args.crown_samples if method in ("crown", "best") else args.samples
             start = time.perf_counter()
-            result = cactus_keras.certify(net, x[:n], y[:n], epsilon, method=method, verbose=0)
+            result = cactus_keras.certify(net, x[:n], y[:n], epsilon, bound=method, verbose=0)
             seconds = time.perf_counter() - start
             broken = int((result.certified & attack.attacked[:n]).sum())
             assert broken == 0, f"{broken} certified samples broken by PGD"

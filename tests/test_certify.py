@@ -67,12 +67,12 @@ def test_certified_fraction_shrinks_with_epsilon():
     assert fractions[0] > fractions[-1]
 
 
-@pytest.mark.parametrize("method", bounds.METHODS)
+@pytest.mark.parametrize("method", bounds.BOUNDS)
 def test_batching_does_not_change_results(method):
     net = _cnn()
     x, y = _data(37)
-    one = cactus_keras.certify(net, x, y, 0.01, method=method, batch_size=64, verbose=0)
-    many = cactus_keras.certify(net, x, y, 0.01, method=method, batch_size=5, verbose=0)
+    one = cactus_keras.certify(net, x, y, 0.01, bound=method, batch_size=64, verbose=0)
+    many = cactus_keras.certify(net, x, y, 0.01, bound=method, batch_size=5, verbose=0)
     np.testing.assert_allclose(one.margin_lower, many.margin_lower, rtol=1e-5, atol=1e-5)
 
 
@@ -93,8 +93,8 @@ def test_saved_model_gives_identical_certificates(tmp_path):
     net.save(path)
     loaded = keras.saving.load_model(path)
     for method in ("ibp", "crown"):
-        a = cactus_keras.certify(net, x, y, 0.01, method=method, verbose=0)
-        b = cactus_keras.certify(loaded, x, y, 0.01, method=method, verbose=0)
+        a = cactus_keras.certify(net, x, y, 0.01, bound=method, verbose=0)
+        b = cactus_keras.certify(loaded, x, y, 0.01, bound=method, verbose=0)
         np.testing.assert_array_equal(a.certified, b.certified)
         np.testing.assert_array_equal(a.margin_lower, b.margin_lower)
 
@@ -114,7 +114,7 @@ def test_input_range_cuts_the_ball():
     [
         ({"epsilon": -0.1}, ValueError, "epsilon"),
         ({"epsilon": float("nan")}, ValueError, "epsilon"),
-        ({"method": "lirpa"}, ValueError, "ibp"),
+        ({"bound": "lirpa"}, ValueError, "ibp"),
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"input_range": (1, 0)}, ValueError, "input_range"),
     ],
@@ -185,6 +185,6 @@ def test_crown_memory_is_estimated_and_refused_with_advice(monkeypatch):
     monkeypatch.setattr(certificates, "CROWN_SAMPLE_LIMIT", 1000)
     x, y = _data(4)
     with pytest.raises(ValueError, match="crown-ibp"):
-        cactus_keras.certify(net, x, y, 0.1, method="crown")
+        cactus_keras.certify(net, x, y, 0.1, bound="crown")
     # IBP needs no such memory and still runs.
-    assert cactus_keras.certify(net, x, y, 0.1, method="ibp", verbose=0).certified.shape == (4,)
+    assert cactus_keras.certify(net, x, y, 0.1, bound="ibp", verbose=0).certified.shape == (4,)

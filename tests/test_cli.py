@@ -38,12 +38,12 @@ def test_certify_prints_and_writes_json(saved, capsys):
     out = directory / "r.json"
     code = cli.main(
         ["certify", "--model", str(model), "--dataset", str(data), "--epsilon", "0.002",
-         "--method", "best", "--pgd-steps", "5", "--json", str(out)]
+         "--bound", "best", "--pgd-steps", "5", "--json", str(out)]
     )
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["samples"] == 30 and report["method"] == "best"
+    assert report["samples"] == 30 and report["bound"] == "best"
     assert report["clean_accuracy"] == 1.0
     assert report["pgd_accuracy"] >= report["certified_accuracy"] > 0
     assert f"certified accuracy  {report['certified_accuracy']:.4f}" in printed
@@ -54,7 +54,7 @@ def test_certify_prints_and_writes_json(saved, capsys):
     "argv, message",
     [
         (["--epsilon", "-1"], "epsilon"),
-        (["--method", "nope"], "Unknown bound method"),
+        (["--bound", "nope"], "Unknown `bound`"),
         (["--limit", "0"], "--limit"),
     ],
 )
@@ -75,6 +75,7 @@ def test_missing_model_file(saved, capsys):
     assert "No model file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs(saved):
     _, model, data = saved
     proc = subprocess.run(
@@ -86,13 +87,14 @@ def test_console_script_runs(saved):
     assert "certified accuracy" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_then_evaluate(saved, capsys):
     directory, _, data = saved
     out = directory / "run"
     code = cli.main(
         ["train", "--dataset", str(data), "--epsilon", "0.01", "--arch", "cnn3", "--epochs", "2",
          "--batch-size", "10", "--compression", "prune", "--prune-range", "0.3", "0.6",
-         "--prune-method", "local_l1", "--standard-weight", "0.5", "--validation-samples", "0",
+         "--pruning-method", "local_l1", "--standard-weight", "0.5", "--validation-samples", "0",
          "--output", str(out)]
     )
     assert code == 0
@@ -103,11 +105,11 @@ def test_train_then_evaluate(saved, capsys):
     report_path = directory / "eval.json"
     code = cli.main(
         ["evaluate", "--model", str(out / "model.keras"), "--dataset", str(data), "--epsilon", "0.01",
-         "--prune", "0,0.5,0.7", "--prune-method", "global_l1,global_l2_structured", "--json", str(report_path)]
+         "--prune", "0,0.5,0.7", "--pruning-method", "global_l1,global_l2_structured", "--json", str(report_path)]
     )
     assert code == 0
     report = json.loads(report_path.read_text())
-    assert [(r["method"], r["ratio"]) for r in report["rows"]] == [
+    assert [(r["pruning_method"], r["ratio"]) for r in report["rows"]] == [
         ("global_l1", 0.0), ("global_l1", 0.5), ("global_l1", 0.7),
         ("global_l2_structured", 0.0), ("global_l2_structured", 0.5), ("global_l2_structured", 0.7),
     ]
@@ -134,6 +136,7 @@ def test_train_rejects_bad_arguments_before_training(saved, capsys, argv, messag
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_train_quantization_aware_then_evaluate_bits(saved):
     directory, _, data = saved
     out = directory / "quant"
@@ -149,7 +152,7 @@ def test_train_quantization_aware_then_evaluate_bits(saved):
          "--prune", "", "--bits", "8,4", "--json", str(report_path)]
     ) == 0
     rows = json.loads(report_path.read_text())["rows"]
-    assert [(r["method"], r["bits"]) for r in rows] == [("quantize", 8), ("quantize", 4)]
+    assert [(r["form"], r["bits"]) for r in rows] == [("quantize", 8), ("quantize", 4)]
 
 
 def test_export_then_verify_tflite(saved, capsys):

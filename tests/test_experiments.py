@@ -10,7 +10,7 @@ import pytest
 
 import cactus_keras
 from cactus_keras import cli
-from cactus_keras.compression.pruning import prunable_kernels
+from cactus_keras.compression import prunable_kernels
 from cactus_keras.experiments import ConfigError, load_config, parse_config, run_experiment
 from cactus_keras.experiments import training as training_module
 from cactus_keras.experiments.report import summarize
@@ -101,6 +101,7 @@ def _rows(results, run):
     return [r for record in results["runs"] if record["run"] == run for r in record["rows"]]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_output(experiment):
     output = experiment["output"]
     for name in ("results.json", "results.csv", "runs.csv", "report.md"):
@@ -172,7 +173,7 @@ def test_resume_does_not_retrain(experiment, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(training_module, "train", fail)
-    monkeypatch.setattr(cactus_keras.compression.tfmot_interop, "tfmot_prune", fail)
+    monkeypatch.setattr(cactus_keras.interop.tfmot, "tfmot_prune", fail)
     output = experiment["output"]
     before = os.path.getmtime(os.path.join(output, "runs", "cactus", "seed0", "network.keras"))
     # An interrupted run: its result is gone, its finished steps are not.
@@ -191,6 +192,7 @@ def test_changed_settings_in_an_old_output_are_an_error(experiment, tmp_path):
         run_experiment(load_config(path), experiment["output"], progress=False)
 
 
+@pytest.mark.slow
 def test_seeds_report_mean_and_standard_deviation(tmp_path):
     data = _tiny_data(tmp_path / "tiny.npz")
     text = _config_text(data, '[methods.ibp]\nmethod = "ibp-then-compress"\n', epochs=2)
@@ -212,7 +214,7 @@ def test_seeds_report_mean_and_standard_deviation(tmp_path):
 
 
 def test_summary_statistics():
-    rows = [{"run": "a", "method": "cactus", "form": "prune", "prune_method": "global_l1",
+    rows = [{"run": "a", "method": "cactus", "form": "prune", "pruning_method": "global_l1",
              "ratio": 0.5, "bits": None, "samples": 10, "clean_accuracy": c,
              "certified_accuracy": c / 2, "sparsity": 0.5} for c in (0.6, 0.8, 0.7)]
     (entry,) = summarize(rows)
@@ -240,7 +242,7 @@ def no_training(monkeypatch):
         ('[methods.x]\nmethod = "ibp-then-finetune"\nsource = "nope"\n', "source 'nope' is not a run"),
         ('[methods.x]\nmethod = "cactus"\ncompression = "none"\n', "needs compression"),
         ('[methods.x]\nmethod = "cactus"\n[methods.y]\nmethod = "tfmot"\nsource = "x"\nprune_ratios = [1.5]\n',
-         "prune ratio"),
+         "`prune_ratios` must be in"),
         ('[methods.x]\nmethod = "ibp-then-compress"\n[methods.y]\nmethod = "tfmot"\nsource = "z"\n'
          '[methods.z]\nmethod = "ibp-then-finetune"\nsource = "x"\n', "trains no network"),
         ("", "no methods"),
@@ -259,7 +261,7 @@ def test_bad_keys_and_values(tmp_path, no_training):
         (base.replace('arch = "cnn3"', 'arch = "resnet"'), "Unknown arch"),
         (base.replace("epsilon = 0.01", "epsilon = -1"), "epsilon"),
         (base.replace("bits = [8, 4]", "bits = [9]"), "bits"),
-        (base.replace("[evaluation]", "[evaluation]\nbound = 'crwn'"), "bound method"),
+        (base.replace("[evaluation]", "[evaluation]\nbound = 'crwn'"), "Unknown `bound` 'crwn'"),
         (base + "\n[extra]\n", "unknown key\\(s\\) extra"),
         ("[experiment\n", "not valid TOML"),
     ]

@@ -99,7 +99,7 @@ def test_prunable_kernels_skip_bias_batchnorm_and_optionally_output():
         ({"ratio": -0.1}, r"\[0, 1\)"),
         ({"ratio": (0.8, 0.2)}, "low <= high"),
         ({"ratio": (0.1, 0.2, 0.3)}, "low, high"),
-        ({"method": "random"}, "global_l1"),
+        ({"pruning_method": "random"}, "global_l1"),
         ({"num_samples": 0}, "num_samples"),
         ({"refresh_every": 0}, "refresh_every"),
     ],
@@ -125,13 +125,13 @@ def test_evaluate_compressed_rows_and_network_untouched():
     x = rng.uniform(0, 1, (40, 12, 12, 1)).astype("float32")
     y = net.predict(x, verbose=0).argmax(-1)
     weights = [w.copy() for w in net.get_weights()]
-    table = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0, 0.5], methods=["global_l1", "local_l1"])
-    assert [(r["method"], r["ratio"]) for r in table.rows] == [
+    table = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0, 0.5], pruning_method=["global_l1", "local_l1"])
+    assert [(r["pruning_method"], r["ratio"]) for r in table.rows] == [
         ("global_l1", 0.0), ("global_l1", 0.5), ("local_l1", 0.0), ("local_l1", 0.5)]
-    assert table.lookup("global_l1", 0.0)["clean_accuracy"] == 1.0
+    assert table.lookup(0.0, "global_l1")["clean_accuracy"] == 1.0
     direct = cactus_keras.certify(net, x, y, 0.001, verbose=0).certified_accuracy
-    assert table.lookup("local_l1", 0.0)["certified_accuracy"] == direct
-    assert table.lookup("global_l1", 0.5)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert table.lookup(0.0, "local_l1")["certified_accuracy"] == direct
+    assert table.lookup(0.5, "global_l1")["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert not table.recalibrated_batchnorm
     recalibrated = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0.5], recalibrate_batchnorm=x)
     assert recalibrated.recalibrated_batchnorm

@@ -38,7 +38,7 @@ def test_fake_quantize_matches_numpy(bits, per_channel, shape):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": 1}, "2 to 8"), ({"bits": 9}, "2 to 8"), ({"bits": 8.0}, "2 to 8"),
-    ({"epsilon_weight": -0.1}, "eta"), ({"steps": 0}, "steps"),
+    ({"awp_radius": -0.1}, "eta"), ({"awp_steps": 0}, "awp_steps"),
 ])
 def test_quantization_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -49,7 +49,7 @@ def _model(eta=0.5, steps=1, seed=0):
     keras.utils.set_random_seed(seed)
     net = cactus_keras.models.cnn3((12, 12, 1), 3)
     model = cactus_keras.CactusModel(net, 0.02, standard_weight=0.2,
-                                     compression=[Quantization(bits=4, epsilon_weight=eta, steps=steps)])
+                                     compression=[Quantization(bits=4, awp_radius=eta, awp_steps=steps)])
     model.compile(optimizer="adam")
     return model
 
@@ -64,7 +64,7 @@ def test_awp_delta_respects_its_radius_and_increases_the_member_loss(steps):
     model = _model(eta=0.5, steps=steps)
     x, y = _data()
     member = model.compression[0]
-    kernels = model._kernels[0]
+    kernels = member.select_kernels(model.network)
     current = [ops.convert_to_numpy(k.value) for k in kernels]
     results = {}
 
@@ -79,7 +79,10 @@ def test_awp_delta_respects_its_radius_and_increases_the_member_loss(steps):
             0.8 * cactus_keras.training.losses.certified_loss(labels, margins)
         return per_sample, None, None, logits, margins
 
-    values = model._quantized_kernels(member, kernels, evaluate, training=True)
+    context = cactus_keras.compression.MemberContext(
+        name=member.name, step=model.train_steps.value, seed_generator=model.seed_generator,
+        training=True, loss=lambda vals: ops.mean(evaluate(model._mapping(kernels, vals))[0]))
+    values = member.compress([k.value for k in kernels], context)
     radii = [ops.convert_to_numpy(r) for r in member.radii(current)]
     moved = 0
     for value, c, r in zip(values, current, radii):
@@ -93,13 +96,14 @@ def test_awp_delta_respects_its_radius_and_increases_the_member_loss(steps):
 
 def test_awp_radius_covers_rounding_so_quantized_kernels_lie_in_the_ball():
     model = _model(eta=0.5)
-    kernels = [k.value for k in model._kernels[0]]
+    kernels = [k.value for k in model.compression[0].select_kernels(model.network)]
     member = model.compression[0]
     for k, r in zip(kernels, member.radii(kernels)):
         q = fake_quantize(k, member.bits, member.per_channel)
         assert np.all(np.abs(ops.convert_to_numpy(q - k)) <= ops.convert_to_numpy(r) + 1e-7)
 
 
+@pytest.mark.slow
 def test_quantized_member_trains_logs_metrics_and_saves(tmp_path):
     model = _model()
     x, y = _data()
@@ -125,4 +129,4 @@ def test_pruning_and_quantization_members_combine():
     x, y = _data(32)
     history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert {"certified_accuracy_pruned", "certified_accuracy_quantized"} <= set(history.history)
-    assert [r[0] for r in model.member_results(x, y, training=False)] == ["", "_pruned", "_quantized"]
+    assert [r.name for r in model.member_results(x, y, training=False)] == [None, "pruned", "quantized"]

@@ -127,7 +127,7 @@ def test_folding_the_last_layer_beats_subtracting_logit_intervals():
     np.testing.assert_allclose(_np(logits.upper), [[5.2, 5.2]], atol=1e-6)
     subtracted = _np(logits.lower)[0, 0] - _np(logits.upper)[0, 1]
     assert subtracted == pytest.approx(-5.0, abs=1e-5)
-    for method in bounds.METHODS:
+    for method in bounds.BOUNDS:
         margins = _margins(model, LOWER, UPPER, [0, 1], method)
         np.testing.assert_allclose(margins, 0.0, atol=1e-6)
 
@@ -481,7 +481,7 @@ def test_output_softmax_is_dropped(softmax):
     plain = _two_layer()
     graph = bounds.parse_network(with_softmax)
     assert len(graph.nodes) == 3
-    for method in bounds.METHODS:
+    for method in bounds.BOUNDS:
         np.testing.assert_allclose(
             _margins(with_softmax, LOWER, UPPER, [0, 1], method),
             _margins(plain, LOWER, UPPER, [0, 1], method),
@@ -576,7 +576,7 @@ def test_nested_model_bounds_equal_the_flat_model(build):
     for a, b in zip(nested_graph.nodes, flat_graph.nodes):
         np.testing.assert_allclose(_np(nested_boxes[a.output].lower), _np(flat_boxes[b.output].lower), atol=1e-6)
         np.testing.assert_allclose(_np(nested_boxes[a.output].upper), _np(flat_boxes[b.output].upper), atol=1e-6)
-    for method in bounds.METHODS:
+    for method in bounds.BOUNDS:
         np.testing.assert_allclose(
             _margins(nested, LOWER, UPPER, [0, 1], method), _margins(flat, LOWER, UPPER, [0, 1], method), atol=1e-6
         )

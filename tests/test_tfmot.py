@@ -7,7 +7,7 @@ from keras import layers
 
 import cactus_keras
 from cactus_keras import models
-from cactus_keras.compression import tfmot_interop
+from cactus_keras.interop import tf_keras_twins, tfmot
 from cactus_keras.export import load_integer_graph, verify_tflite
 
 
@@ -66,7 +66,7 @@ def test_twin_computes_what_the_network_computes():
                     models.mlp((8, 8, 1), 3, hidden=(16,), batch_norm=True)):
         inputs = x if network.inputs[0].shape[1] == 8 else np.pad(
             x, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        twin = tfmot_interop.tf_keras_twin(network)
+        twin = tf_keras_twins.tf_keras_twin(network)
         assert type(twin).__module__.startswith("tf_keras")
         assert [l.name for l in twin.layers] == [
             l.name for l in network.layers if not isinstance(l, layers.InputLayer)]
@@ -82,42 +82,43 @@ def test_twin_refuses_what_it_cannot_copy():
     hidden = layers.Dense(4, name="first")(inputs)
     outputs = layers.Add(name="skip")([hidden, layers.Dense(4)(hidden)])
     with pytest.raises(ValueError, match="'skip' .*Add.*Supported layer types: InputLayer"):
-        tfmot_interop.tf_keras_twin(keras.Model(inputs, outputs))
+        tf_keras_twins.tf_keras_twin(keras.Model(inputs, outputs))
 
     branch = layers.Dense(8, name="shared")
     x = branch(inputs)
     with pytest.raises(ValueError, match="'shared'.*linear chains"):
-        tfmot_interop.tf_keras_twin(keras.Model(inputs, layers.Dense(2)(branch(x))))
+        tf_keras_twins.tf_keras_twin(keras.Model(inputs, layers.Dense(2)(branch(x))))
 
     normed = keras.Sequential([keras.Input((8,)), layers.LayerNormalization(name="ln")])
     with pytest.raises(ValueError, match="'ln' .*LayerNormalization"):
-        tfmot_interop.tf_keras_twin(normed)
+        tf_keras_twins.tf_keras_twin(normed)
 
     with pytest.raises(TypeError, match="Keras 3 model"):
-        tfmot_interop.tf_keras_twin("model.keras")
+        tf_keras_twins.tf_keras_twin("model.keras")
 
 
 def test_copy_twin_weights_round_trip_and_shape_check():
     network = models.cnn3((12, 12, 1), 4)
     before = network.get_weights()
-    twin = tfmot_interop.tf_keras_twin(network)
+    twin = tf_keras_twins.tf_keras_twin(network)
     twin.set_weights([2.0 * w + 1.0 for w in twin.get_weights()])
-    assert tfmot_interop.copy_twin_weights(twin, network) is network
+    assert tf_keras_twins.copy_twin_weights(twin, network) is network
     for new, old in zip(network.get_weights(), before):
         np.testing.assert_allclose(new, 2.0 * old + 1.0, rtol=1e-6)
 
-    other = tfmot_interop.tf_keras_twin(models.cnn3((16, 16, 1), 4))
+    other = tf_keras_twins.tf_keras_twin(models.cnn3((16, 16, 1), 4))
     with pytest.raises(ValueError, match="'logits'.*weight shapes"):
-        tfmot_interop.copy_twin_weights(other, network)
+        tf_keras_twins.copy_twin_weights(other, network)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.5, 0.8])
 def test_tfmot_prune_reaches_the_ratio_per_layer(ratio, tmp_path):
     x, y = quadrant_data(64)
     network = every_layer_network()
     before = [w.copy() for w in network.get_weights()]
     old_kernel = keras.ops.convert_to_numpy(network.layers[-1].kernel).copy()
-    pruned = tfmot_interop.tfmot_prune(network, x, y, ratio, epochs=1, batch_size=16)
+    pruned = tfmot.tfmot_prune(network, x, y, ratio, epochs=1, batch_size=16)
 
     assert pruned is not network and isinstance(pruned, keras.Model)
     for w, old in zip(network.get_weights(), before):  # the input is not modified
@@ -151,7 +152,7 @@ def test_tfmot_prune_with_learning_rate_zero_only_masks():
     kept weight is the original one, and what is dropped are each kernel's smallest."""
     x, y = quadrant_data(64)
     network = models.mlp((8, 8, 1), 4, hidden=(16,))
-    pruned = tfmot_interop.tfmot_prune(network, x, y, 0.5, learning_rate=0.0, batch_size=16)
+    pruned = tfmot.tfmot_prune(network, x, y, 0.5, learning_rate=0.0, batch_size=16)
     for old_layer, new_layer in zip(kernel_layers(network), kernel_layers(pruned)):
         old = keras.ops.convert_to_numpy(old_layer.kernel)
         new = keras.ops.convert_to_numpy(new_layer.kernel)
@@ -160,26 +161,27 @@ def test_tfmot_prune_with_learning_rate_zero_only_masks():
         assert kept.sum() == int(round(old.size * 0.5))
         assert np.abs(old[~kept]).max() <= np.abs(old[kept]).min()
     with pytest.raises(ValueError, match="learning_rate"):
-        tfmot_interop.tfmot_prune(network, x, y, 0.5, learning_rate=-1.0)
+        tfmot.tfmot_prune(network, x, y, 0.5, learning_rate=-1.0)
 
 
 def test_tfmot_prune_ratio_zero_and_bad_arguments(tmp_path):
     x, y = quadrant_data(16)
     network = models.mlp((8, 8, 1), 4, hidden=(8,))
-    clone = tfmot_interop.tfmot_prune(network, x, y, 0.0)
+    clone = tfmot.tfmot_prune(network, x, y, 0.0)
     assert clone is not network
     for a, b in zip(clone.get_weights(), network.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match=r"`ratio` must be in \[0, 1\)"):
-        tfmot_interop.tfmot_prune(network, x, y, 1.0)
+        tfmot.tfmot_prune(network, x, y, 1.0)
     softmax = keras.Sequential([keras.Input((8, 8, 1)), layers.Flatten(),
                                 layers.Dense(4, activation="softmax", name="probs")])
     with pytest.raises(ValueError, match="'probs'.*logits"):
-        tfmot_interop.tfmot_prune(softmax, x, y, 0.5)
+        tfmot.tfmot_prune(softmax, x, y, 0.5)
     with pytest.raises(ValueError, match="shape"):
-        tfmot_interop.tfmot_prune(network, x[:, :4], y, 0.5)
+        tfmot.tfmot_prune(network, x[:, :4], y, 0.5)
 
 
+@pytest.mark.slow
 def test_tfmot_qat_tflite_is_certified_by_our_verifier(tmp_path):
     x, y = quadrant_data(320, seed=2)
     x_train, y_train, x_test, y_test = x[:256], y[:256], x[256:], y[256:]
@@ -201,7 +203,7 @@ def test_tfmot_qat_tflite_is_certified_by_our_verifier(tmp_path):
     assert keras_accuracy >= 0.8  # the task is learnable; otherwise the test says little
 
     path = tmp_path / "sub" / "qat.tflite"
-    returned = tfmot_interop.tfmot_quantize_to_tflite(
+    returned = tfmot.tfmot_quantize_to_tflite(
         network, x_train, y_train, path, epochs=1, batch_size=32, representative_samples=64)
     assert returned == str(path)
     for w, old in zip(network.get_weights(), before):
@@ -225,5 +227,5 @@ def test_tfmot_qat_names_the_layer_it_cannot_quantize(tmp_path):
     network = keras.Sequential([keras.Input((8, 8, 1)), layers.Rescaling(0.5, name="scale"),
                                 layers.Flatten(), layers.Dense(4)])
     with pytest.raises(ValueError, match="'scale' \\(Rescaling\\).*data pipeline"):
-        tfmot_interop.tfmot_quantize_to_tflite(network, x, y, tmp_path / "m.tflite")
+        tfmot.tfmot_quantize_to_tflite(network, x, y, tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()

@@ -42,7 +42,7 @@ def _tiny_network():
 
 
 def _hypermodel():
-    return CactusHyperModel(_tiny_network, epsilon=0.01, targets="prune:0.5,int8", epochs=1,
+    return CactusHyperModel(_tiny_network, epsilon=0.01, targets="prune:0.5,quantize:8", epochs=1,
                             standard_weight=(0.1, 0.6), awp_radius=(0.5, 2.0))
 
 
@@ -56,6 +56,7 @@ def _completed(tuner):
     return sorted(t.trial_id for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
 
 
+@pytest.mark.slow
 def test_two_trial_search_then_resume(tmp_path):
     data = _tiny_data()
     hypermodel = _hypermodel()
@@ -73,9 +74,9 @@ def test_two_trial_search_then_resume(tmp_path):
     for trial in tuner.oracle.trials.values():
         metrics = {n: trial.metrics.get_last_value(n) for n in trial.metrics.metrics}
         for name in (CERTIFIED, COMPRESSED, MEAN, CLEAN,
-                     f"{CERTIFIED}_prune50", f"{CERTIFIED}_int8"):
+                     f"{CERTIFIED}_prune50", f"{CERTIFIED}_quantize8"):
             assert 0.0 <= metrics[name] <= 1.0, name
-        assert metrics[COMPRESSED] == min(metrics[f"{CERTIFIED}_prune50"], metrics[f"{CERTIFIED}_int8"])
+        assert metrics[COMPRESSED] == min(metrics[f"{CERTIFIED}_prune50"], metrics[f"{CERTIFIED}_quantize8"])
         assert metrics[MEAN] == pytest.approx(0.5 * (metrics[CERTIFIED] + metrics[COMPRESSED]))
         assert trial.score == pytest.approx(metrics[MEAN])
 
@@ -107,11 +108,12 @@ def _write_npz(path):
 
 
 def _tune_argv(data, directory, *extra):
-    return ["tune", "--dataset", str(data), "--epsilon", "0.01", "--compression", "prune:0.5",
+    return ["tune", "--dataset", str(data), "--epsilon", "0.01", "--targets", "prune:0.5",
             "--arch", "mlp", "--epochs", "1", "--batch-size", "32", "--directory", str(directory),
             "--verbose", "0", *extra]
 
 
+@pytest.mark.slow
 def test_cli_search_resume_and_best(tmp_path, capsys):
     data, directory = tmp_path / "tiny.npz", tmp_path / "tune"
     _write_npz(data)
@@ -155,10 +157,10 @@ def test_cli_search_resume_and_best(tmp_path, capsys):
     [
         (["--objective", "certified_acc"], "Unknown objective 'certified_acc'; expected one of 'certified'"),
         (["--objective", "val_certified_accuracy_man"], "val_certified_accuracy_mean"),
-        (["--compression", "none", "--objective", "mean"], "needs a compression target"),
+        (["--targets", "none", "--objective", "mean"], "needs a compression target"),
         (["--tuner", "grid"], "Unknown tuner 'grid'"),
-        (["--compression", "prune:1.5"], "pruning ratio"),
-        (["--compression", "int"], "Unknown compression target"),
+        (["--targets", "prune:1.5"], "pruning ratio"),
+        (["--targets", "int"], "quantize:BITS"),
         (["--standard-weight", "0.5", "0.2"], "low < high"),
         (["--standard-weight", "0.1", "1.5"], "standard_weight"),
         (["--awp-radius", "0", "2"], "log scale"),
@@ -194,18 +196,18 @@ def test_objective_names_are_validated():
 
 
 def test_hypermodel_checks_and_spaces():
-    assert [t.key for t in parse_targets("prune:0.7, int8,prune:0.5:local_l1")] == [
-        "prune70", "int8", "prune50_local_l1"]
+    assert [t.key for t in parse_targets("prune:0.7, quantize:8,prune:0.5:local_l1")] == [
+        "prune70", "quantize8", "prune50_local_l1"]
     hm = CactusHyperModel(_tiny_network, 0.1, "prune:0.7", search_learning_rate=True,
                           search_prune_range=True)
-    assert hm.train_compression == "prune"
+    assert hm.compression == "prune"
     assert hm.search_space() == {"standard_weight": (0.0, 0.9), "learning_rate": (1e-4, 1e-2),
                                  "prune_ratio_low": (0.0, 0.5), "prune_ratio_high": (0.5, 0.95)}
     hp = keras_tuner.HyperParameters()
     model = hm.build(hp)
     assert set(hp.values) == set(hm.search_space())
     assert model.compression[0].ratio == (hp["prune_ratio_low"], hp["prune_ratio_high"])
-    assert CactusHyperModel(_tiny_network, 0.1, "int4").search_space()["awp_radius"] == (0.25, 4.0)
+    assert CactusHyperModel(_tiny_network, 0.1, "quantize:4").search_space()["awp_radius"] == (0.25, 4.0)
     with pytest.raises(ValueError, match="prune_ratio_low must be <="):
         CactusHyperModel(_tiny_network, 0.1, prune_ratio_low=(0.2, 0.6), prune_ratio_high=(0.5, 0.9))
     with pytest.raises(ValueError, match="hyperband tuner needs"):
@@ -220,6 +222,7 @@ def test_pareto_front():
     assert pareto_front(points) == [3, 1, 0, 5]
 
 
+@pytest.mark.slow
 def test_command_line_does_not_import_keras_tuner():
     code = ("import sys, cactus_keras, cactus_keras.tuning, cactus_keras.cli as c; "
             "c.build_parser(); print('keras_tuner' in sys.modules)")

@@ -50,7 +50,7 @@ def main():
     ibp.compile(optimizer="adam")
     cactus = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))])
     cactus.compile(optimizer="adam")
-    awp = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Quantization(bits=8, steps=1)])
+    awp = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Quantization(bits=8, awp_steps=1)])
     awp.compile(optimizer="adam")
     kernels = prunable_kernels(cactus.network)
     seed = keras.random.SeedGenerator(0)

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 from cactus_keras.experiments import load_config  # noqa: E402
 from cactus_keras.experiments.methods import IBPThenFinetune, TrainedMethod  # noqa: E402
 from cactus_keras.experiments.training import build_model  # noqa: E402
-from cactus_keras.training.finetune import MaskedFineTuning  # noqa: E402
+from cactus_keras.compression import FixedMaskPruning  # noqa: E402
+from cactus_keras.training import CactusModel  # noqa: E402
 
 # Training-set size and image shape of the named datasets (paths: load and look).
 KNOWN = {"mnist": (60000, (28, 28, 1), 10), "fashion_mnist": (60000, (28, 28, 1), 10),
@@ -76,7 +77,8 @@ def main():
             source = config.methods[method.settings["source"]]
             train_config = config.train_config(source.overrides(), seed=0)
             network = build_model(train_config, input_shape, num_classes).network
-            model = MaskedFineTuning(network, config.epsilon, ratio=0.7)
+            model = CactusModel(network, config.epsilon, compression=[FixedMaskPruning(0.7)],
+                                include_full_network=False)
             model.compile(optimizer="adam")
             batch = method.setting("batch_size")
             step = seconds_per_step(model, batch, input_shape, num_classes, args.steps)

@@ -14,7 +14,7 @@ search=${TUNE_DIRECTORY:-runs/tuning/fashion_mnist}
 mkdir -p "$out"
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 quiet() { grep -v "^WARNING: All log messages\|^I0000\|^E0000\|triggered tf.function retracing" || true; }
-args=(--dataset fashion_mnist --epsilon 0.1 --compression prune:0.7,int8 --objective mean
+args=(--dataset fashion_mnist --epsilon 0.1 --targets prune:0.7,quantize:8 --objective mean
       --tuner random --max-trials 6 --epochs 4 --arch cnn3 --ibp-init --batch-size 128
       --limit 3000 --validation-samples 500 --seed 0 --directory "$search")
 echo "cactus-keras tune ${args[*]}" > "$out/command.txt"

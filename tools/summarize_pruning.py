@@ -19,10 +19,14 @@ def main(directory):
     print()
     print("| pruning method | ratio | sparsity | IBP then prune: clean / certified | CACTUS: clean / certified |")
     print("| --- | --- | --- | --- | --- |")
+    def kind(row):
+        # Files written before the pruning method had one name call it "method".
+        return row.get("pruning_method", row.get("method"))
+
     for base, ours in zip(runs["ibp"]["rows"], runs["cactus"]["rows"]):
-        assert (base["method"], base["ratio"]) == (ours["method"], ours["ratio"])
+        assert (kind(base), base["ratio"]) == (kind(ours), ours["ratio"])
         print(
-            f"| {base['method']} | {base['ratio']:.2f} | {base['sparsity']:.4f} / {ours['sparsity']:.4f} | "
+            f"| {kind(base)} | {base['ratio']:.2f} | {base['sparsity']:.4f} / {ours['sparsity']:.4f} | "
             f"{base['clean_accuracy']:.4f} / {base['certified_accuracy']:.4f} | "
             f"{ours['clean_accuracy']:.4f} / {ours['certified_accuracy']:.4f} |"
         )

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Sets up (tools/setup.sh) and runs the test suite. Extra arguments go to pytest.
+# Sets up (tools/setup.sh), checks the package's layers (lint-imports, .importlinter) and
+# runs the test suite. Extra arguments go to pytest: `bash tools/test.sh -m "not slow"`
+# is the fast loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3
+.venv/bin/lint-imports --config .importlinter
 exec .venv/bin/python -m pytest -q "$@"

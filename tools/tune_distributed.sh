@@ -20,7 +20,7 @@ export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 quiet() { grep -v "^WARNING: All log messages\|^I0000\|^E0000\|triggered tf.function retracing" || true; }
 port=$("$py" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=$port
-args=(tune --dataset fashion_mnist --epsilon 0.1 --compression prune:0.7 --objective mean
+args=(tune --dataset fashion_mnist --epsilon 0.1 --targets prune:0.7 --objective mean
       --tuner random --max-trials 4 --epochs 4 --arch cnn3 --ibp-init --batch-size 128 --limit 2000
       --validation-samples 200 --seed 0 --directory "$search")
 echo "KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=$port KERASTUNER_TUNER_ID=chief|tuner0|tuner1 cactus-keras ${args[*]}" > "$logs/command.txt"

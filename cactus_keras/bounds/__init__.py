@@ -14,8 +14,9 @@ from cactus_keras.bounds.rules import (
     supported_layer_names,
 )
 from cactus_keras.bounds.margins import (
-    METHODS,
+    BOUNDS,
     BoundedModel,
+    check_bound,
     input_box,
     margin_lower_bounds,
     margin_specification,

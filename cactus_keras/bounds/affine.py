@@ -63,8 +63,8 @@ def _conv_output_padding(in_size, kernel, stride, dilation, padding):
 class ConvRule(AffineRule):
     """N-d convolution; the adjoint is the transposed convolution."""
 
-    def __init__(self, layer, input_shapes, **kwargs):
-        super().__init__(layer, input_shapes, **kwargs)
+    def __init__(self, layer, input_shapes):
+        super().__init__(layer, input_shapes)
         if layer.groups != 1:
             raise UnsupportedLayerError(
                 f"Conv layer '{layer.name}' uses groups={layer.groups}; only groups=1 "
@@ -123,14 +123,37 @@ class ConvRule(AffineRule):
         merged, split = _merge_spec_axis(coefficients)
         result = ops.conv_transpose(
             merged,
-            params[0],
+            _dilated_kernel(params[0], layer.dilation_rate),
             strides=layer.strides,
             padding=layer.padding,
             output_padding=output_padding,
             data_format=layer.data_format,
-            dilation_rate=layer.dilation_rate,
+            dilation_rate=1,
         )
         return [split(result)]
+
+
+def _dilated_kernel(kernel, dilation_rate):
+    """The kernel of a dilated convolution as an undilated one: its taps spread
+    `dilation_rate` apart with zeros between them. TensorFlow's CPU kernels of the
+    transposed convolution refuse dilation rates above 1 unless oneDNN runs (it does
+    not on CPUs without AVX-512); this form is the same linear map on every backend."""
+    rates = tuple(int(d) for d in dilation_rate)
+    if all(d == 1 for d in rates):
+        return kernel
+    spatial = tuple(kernel.shape[:-2])
+    for axis, (size, rate) in enumerate(zip(spatial, rates)):
+        if rate == 1 or size == 1:
+            continue
+        # (size, ...) -> (size, rate, ...) with zeros after each tap, then drop the
+        # trailing rate - 1 zeros: (size - 1) * rate + 1 along this axis.
+        moved = ops.moveaxis(kernel, axis, 0)
+        expanded = ops.expand_dims(moved, 1)
+        pad = [(0, 0)] * len(expanded.shape)
+        pad[1] = (0, rate - 1)
+        spread = ops.reshape(ops.pad(expanded, pad), (size * rate, *moved.shape[1:]))
+        kernel = ops.moveaxis(spread[: (size - 1) * rate + 1], 0, axis)
+    return kernel
 
 
 class ElementwiseAffineRule(AffineRule):
@@ -250,7 +273,7 @@ class ReshapeRule(AffineRule):
             for i, d in enumerate(layer.dims):
                 inverse[d - 1] = i + 1
             return [ops.transpose(coefficients, (0, 1, *[d + 1 for d in inverse]))]
-        if isinstance(layer, keras.layers.Flatten) and layer._channels_first and len(in_shape) > 1:
+        if isinstance(layer, keras.layers.Flatten) and layer.data_format == "channels_first" and len(in_shape) > 1:
             # Flatten moved channels last before reshaping: undo both steps.
             moved = (*in_shape[1:], in_shape[0])
             back = ops.reshape(coefficients, (*ops.shape(coefficients)[:2], *moved))

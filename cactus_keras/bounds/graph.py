@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import keras
 
+from cactus_keras import keras_internals
+from cactus_keras.bounds import nonlinear
 from cactus_keras.bounds import rules as rules_lib
 
 
@@ -44,6 +46,17 @@ class BoundGraph:
     def producers(self):
         return {node.output: node for node in self.nodes}
 
+    def layers(self):
+        """The Keras layers of the graph, each once, in topological order (nested
+        models inlined): the one walk over a network that everything else uses."""
+        seen, layers = set(), []
+        for node in self.nodes:
+            layer = node.rule.layer
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                layers.append(layer)
+        return layers
+
     def consumers(self):
         result = {}
         for node in self.nodes:
@@ -59,7 +72,7 @@ class UnsupportedModelError(ValueError):
 def _functional_of(model):
     """Returns the functional graph behind a Sequential or functional model."""
     if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
+        functional = keras_internals.sequential_functional(model)
         if functional is None:
             raise UnsupportedModelError(
                 f"The Sequential model '{model.name}' has no known input shape, so its "
@@ -67,7 +80,7 @@ def _functional_of(model):
                 "`model.build((None, *input_shape))` before bounding it."
             )
         return functional
-    if hasattr(model, "_nodes_by_depth"):
+    if keras_internals.nodes_by_depth(model) is not None:
         return model
     raise UnsupportedModelError(
         f"Model '{getattr(model, 'name', model)}' of class {type(model).__name__} is a "
@@ -78,7 +91,7 @@ def _functional_of(model):
 
 
 def _topological_nodes(functional):
-    nodes_by_depth = functional._nodes_by_depth
+    nodes_by_depth = keras_internals.nodes_by_depth(functional)
     ordered = []
     for depth in sorted(nodes_by_depth.keys(), reverse=True):
         for node in nodes_by_depth[depth]:
@@ -144,7 +157,7 @@ class _Builder:
         pre_key = self.fresh_key(layer.name)
         self.nodes.append(Node(rule, tuple(args), pre_key))
         try:
-            act_rule = rules_lib.activation_rule(
+            act_rule = nonlinear.activation_rule(
                 activation, owner=layer, input_shape=tuple(out_tensor.shape[1:])
             )
         except rules_lib.UnsupportedLayerError:

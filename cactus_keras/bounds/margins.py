@@ -14,18 +14,19 @@ from cactus_keras.bounds.propagation import (
 )
 from cactus_keras.bounds.rules import Box
 
-METHODS = ("ibp", "crown-ibp", "crown", "best")
+BOUNDS = ("ibp", "crown-ibp", "crown", "best")
 
 
-def check_method(method):
-    if method not in METHODS:
+def check_bound(bound, name="bound"):
+    """`bound`, the bound method, checked; `name` is how the caller spells it."""
+    if bound not in BOUNDS:
         raise ValueError(
-            f"Unknown bound method {method!r}. Expected one of {', '.join(METHODS)}: "
+            f"Unknown `{name}` {bound!r}. Expected one of {', '.join(BOUNDS)}: "
             "'ibp' (interval bounds, fast), 'crown-ibp' (CROWN with interval "
             "intermediate bounds), 'crown' (CROWN throughout, tightest and slowest), "
             "'best' (the larger of the ibp and crown bounds per margin)."
         )
-    return method
+    return bound
 
 
 def input_box(x, epsilon, input_range=(0.0, 1.0)):
@@ -53,11 +54,11 @@ def margin_specification(labels, num_classes, dtype="float32"):
     return ops.expand_dims(one_hot, 1) - ops.expand_dims(eye, 0)
 
 
-def margin_lower_bounds(graph, box, labels, method="ibp", *, clean=None, training=False):
+def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training=False):
     """Lower bounds of z_y - z_j for every class j, shape (batch, num_classes).
 
     The entry of the label itself is 0. The last affine layers are folded into the
-    specification for every method. `clean` and `training` are passed to the forward
+    specification for every bound. `clean` and `training` are passed to the forward
     pass (see `interval_pass`); with `clean` given the clean logits are returned too,
     as `(margin_lower, logits)`.
 
@@ -66,15 +67,15 @@ def margin_lower_bounds(graph, box, labels, method="ibp", *, clean=None, trainin
     ```python
     graph = cactus_keras.bounds.parse_network(net)
     box = cactus_keras.bounds.input_box(x, epsilon=0.1)
-    lower = cactus_keras.bounds.margin_lower_bounds(graph, box, y, method="ibp")
+    lower = cactus_keras.bounds.margin_lower_bounds(graph, box, y, bound="ibp")
     ```
     """
-    check_method(method)
+    check_bound(bound)
     spec = margin_specification(labels, graph.num_classes, box.lower.dtype)
     tail = affine_tail(graph)
     logits = None
 
-    def bound(relax, refine):
+    def lower_bound(relax, refine):
         nonlocal logits
         interval = interval_pass(
             graph, box, clean=clean, training=training, skip=tail, refine=refine
@@ -83,14 +84,14 @@ def margin_lower_bounds(graph, box, labels, method="ibp", *, clean=None, trainin
             logits = interval.clean[graph.output]
         return backward_lower_bound(graph, graph.output, spec, interval, relax=relax)
 
-    if method == "ibp":
-        result = bound(False, None)
-    elif method == "crown-ibp":
-        result = bound(True, None)
-    elif method == "crown":
-        result = bound(True, crown_refinement(graph))
+    if bound == "ibp":
+        result = lower_bound(False, None)
+    elif bound == "crown-ibp":
+        result = lower_bound(True, None)
+    elif bound == "crown":
+        result = lower_bound(True, crown_refinement(graph))
     else:
-        result = ops.maximum(bound(False, None), bound(True, crown_refinement(graph)))
+        result = ops.maximum(lower_bound(False, None), lower_bound(True, crown_refinement(graph)))
     return result if clean is None else (result, logits)
 
 
@@ -104,21 +105,21 @@ class BoundedModel(keras.Model):
     Example:
 
     ```python
-    bounded = cactus_keras.bounds.BoundedModel(net, method="crown")
+    bounded = cactus_keras.bounds.BoundedModel(net, bound="crown")
     out = bounded.predict((x, y, np.full(len(x), 0.1, "float32")))
     certified = np.all(out["margin_lower"] + np.eye(10)[y] > 0, axis=1)
     ```
     """
 
-    def __init__(self, network, method="ibp", input_range=(0.0, 1.0), **kwargs):
+    def __init__(self, network, bound="ibp", input_range=(0.0, 1.0), **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.method = check_method(method)
+        self.bound = check_bound(bound)
         self.input_range = None if input_range is None else tuple(map(float, input_range))
         self.graph = parse_network(network)
 
     def call(self, inputs):
         x, labels, epsilon = inputs
         box = input_box(x, epsilon, self.input_range)
-        margins = margin_lower_bounds(self.graph, box, labels, self.method)
+        margins = margin_lower_bounds(self.graph, box, labels, self.bound)
         return {"logits": self.network(x, training=False), "margin_lower": margins}

@@ -81,8 +81,8 @@ def relaxation_by_name(name, function, lower, upper):
 class ActivationFunctionRule(MonotoneRule):
     """A monotone activation by Keras name, fused into a layer or as `Activation`."""
 
-    def __init__(self, layer, input_shapes, activation, **kwargs):
-        super().__init__(layer, input_shapes, **kwargs)
+    def __init__(self, layer, input_shapes, activation):
+        super().__init__(layer, input_shapes)
         if activation not in SUPPORTED_ACTIVATIONS:
             raise UnsupportedLayerError(
                 f"Layer '{layer.name}' uses activation '{activation}', which has no "
@@ -123,8 +123,8 @@ register_rule(keras.layers.Activation)(_activation_layer_rule)
 class ReLULayerRule(MonotoneRule):
     """ReLU-family layers; monotone only with a non-negative negative slope."""
 
-    def __init__(self, layer, input_shapes, **kwargs):
-        super().__init__(layer, input_shapes, **kwargs)
+    def __init__(self, layer, input_shapes):
+        super().__init__(layer, input_shapes)
         slope = getattr(layer, "negative_slope", getattr(layer, "alpha", 0.0))
         if slope is not None and float(slope) < 0:
             raise UnsupportedLayerError(
@@ -157,3 +157,15 @@ register_rule(
 )(MonotoneRule)
 
 register_rule(keras.layers.Softmax)(SoftmaxMarker)
+
+
+def activation_rule(activation, owner, input_shape):
+    """The rule for an activation function fused into layer `owner`."""
+    name = activation_name(activation)
+    if name == "softmax":
+        return SoftmaxMarker(owner, (input_shape,))
+    if name not in SUPPORTED_ACTIVATIONS:
+        raise UnsupportedLayerError(
+            f"Layer '{owner.name}' uses activation '{name}', which has no bound rule."
+        )
+    return ActivationFunctionRule(owner, (input_shape,), name)

@@ -119,26 +119,18 @@ def fused_activation(layer):
     return getattr(layer, "activation", None)
 
 
-def activation_rule(activation, owner, input_shape):
-    """The rule for an activation function fused into layer `owner`."""
-    name = activation_name(activation)
-    if name == "softmax":
-        return SoftmaxMarker(owner, (input_shape,))
-    if name not in SUPPORTED_ACTIVATIONS:
-        raise UnsupportedLayerError(
-            f"Layer '{owner.name}' uses activation '{name}', which has no bound rule."
-        )
-    from cactus_keras.bounds.nonlinear import ActivationFunctionRule
+class BoundRule:
+    """Base class of all rules. `self.layer` is the wrapped Keras layer.
 
-    return ActivationFunctionRule(owner, (input_shape,), name)
+    A rule is a plain object: it holds no variables of its own (it reads the layer's at
+    every call) and is never saved, so it needs none of `keras.layers.Layer`.
+    """
 
-
-class BoundRule(keras.layers.Layer):
-    """Base class of all rules. `self.layer` is the wrapped Keras layer."""
-
-    def __init__(self, layer, input_shapes, **kwargs):
-        super().__init__(name=f"{layer.name}_bounds", **kwargs)
+    def __init__(self, layer, input_shapes):
         self.layer = layer
+        self.name = f"{layer.name}_bounds"
+        # Bounds are computed in the dtype the layer computes in.
+        self.compute_dtype = keras.config.dtype_policy().compute_dtype
         # Static shapes (without batch) of the inputs at this call site of the layer.
         self.input_shapes = tuple(tuple(shape) for shape in input_shapes)
 
@@ -155,17 +147,6 @@ class BoundRule(keras.layers.Layer):
 
     def interval(self, boxes, params):
         raise NotImplementedError
-
-    def get_config(self):
-        return {
-            "layer": keras.saving.serialize_keras_object(self.layer),
-            "input_shapes": self.input_shapes,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        layer = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(layer, config["input_shapes"])
 
 
 class AffineRule(BoundRule):

@@ -8,7 +8,7 @@ import numpy as np
 
 from cactus_keras import backend, validation
 from cactus_keras.bounds.graph import parse_network
-from cactus_keras.bounds.margins import BoundedModel, check_method
+from cactus_keras.bounds.margins import BoundedModel, check_bound
 from cactus_keras.bounds.propagation import crown_bytes_per_sample
 
 DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 64, "best": 64}
@@ -29,14 +29,14 @@ class CertificationResult:
         margin_lower: (samples, classes) lower bounds of z_y - z_j; column y is 0.
         predicted: arg-max of the model at the clean input.
         labels: the true labels.
-        method, epsilon: how the bounds were computed.
+        bound, epsilon: how the bounds were computed (the bound method, the radius).
     """
 
     certified: np.ndarray
     margin_lower: np.ndarray
     predicted: np.ndarray
     labels: np.ndarray
-    method: str
+    bound: str
     epsilon: float
 
     @property
@@ -53,14 +53,14 @@ class CertificationResult:
 
     def summary(self):
         return (
-            f"{len(self.labels)} samples, epsilon={self.epsilon:g}, method={self.method}: "
+            f"{len(self.labels)} samples, epsilon={self.epsilon:g}, bound={self.bound}: "
             f"clean accuracy {self.clean_accuracy:.4f}, certified accuracy "
             f"{self.certified_accuracy:.4f}"
         )
 
     def to_dict(self):
         return {
-            "method": self.method,
+            "bound": self.bound,
             "epsilon": self.epsilon,
             "samples": int(len(self.labels)),
             "clean_accuracy": self.clean_accuracy,
@@ -68,17 +68,17 @@ class CertificationResult:
         }
 
 
-def _bounded_model(model, method, input_range):
-    """One `BoundedModel` per (model, method, input range), so that repeated calls
+def _bounded_model(model, bound, input_range):
+    """One `BoundedModel` per (model, bound, input range), so that repeated calls
     reuse its compiled predict function instead of tracing a new one."""
     cache = model.__dict__.get("_cactus_bounded_models")
     if cache is None:
         cache = {}
         # object.__setattr__ keeps Keras from tracking the cache as part of the model.
         object.__setattr__(model, "_cactus_bounded_models", cache)
-    key = (method, input_range)
+    key = (bound, input_range)
     if key not in cache:
-        cache[key] = BoundedModel(model, method=method, input_range=input_range)
+        cache[key] = BoundedModel(model, bound=bound, input_range=input_range)
     return cache[key]
 
 
@@ -87,7 +87,7 @@ def certify(
     x,
     y,
     epsilon,
-    method="ibp",
+    bound="ibp",
     *,
     batch_size=None,
     input_range=(0.0, 1.0),
@@ -106,8 +106,8 @@ def certify(
         y: integer labels.
         epsilon: L-infinity radius in the data space (normalization inside the model is
             bounded exactly).
-        method: "ibp", "crown-ibp", "crown" or "best" (per margin, the larger of the ibp
-            and crown bounds). IBP supports every layer with a rule; CROWN relaxes ReLU,
+        bound: the bound method, "ibp", "crown-ibp", "crown" or "best" (per margin,
+            the larger of the ibp and crown bounds). IBP supports every layer with a rule; CROWN relaxes ReLU,
             sigmoid, tanh and softsign linearly and bounds other monotone layers (max
             pooling, ReLU6, ...) by their intervals.
         batch_size: samples per batch. The default for "crown" and "best" is sized
@@ -125,26 +125,26 @@ def certify(
     print(result.certified_accuracy, result.certified[:10])
     ```
     """
-    method = check_method(method)
+    bound = check_bound(bound)
     epsilon = validation.check_epsilon(epsilon)
     input_range = validation.check_input_range(input_range)
     graph = parse_network(model)
     x, y = validation.check_data(model, x, y, graph.num_classes)
-    if method in ("crown", "best"):
+    if bound in ("crown", "best"):
         per_sample = crown_bytes_per_sample(graph)
         if per_sample > CROWN_SAMPLE_LIMIT:
             raise ValueError(
-                f"method='{method}' would need about {per_sample / 2**30:.1f} GiB per "
+                f"bound='{bound}' would need about {per_sample / 2**30:.1f} GiB per "
                 f"sample for model '{model.name}' (CROWN keeps a coefficient per pair of "
-                "neurons of its widest layers). Use method='crown-ibp' or 'ibp' for this "
+                "neurons of its widest layers). Use bound='crown-ibp' or 'ibp' for this "
                 "model."
             )
     if batch_size is None:
-        batch_size = DEFAULT_BATCH_SIZE[method]
-        if method in ("crown", "best"):
+        batch_size = DEFAULT_BATCH_SIZE[bound]
+        if bound in ("crown", "best"):
             batch_size = max(1, min(batch_size, CROWN_BATCH_BYTES // per_sample))
     batch_size = validation.check_positive_int(batch_size, "batch_size")
-    bounded = _bounded_model(model, method, input_range)
+    bounded = _bounded_model(model, bound, input_range)
     if verbose == "auto":
         verbose = 1 if len(x) > batch_size else 0
     with backend.full_precision():
@@ -161,6 +161,6 @@ def certify(
         margin_lower=margin_lower,
         predicted=np.argmax(np.asarray(outputs["logits"]), axis=1),
         labels=y,
-        method=method,
+        bound=bound,
         epsilon=epsilon,
     )

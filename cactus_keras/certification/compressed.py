@@ -3,65 +3,79 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import keras
 import numpy as np
 
-from cactus_keras import validation
+from cactus_keras import atomic_write, validation
+from cactus_keras.bounds.graph import parse_network
 from cactus_keras.certification.certificates import certify
-from cactus_keras.compression.quantization import check_bits, fake_quantize
-from cactus_keras.compression.pruning import (
+from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.masks import (
     check_pruning_method,
     check_ratio,
     magnitude_masks,
     output_is_excluded,
-    prunable_kernels,
 )
+from cactus_keras.compression.quantization import check_bits, fake_quantize
+
+# Row forms: pruned kernels, or weight-only fake-quantized kernels. (The int8 .tflite
+# file is a third form, certified by `cactus_keras.export.verify_tflite`.)
+PRUNED, QUANTIZED = "prune", "quantize"
 
 
 @dataclasses.dataclass
 class CompressionTable:
-    """Rows of clean and certified accuracy per (method, ratio); see `rows`."""
+    """Rows of clean and certified accuracy, one per compression; see `rows`.
+
+    Each row has `form` ("prune" or "quantize"), `pruning_method` and `ratio` (pruned
+    rows), `bits` (quantized rows), `sparsity`, `clean_accuracy`,
+    `certified_accuracy` and `samples`.
+    """
 
     rows: list
     epsilon: float
     bound: str
     recalibrated_batchnorm: bool
+    input_range: tuple | None = (0.0, 1.0)
 
     def to_dict(self):
         return {
             "epsilon": self.epsilon,
             "bound": self.bound,
+            "input_range": None if self.input_range is None else list(self.input_range),
             "recalibrated_batchnorm": self.recalibrated_batchnorm,
             "rows": self.rows,
         }
 
     def to_json(self, path):
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        atomic_write.write_json(path, self.to_dict())
 
-    def lookup(self, method, ratio=None, bits=None):
-        """The row of a pruning (method, ratio) or of a quantization ("quantize", bits)."""
+    def lookup(self, ratio=None, pruning_method="global_l1", *, bits=None):
+        """The row of a pruning (`ratio`, `pruning_method`) or of a quantization (`bits`)."""
         for row in self.rows:
-            if row["method"] != method:
-                continue
-            if bits is not None and row["bits"] == bits:
+            if bits is not None:
+                if row["form"] == QUANTIZED and row["bits"] == bits:
+                    return row
+            elif (row["form"] == PRUNED and row["pruning_method"] == pruning_method
+                  and abs(row["ratio"] - ratio) < 1e-9):
                 return row
-            if ratio is not None and row["ratio"] is not None and abs(row["ratio"] - ratio) < 1e-9:
-                return row
-        raise KeyError((method, ratio, bits))
+        raise KeyError(f"no row for bits={bits}" if bits is not None
+                       else f"no row for ratio={ratio}, pruning_method={pruning_method}")
 
     def __str__(self):
         lines = [
             f"epsilon {self.epsilon:g}, bound {self.bound}, batch norm "
             + ("recalibrated" if self.recalibrated_batchnorm else "as trained"),
-            f"{'method':<22} {'level':>7} {'sparsity':>9} {'clean':>7} {'certified':>10}",
+            f"{'compression':<22} {'level':>7} {'sparsity':>9} {'clean':>7} {'certified':>10}",
         ]
         for row in self.rows:
-            level = f"{row['ratio']:.2f}" if row["bits"] is None else f"{row['bits']} bit"
+            if row["form"] == PRUNED:
+                kind, level = row["pruning_method"], f"{row['ratio']:.2f}"
+            else:
+                kind, level = "quantize (weights)", f"{row['bits']} bit"
             lines.append(
-                f"{row['method']:<22} {level:>7} {row['sparsity']:>9.4f} "
+                f"{kind:<22} {level:>7} {row['sparsity']:>9.4f} "
                 f"{row['clean_accuracy']:>7.4f} {row['certified_accuracy']:>10.4f}"
             )
         return "\n".join(lines)
@@ -84,9 +98,9 @@ def _compress_into(copy, network, kernels, transform):
     return sum(float((v == 0).sum()) for v in values) / sum(v.size for v in values)
 
 
-def _pruning_transform(method, ratio):
+def _pruning_transform(pruning_method, ratio):
     def transform(kernels):
-        masks = magnitude_masks(kernels, ratio, method)
+        masks = magnitude_masks(kernels, ratio, pruning_method)
         return [k * m for k, m in zip(kernels, masks)]
 
     return transform
@@ -106,7 +120,8 @@ def set_batchnorm_statistics(network, x, batch_size=2048):
     samples (momentum 0 for that pass), so a compressed network's batch norm matches
     its own activations rather than the uncompressed network's.
     """
-    layers = [l for l in network._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
+    layers = [layer for layer in parse_network(network).layers()
+              if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return False
     momenta = [l.momentum for l in layers]
@@ -126,77 +141,88 @@ def evaluate_compressed(
     y,
     epsilon,
     pruning=(0.0, 0.5, 0.7, 0.9),
-    methods=("global_l1",),
+    pruning_method="global_l1",
     *,
     bits=(),
     per_channel=True,
     bound="ibp",
+    input_range="auto",
     recalibrate_batchnorm=None,
     exclude_output=False,
     batch_size=None,
     verbose=0,
 ):
-    """Clean and certified accuracy of the network pruned at each ratio by each method,
-    and quantized at each bit width.
+    """Clean and certified accuracy of the network pruned at each ratio by each pruning
+    method, and with its kernels fake-quantized at each bit width.
 
-    Each row is one (method, ratio) with the achieved sparsity over the pruned kernels.
-    The network itself is not changed: each row certifies a pruned copy. The structured
-    method never prunes output units (classes) and counts its ratio in units.
+    Each pruned row is one (pruning method, ratio) with the achieved sparsity over the
+    pruned kernels. The network itself is not changed: each row certifies a compressed
+    copy. The structured method never prunes output units (classes) and counts its
+    ratio in units.
 
     Args:
         model_or_network: a `CactusModel` (its `network` is used) or a Keras network.
         x, y: evaluation data.
         epsilon: certification radius.
         pruning: ratios in [0, 1).
-        methods: pruning methods ("global_l1", "local_l1", "global_l2_structured").
-        bits: bit widths (2 to 8) of fake-quantized kernels, one row each (method
-            "quantize"): symmetric, round to nearest, per output channel unless
+        pruning_method: a pruning method or a list of them ("global_l1", "local_l1",
+            "global_l2_structured").
+        bits: bit widths (2 to 8) of weight-only fake-quantized kernels, one row each
+            (form "quantize"): symmetric, round to nearest, per output channel unless
             `per_channel=False`.
-        bound: certification method ("ibp", "crown-ibp", "crown", "best").
+        bound: the bound method ("ibp", "crown-ibp", "crown", "best").
+        input_range: the valid data range the epsilon ball is cut to; "auto" takes a
+            `CactusModel`'s own `input_range` and (0, 1) for a plain network; None
+            leaves the ball uncut.
         recalibrate_batchnorm: inputs used to recompute batch-norm statistics of
-            each pruned copy (None keeps the trained statistics).
+            each compressed copy (None keeps the trained statistics).
 
     Example:
 
     ```python
     table = cactus_keras.evaluate_compressed(model, x_test, y_test, 0.1,
                                              pruning=[0, 0.5, 0.7],
-                                             methods=["global_l1", "local_l1"])
+                                             pruning_method=["global_l1", "local_l1"])
     print(table)
     ```
     """
     network = _network_of(model_or_network)
     epsilon = validation.check_epsilon(epsilon)
+    if isinstance(input_range, str) and input_range == "auto":
+        input_range = getattr(model_or_network, "input_range", (0.0, 1.0))
+    input_range = validation.check_input_range(input_range)
     ratios = [check_ratio(r, "pruning ratio") for r in pruning]
+    methods = [pruning_method] if isinstance(pruning_method, str) else list(pruning_method)
     methods = [check_pruning_method(m) for m in methods]
     bits = [check_bits(b) for b in bits]
     settings = [
-        (method, ratio, None, _pruning_transform(method, ratio),
-         output_is_excluded(method, exclude_output))
+        (dict(form=PRUNED, pruning_method=method, ratio=ratio, bits=None),
+         _pruning_transform(method, ratio), output_is_excluded(method, exclude_output))
         for method in methods for ratio in ratios
     ] + [
-        ("quantize", None, b, _quantization_transform(b, per_channel), exclude_output)
+        (dict(form=QUANTIZED, pruning_method=None, ratio=None, bits=b),
+         _quantization_transform(b, per_channel), exclude_output)
         for b in bits
     ]
     recalibrated = False
     rows = []
     # One working copy, so its compiled bound computation is reused for every row.
     copy = keras.models.clone_model(network)
-    for method, ratio, width, transform, excluded in settings:
+    for level, transform, excluded in settings:
         kernels = prunable_kernels(network, excluded)
         achieved = _compress_into(copy, network, kernels, transform)
         if recalibrate_batchnorm is not None:
             recalibrated = set_batchnorm_statistics(copy, recalibrate_batchnorm) or recalibrated
-        result = certify(copy, x, y, epsilon, method=bound, batch_size=batch_size, verbose=verbose)
+        result = certify(copy, x, y, epsilon, bound=bound, batch_size=batch_size,
+                         input_range=input_range, verbose=verbose)
         rows.append(
             {
-                "method": method,
-                "ratio": ratio,
-                "bits": width,
+                **level,
                 "sparsity": achieved,
                 "clean_accuracy": result.clean_accuracy,
                 "certified_accuracy": result.certified_accuracy,
                 "samples": int(len(result.labels)),
             }
         )
-    return CompressionTable(rows=rows, epsilon=epsilon, bound=bound, recalibrated_batchnorm=recalibrated)
+    return CompressionTable(rows=rows, epsilon=epsilon, bound=bound,
+                            recalibrated_batchnorm=recalibrated, input_range=input_range)

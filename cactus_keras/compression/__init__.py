@@ -1,15 +1,23 @@
-"""Compression of networks: pruning masks, fake quantization, and the members of the
-compression set."""
+"""Compression of networks and the members of the compression set.
 
-from cactus_keras.compression.pruning import (
-    PRUNING_METHODS,
-    Pruning,
-    magnitude_masks,
-    prunable_kernels,
-    sparsity,
+Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
+(`fake_quantize`). Members (`CompressionMember` subclasses): `Pruning`,
+`Quantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
+user registers with `register_member`.
+"""
+
+from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.fixed_mask import FixedMaskPruning
+from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.masks import PRUNING_METHODS, magnitude_masks, sparsity
+from cactus_keras.compression.member import (
+    CompressionMember,
+    MemberContext,
+    member_from_config,
+    member_kinds,
+    register_member,
 )
-from cactus_keras.compression.quantization import (
-    Quantization,
-    fake_quantize,
-    quantization_scale,
-)
+from cactus_keras.compression.pruning import Pruning
+from cactus_keras.compression.quantization import fake_quantize, quantization_scale
+from cactus_keras.compression.ratio_schedules import ConstantRatio, PolynomialRatio
+from cactus_keras.compression.straight_through import StraightThroughQuantization

@@ -81,6 +81,11 @@ class Dataset:
         """Shape of one image, `(H, W, C)`, e.g. for `keras.Input`."""
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def input_range(self):
+        """The valid range of the inputs, which epsilon balls are cut to."""
+        return (0.0, 1.0)
+
     def __repr__(self):
         # Arrays are far too large to print; shapes are what people check.
         return (

@@ -15,7 +15,7 @@ epochs = 10
 
 [evaluation]
 prune_ratios = [0.0, 0.5, 0.7, 0.9]
-prune_method = "global_l1"
+pruning_method = "global_l1"
 bits = [8, 4]                  # fake-quantized kernels
 tflite = true                  # also export int8 .tflite and certify the file itself
 
@@ -38,34 +38,17 @@ import dataclasses
 import os
 
 from cactus_keras import validation
-from cactus_keras.bounds.margins import check_method as check_bound_method
-from cactus_keras.compression.pruning import check_pruning_method, check_ratio
-from cactus_keras.compression.quantization import check_bits
-from cactus_keras.experiments.training import TrainConfig
+from cactus_keras.experiments.errors import ConfigError
+from cactus_keras.experiments.evaluation import check_evaluation, check_keys
+from cactus_keras.experiments.methods import make_method
+from cactus_keras.experiments.training import TRAIN_FIELDS, TrainConfig
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-
-class ConfigError(ValueError):
-    """An experiment config is invalid; the message names the key and the fix."""
-
-
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("dataset", "epsilon", "seed"))
-
 EXPERIMENT_KEYS = {"name", "description", "dataset", "epsilon", "seeds", "test_samples", "download"}
-EVALUATION_DEFAULTS = {
-    "prune_ratios": [0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95],
-    "prune_method": "global_l1",
-    "bits": [8, 4],
-    "tflite": True,
-    "calibration_samples": 500,
-    "bound": "ibp",
-    # The pruning ratio the report's headline compares methods at.
-    "headline_ratio": 0.7,
-}
 
 
 @dataclasses.dataclass
@@ -130,41 +113,12 @@ def _table(data, key, where):
     return value
 
 
-def _unknown(table, allowed, where):
-    extra = sorted(set(table) - set(allowed))
-    if extra:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(extra)}; expected some of "
-            f"{', '.join(sorted(allowed))}."
-        )
-
-
-def check_evaluation(evaluation, where="[evaluation]"):
-    """Validates an evaluation table (filled with defaults) in place and returns it."""
-    _unknown(evaluation, EVALUATION_DEFAULTS, where)
-    filled = {**EVALUATION_DEFAULTS, **evaluation}
-    try:
-        filled["prune_ratios"] = [check_ratio(r, "prune ratio") for r in filled["prune_ratios"]]
-        filled["headline_ratio"] = check_ratio(filled["headline_ratio"], "headline_ratio")
-        check_pruning_method(filled["prune_method"])
-        filled["bits"] = [check_bits(b) for b in filled["bits"]]
-        check_bound_method(filled["bound"])
-        validation.check_positive_int(filled["calibration_samples"], "calibration_samples")
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if not isinstance(filled["tflite"], bool):
-        raise ConfigError(f"{where}: `tflite` must be true or false, got {filled['tflite']!r}.")
-    return filled
-
-
 def parse_config(data, path=None, seeds=None):
     """An `ExperimentConfig` from the dict of a TOML file; raises `ConfigError`."""
-    from cactus_keras.experiments.methods import make_method
-
     where = path or "config"
-    _unknown(data, {"experiment", "training", "evaluation", "methods"}, where)
+    check_keys(data, {"experiment", "training", "evaluation", "methods"}, where)
     experiment = _table(data, "experiment", where)
-    _unknown(experiment, EXPERIMENT_KEYS, f"{where} [experiment]")
+    check_keys(experiment, EXPERIMENT_KEYS, f"{where} [experiment]")
     for key in ("dataset", "epsilon"):
         if key not in experiment:
             raise ConfigError(f"{where} [experiment]: `{key}` is required.")
@@ -182,7 +136,7 @@ def parse_config(data, path=None, seeds=None):
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where} [experiment]: {exc}") from None
     training = _table(data, "training", where)
-    _unknown(training, TRAIN_FIELDS, f"{where} [training]")
+    check_keys(training, TRAIN_FIELDS, f"{where} [training]")
     evaluation = check_evaluation(_table(data, "evaluation", where), f"{where} [evaluation]")
     methods_table = _table(data, "methods", where)
     if not methods_table:

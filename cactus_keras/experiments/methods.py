@@ -8,8 +8,9 @@ row per compression level it was evaluated at, with clean and certified accuracy
 - `ibp-then-compress`: plain IBP certified training, then the grid: pruning and
   quantization applied with no fine-tuning.
 - `ibp-then-finetune`: a source run's network compressed once, then certified
-  fine-tuning of the compressed network alone (`MaskedFineTuning`: fixed mask;
-  `QuantizedFineTuning`: fake quantization with a straight-through estimator).
+  fine-tuning of the compressed network alone: a `CactusModel` with
+  `include_full_network=False` and one member, `FixedMaskPruning` (fixed mask) or
+  `StraightThroughQuantization` (fake quantization, straight-through estimator).
 - `tfmot`: TensorFlow Model Optimization's compressors on a source run's network,
   through a `tf_keras` twin (`prune_low_magnitude` + fine-tuning + `strip_pruning`;
   `quantize_model` QAT + int8 conversion), certified by our bounds. Applied to a CACTUS
@@ -28,8 +29,10 @@ import os
 import keras
 import numpy as np
 
-from cactus_keras import validation
-from cactus_keras.experiments.config import TRAIN_FIELDS, ConfigError, check_evaluation
+from cactus_keras import atomic_write, validation
+from cactus_keras.experiments.errors import ConfigError
+from cactus_keras.experiments.evaluation import check_evaluation
+from cactus_keras.experiments.training import TRAIN_FIELDS
 
 COMPRESSED_FORMS = ("prune", "quantize", "tflite")
 
@@ -49,6 +52,11 @@ class RunContext:
     log: object = print
 
     @property
+    def input_range(self):
+        """The data's valid range, which every certificate cuts the epsilon ball to."""
+        return self.data.input_range
+
+    @property
     def x_train(self):
         return self.data.x_train
 
@@ -64,7 +72,7 @@ class RunContext:
             with open(path) as f:
                 return json.load(f)
         value = compute()
-        write_json(path, value)
+        atomic_write.write_json(path, value)
         return value
 
     def source_network(self, run_name):
@@ -72,23 +80,14 @@ class RunContext:
         return keras.saving.load_model(path, compile=False)
 
 
-def write_json(path, value):
-    """Writes `value` as JSON through a temporary file: an interrupted run never leaves
-    a truncated file that would read as finished."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def row(form, *, ratio=None, bits=None, sparsity=0.0, clean_accuracy, certified_accuracy,
-        samples, prune_method=None, **extra):
+        samples, pruning_method=None, **extra):
     """One result row. `form` is "prune" (ratio; ratio 0 is the uncompressed network),
     "quantize" (fake-quantized kernels, `bits`) or "tflite" (the int8 file)."""
     assert form in COMPRESSED_FORMS
     return {
         "form": form,
-        "prune_method": prune_method if form == "prune" else None,
+        "pruning_method": pruning_method if form == "prune" else None,
         "ratio": ratio,
         "bits": bits,
         "sparsity": float(sparsity),
@@ -108,14 +107,15 @@ def grid_rows(network, ctx, ratios, bits):
     evaluation = ctx.config.evaluation
     table = evaluate_compressed(
         network, ctx.x_test, ctx.y_test, ctx.config.epsilon, pruning=ratios,
-        methods=[evaluation["prune_method"]], bits=bits, bound=evaluation["bound"],
+        pruning_method=evaluation["pruning_method"], bits=bits, bound=evaluation["bound"],
+        input_range=ctx.input_range,
     )
     rows = []
     for r in table.rows:
         common = dict(sparsity=r["sparsity"], clean_accuracy=r["clean_accuracy"],
                       certified_accuracy=r["certified_accuracy"], samples=r["samples"])
-        if r["bits"] is None:
-            rows.append(row("prune", ratio=r["ratio"], prune_method=r["method"], **common))
+        if r["form"] == "prune":
+            rows.append(row("prune", ratio=r["ratio"], pruning_method=r["pruning_method"], **common))
         else:
             rows.append(row("quantize", bits=r["bits"], **common))
     return rows
@@ -125,7 +125,8 @@ def tflite_row(path, ctx):
     """The row of an int8 `.tflite` file, certified on its own integer arithmetic."""
     from cactus_keras.export import verify_tflite
 
-    result = verify_tflite(path, ctx.x_test, ctx.y_test, ctx.config.epsilon)
+    result = verify_tflite(path, ctx.x_test, ctx.y_test, ctx.config.epsilon,
+                           input_range=ctx.input_range)
     return row("tflite", bits=8, clean_accuracy=result.clean_accuracy,
                certified_accuracy=result.certified_accuracy, samples=len(result.labels),
                simulation_agreement=result.simulation_agreement, file=os.path.relpath(path, ctx.directory))
@@ -347,20 +348,24 @@ class IBPThenFinetune(_FromSource):
                   verbose=ctx.verbose)
         return model.apply_compression()
 
-    def _model(self, kind, ctx, **kwargs):
+    def _model(self, member, ctx):
+        from cactus_keras.training.model import CactusModel
+
         keras.utils.set_random_seed(ctx.seed)
         network = ctx.source_network(self.settings["source"])
-        return kind(network, self.config.epsilon, standard_weight=self.setting("standard_weight"), **kwargs)
+        return CactusModel(network, self.config.epsilon, compression=[member],
+                           standard_weight=self.setting("standard_weight"),
+                           input_range=ctx.input_range, include_full_network=False)
 
     def run(self, ctx):
-        from cactus_keras.training.finetune import MaskedFineTuning, QuantizedFineTuning
+        from cactus_keras.compression import FixedMaskPruning, StraightThroughQuantization
 
-        method = self.config.evaluation["prune_method"]
+        method = self.config.evaluation["pruning_method"]
         rows = []
         for ratio in self.setting("prune_ratios"):
             def prune(ratio=ratio):
                 ctx.log(f"fine-tuning the network pruned at {ratio:g} ({method})")
-                model = self._model(MaskedFineTuning, ctx, ratio=ratio, method=method)
+                model = self._model(FixedMaskPruning(ratio, pruning_method=method), ctx)
                 network = self._fine_tune(model, ctx)
                 network.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
                 return grid_rows(network, ctx, [ratio], [])
@@ -369,7 +374,7 @@ class IBPThenFinetune(_FromSource):
         for bits in self.setting("bits"):
             def quantize(bits=bits):
                 ctx.log(f"fine-tuning the {bits}-bit network (straight-through estimator)")
-                model = self._model(QuantizedFineTuning, ctx, bits=bits)
+                model = self._model(StraightThroughQuantization(bits), ctx)
                 network = self._fine_tune(model, ctx)
                 network.save(os.path.join(ctx.directory, f"quantized_{bits}bit.keras"))
                 found = grid_rows(network, ctx, [], [bits])
@@ -387,7 +392,7 @@ class TFMOT(_FromSource):
 
     TF-MOT fine-tunes with the standard cross-entropy, as its users do: it knows nothing
     of certification. Pruning is per layer (`ConstantSparsity`), whatever
-    [evaluation].prune_method says.
+    [evaluation].pruning_method says.
     """
 
     name = "tfmot"
@@ -405,8 +410,8 @@ class TFMOT(_FromSource):
 
     def run(self, ctx):
         from cactus_keras.certification.certificates import certify
-        from cactus_keras.compression.pruning import prunable_kernels, sparsity
-        from cactus_keras.compression import tfmot_interop
+        from cactus_keras.compression import prunable_kernels, sparsity
+        from cactus_keras.interop import tfmot
 
         x, y = self.train_data(ctx)
         fit = dict(epochs=self.setting("epochs"), batch_size=self.setting("batch_size"),
@@ -417,12 +422,13 @@ class TFMOT(_FromSource):
             def prune(ratio=ratio):
                 ctx.log(f"TF-MOT prune_low_magnitude at {ratio:g}, fine-tune, strip_pruning")
                 network = ctx.source_network(self.settings["source"])
-                pruned = tfmot_interop.tfmot_prune(network, x, y, ratio, **fit)
+                pruned = tfmot.tfmot_prune(network, x, y, ratio, **fit)
                 pruned.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
                 kept = [keras.ops.convert_to_numpy(k) != 0 for k in prunable_kernels(pruned)]
                 result = certify(pruned, ctx.x_test, ctx.y_test, self.config.epsilon,
-                                 method=self.config.evaluation["bound"])
-                return [row("prune", ratio=ratio, prune_method="tfmot_constant_sparsity",
+                                 bound=self.config.evaluation["bound"],
+                                 input_range=ctx.input_range)
+                return [row("prune", ratio=ratio, pruning_method="tfmot_constant_sparsity",
                             sparsity=sparsity([k.astype("float32") for k in kept]),
                             clean_accuracy=result.clean_accuracy,
                             certified_accuracy=result.certified_accuracy,
@@ -434,7 +440,7 @@ class TFMOT(_FromSource):
                 ctx.log("TF-MOT quantize_model (QAT), fine-tune, int8 conversion")
                 network = ctx.source_network(self.settings["source"])
                 path = os.path.join(ctx.directory, "qat.int8.tflite")
-                tfmot_interop.tfmot_quantize_to_tflite(
+                tfmot.tfmot_quantize_to_tflite(
                     network, x, y, path,
                     representative_samples=self.config.evaluation["calibration_samples"], **fit)
                 return [tflite_row(path, ctx)]

@@ -7,12 +7,15 @@ standard deviation (`n` seeds; the deviation is 0 for one seed).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 import numpy as np
 
-KEY = ("run", "method", "form", "prune_method", "ratio", "bits")
+from cactus_keras import atomic_write
+
+KEY = ("run", "method", "form", "pruning_method", "ratio", "bits")
 VALUES = ("clean_accuracy", "certified_accuracy", "sparsity")
 
 
@@ -118,7 +121,7 @@ def report_markdown(config, summary, runs, data_note, command, timings):
         diff = "-" if a is None or b is None else f"{a['certified_accuracy_mean'] - b['certified_accuracy_mean']:+.4f}"
         lines.append(f"| {what} | {mine} | {other} ({runs[other]}) | {_cell(a)} | {_cell(b)} | {diff} |")
     ratios = sorted({e["ratio"] for e in summary if e["form"] == "prune"})
-    lines += ["", f"## Pruning ({evaluation['prune_method']}; TF-MOT prunes per layer)", "",
+    lines += ["", f"## Pruning ({evaluation['pruning_method']}; TF-MOT prunes per layer)", "",
               "| run | method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
               "| --- | --- | " + " | ".join("---" for _ in ratios) + " |"]
     for run, method in runs.items():
@@ -149,10 +152,11 @@ def report_markdown(config, summary, runs, data_note, command, timings):
 
 
 def _write_csv(path, rows, fields):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write.write_text(path, text.getvalue())
 
 
 def write_results(output, config, run_records, data_note, command):
@@ -166,9 +170,9 @@ def write_results(output, config, run_records, data_note, command):
     timings = {}
     for record in run_records:
         timings.setdefault(record["run"], []).append(record["seconds"])
-    with open(os.path.join(output, "results.json"), "w") as f:
-        json.dump({"config": config.to_dict(), "command": command, "data": data_note,
-                   "runs": run_records, "summary": summary}, f, indent=2)
+    atomic_write.write_json(os.path.join(output, "results.json"),
+                            {"config": config.to_dict(), "command": command, "data": data_note,
+                             "runs": run_records, "summary": summary})
     _write_csv(os.path.join(output, "results.csv"), summary,
                list(KEY) + ["seeds", "samples"] + [f"{v}_{s}" for v in VALUES for s in ("mean", "std")])
     _write_csv(os.path.join(output, "runs.csv"), [{**r} for r in rows],
@@ -178,6 +182,5 @@ def write_results(output, config, run_records, data_note, command):
     plots.clean_vs_certified(summary, runs, os.path.join(output, "clean_vs_certified.png"),
                              title=f"{config.name}: epsilon {config.epsilon:g}")
     path = os.path.join(output, "report.md")
-    with open(path, "w") as f:
-        f.write(report_markdown(config, summary, runs, data_note, command, timings))
+    atomic_write.write_text(path, report_markdown(config, summary, runs, data_note, command, timings))
     return path

@@ -7,8 +7,9 @@ import os
 import sys
 import time
 
-from cactus_keras.experiments.config import ConfigError
-from cactus_keras.experiments.methods import RunContext, TrainedMethod, write_json
+from cactus_keras.experiments.errors import ConfigError
+from cactus_keras.atomic_write import write_json
+from cactus_keras.experiments.methods import RunContext, TrainedMethod
 
 
 def _jsonable(value):

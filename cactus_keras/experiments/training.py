@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import keras
 
-from cactus_keras import models, validation
-from cactus_keras.compression.pruning import Pruning, check_pruning_method
-from cactus_keras.compression.quantization import Quantization
+from cactus_keras import atomic_write, models, validation
+from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.masks import check_pruning_method
+from cactus_keras.compression.pruning import Pruning
 from cactus_keras.training import (
     CactusModel,
     EpsilonRamp,
@@ -41,12 +41,12 @@ class TrainConfig:
     learning_rate: float = 1e-3
     compression: str = "prune"
     prune_range: tuple = (0.25, 0.75)
-    prune_method: str = "global_l1"
+    pruning_method: str = "global_l1"
     bits: int = 8
     awp_radius: float = 0.5
     awp_steps: int = 1
     standard_weight: float = 0.5
-    certified_loss: str = "ibp"
+    bound: str = "ibp"
     warmup_epochs: int = 1
     ramp_epochs: int | None = None
     ibp_init: bool = False
@@ -65,7 +65,7 @@ class TrainConfig:
                 f"Unknown compression {self.compression!r}; expected one of "
                 f"{', '.join(COMPRESSIONS)}."
             )
-        check_pruning_method(self.prune_method)
+        check_pruning_method(self.pruning_method)
         # Building the members validates their arguments before any training.
         self.compression_members()
         for name in ("epochs", "batch_size"):
@@ -87,9 +87,9 @@ class TrainConfig:
     def compression_members(self):
         members = []
         if "prune" in self.compression:
-            members.append(Pruning(ratio=tuple(self.prune_range), method=self.prune_method))
+            members.append(Pruning(ratio=tuple(self.prune_range), pruning_method=self.pruning_method))
         if "quant" in self.compression:
-            members.append(Quantization(bits=self.bits, epsilon_weight=self.awp_radius, steps=self.awp_steps))
+            members.append(Quantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
 
     def to_dict(self):
@@ -98,7 +98,12 @@ class TrainConfig:
         return data
 
 
-def build_model(config, input_shape, num_classes):
+# The fields a config's [training] table (and a method's own options) may set.
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                     if f.name not in ("dataset", "epsilon", "seed"))
+
+
+def build_model(config, input_shape, num_classes, input_range=(0.0, 1.0)):
     """The compiled `CactusModel` of a config (network from the model zoo)."""
     keras.utils.set_random_seed(config.seed)
     network = models.get(config.arch, input_shape, num_classes, batch_norm=config.batch_norm)
@@ -109,7 +114,8 @@ def build_model(config, input_shape, num_classes):
         epsilon=config.epsilon,
         compression=config.compression_members(),
         standard_weight=config.standard_weight,
-        certified_loss=config.certified_loss,
+        bound=config.bound,
+        input_range=input_range,
         seed=config.seed,
     )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=CLIP_NORM))
@@ -144,13 +150,13 @@ def train(config, data, output_dir, verbose=2, callbacks=()):
     x, y = data.x_train, data.y_train
     if config.limit is not None:
         x, y = x[: config.limit], y[: config.limit]
-    model = build_model(config, data.input_shape, data.num_classes)
+    model = build_model(config, data.input_shape, data.num_classes, data.input_range)
     validation_data = None
     if config.validation_samples:
         n = config.validation_samples
         validation_data = (data.x_test[:n], data.y_test[:n])
-    with open(os.path.join(output_dir, "config.json"), "w") as f:
-        json.dump({**config.to_dict(), "data_source": data.source}, f, indent=2)
+    atomic_write.write_json(os.path.join(output_dir, "config.json"),
+                            {**config.to_dict(), "data_source": data.source})
     model.fit(
         x,
         y,

@@ -2,15 +2,10 @@
 
 from cactus_keras.training.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 from cactus_keras.training.initialization import ibp_initialize
-from cactus_keras.training.model import CactusModel
+from cactus_keras.training.model import CactusModel, MemberResult
 from cactus_keras.training.schedules import (
     EpsilonRamp,
     StandardWeightRamp,
     VariableRamp,
     smooth_ramp,
-)
-from cactus_keras.training.finetune import (
-    CompressedFineTuning,
-    MaskedFineTuning,
-    QuantizedFineTuning,
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-import keras
 import numpy as np
+
+from cactus_keras.bounds.graph import parse_network
+from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS
 
 
 def ibp_initialize(network, seed=None):
@@ -24,8 +26,8 @@ def ibp_initialize(network, seed=None):
     """
     rng = np.random.default_rng(seed)
     count = 0
-    for layer in network._flatten_layers(include_self=False):
-        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+    for layer in parse_network(network).layers():
+        if not isinstance(layer, AFFINE_KERNEL_LAYERS):
             continue
         kernel = layer.kernel
         fan_in = int(np.prod(kernel.shape[:-1]))

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import ops
 
-from cactus_keras import backend, validation
+from cactus_keras import keras_internals, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import input_box, margin_lower_bounds
-from cactus_keras.compression.pruning import Pruning, magnitude_masks, prunable_kernels
-from cactus_keras.compression.quantization import Quantization, fake_quantize
+from cactus_keras.compression.member import MemberContext, check_members
 from cactus_keras.training import losses
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 
-CERTIFIED_LOSS_METHODS = ("ibp", "crown-ibp")
+# Bound methods of the certified loss (full CROWN is for certification only).
+TRAINING_BOUNDS = ("ibp", "crown-ibp")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberResult:
+    """One network of the compression set at one batch (per-sample tensors).
+
+    `name` is the member's name, None for the full network.
+    """
+
+    name: str | None
+    loss: object
+    standard_loss: object
+    certified_loss: object
+    logits: object
+    margin_lower: object
+
+
+def _metric_name(kind, member_name):
+    return kind if member_name is None else f"{kind}_{member_name}"
 
 
 @keras.saving.register_keras_serializable(package="cactus_keras")
@@ -37,13 +58,17 @@ class CactusModel(keras.Model):
     Args:
         network: a Sequential or functional Keras model returning logits.
         epsilon: L-infinity training radius in the data space (the target of a ramp).
-        compression: a list of members, e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)),
-            cactus_keras.Quantization(bits=8)]`; empty for plain certified training. The
-            quantization member is AWP in training and the fake-quantized network in
-            evaluation (so `certified_accuracy_quantized` is that of the quantized kernels).
+        compression: a list of members (`cactus_keras.compression.CompressionMember`),
+            e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)), cactus_keras.Quantization(bits=8)]`;
+            empty for plain certified training. The quantization member is AWP in
+            training and the fake-quantized network in evaluation (so
+            `certified_accuracy_quantized` is that of the quantized kernels).
         standard_weight: lambda, the weight of the standard loss (0 = purely certified).
-        certified_loss: bound method of L_cert, "ibp" or "crown-ibp".
+        bound: bound method of L_cert, "ibp" or "crown-ibp".
         input_range: valid data range the epsilon ball is cut to, or None.
+        include_full_network: train the full network too (True, CACTUS); False trains
+            the members alone (certified fine-tuning of a fixed compressed network,
+            then `apply_compression()`).
         seed: seed of the ratio sampling.
 
     Example:
@@ -63,8 +88,9 @@ class CactusModel(keras.Model):
         epsilon,
         compression=(),
         standard_weight=0.5,
-        certified_loss="ibp",
+        bound="ibp",
         input_range=(0.0, 1.0),
+        include_full_network=True,
         seed=None,
         **kwargs,
     ):
@@ -75,22 +101,23 @@ class CactusModel(keras.Model):
         weight = float(standard_weight)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"`standard_weight` (lambda) must be in [0, 1], got {standard_weight!r}.")
-        if certified_loss not in CERTIFIED_LOSS_METHODS:
+        if bound not in TRAINING_BOUNDS:
             raise ValueError(
-                f"`certified_loss` must be one of {', '.join(CERTIFIED_LOSS_METHODS)}, got "
-                f"{certified_loss!r}. (Full CROWN is for evaluation: its cost grows with "
+                f"`bound` of the certified loss must be one of {', '.join(TRAINING_BOUNDS)}, "
+                f"got {bound!r}. (Full CROWN is for certification: its cost grows with "
                 "the square of the layer widths.)"
             )
         self.standard_weight_target = weight
-        self.certified_loss_method = certified_loss
+        self.bound = bound
         self.input_range = validation.check_input_range(input_range)
-        self.compression = list(compression)
-        for member in self.compression:
-            if not isinstance(member, (Pruning, Quantization)):
-                raise TypeError(
-                    f"Unsupported compression member {member!r}; expected "
-                    "cactus_keras.Pruning or cactus_keras.Quantization."
-                )
+        self.compression = check_members(compression)
+        self.include_full_network = bool(include_full_network)
+        if not self.include_full_network and not self.compression:
+            raise ValueError(
+                "`include_full_network=False` trains only the compressed members, so "
+                "`compression` needs at least one member (e.g. "
+                "[cactus_keras.FixedMaskPruning(0.7)])."
+            )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.epsilon = self.add_variable(
@@ -104,36 +131,30 @@ class CactusModel(keras.Model):
         self.train_steps = self.add_variable(
             (), dtype="int32", initializer="zeros", trainable=False, name="train_steps"
         )
-        self._kernels = [prunable_kernels(network, m.excludes_output) for m in self.compression]
-        self._mask_stores = {}
-        for member, kernels in zip(self.compression, self._kernels):
-            if isinstance(member, Pruning) and member.refresh_every > 1:
-                for name in member.member_names():
-                    self._mask_stores[name] = [
-                        self.add_variable(
-                            k.shape, initializer="ones", trainable=False, name=f"mask_{name}_{i}"
-                        )
-                        for i, k in enumerate(kernels)
-                    ]
-        names = [""] + [f"_{n}" for m in self.compression for n in m.member_names()]
-        if len(set(names)) != len(names):
-            raise ValueError(
-                "Compression members need distinct names (`name=`); got "
-                f"{[n[1:] for n in names[1:]]}."
-            )
-        self.member_suffixes = names
+        # Member state is created here: a built model accepts no new variables.
+        self._member_kernels = []
+        self._member_states = []
+        for member in self.compression:
+            kernels = member.select_kernels(network)
+
+            def add_variable(shape, initializer, name, member=member):
+                return self.add_variable(shape, initializer=initializer, trainable=False,
+                                         name=f"{member.name}_{name}")
+
+            self._member_kernels.append(kernels)
+            self._member_states.append(member.build(kernels, add_variable))
+        self.member_names = ([None] if self.include_full_network else []) + [
+            n for m in self.compression for n in m.names()
+        ]
         self._trackers = {"loss_standard": keras.metrics.Mean(name="loss_standard"),
                           "loss_certified": keras.metrics.Mean(name="loss_certified")}
-        for suffix in names:
+        for name in self.member_names:
             for kind in ("clean_accuracy", "certified_accuracy"):
-                self._trackers[kind + suffix] = keras.metrics.Mean(name=kind + suffix)
-        self._create_state()
+                metric = _metric_name(kind, name)
+                self._trackers[metric] = keras.metrics.Mean(name=metric)
         # The network is built, so the model is: callbacks such as BackupAndRestore
         # need a built model before fit.
         self.build((None, *self.graph.input_shape))
-
-    def _create_state(self):
-        """Subclasses create their variables here: a built model accepts none."""
 
     def _check_arrays(self, x, y):
         # Arrays can be checked before tracing; datasets are the user's to keep valid.
@@ -166,54 +187,14 @@ class CactusModel(keras.Model):
         seen = {id(m) for m in super().metrics}
         return super().metrics + [m for m in self._trackers.values() if id(m) not in seen]
 
-    def _pruned_kernels(self, member, kernels, name, training):
-        """`kernel * mask` values of one pruned member (masks are constants)."""
-        step = self.train_steps.value
-
-        def fresh():
-            ratio = member.sample_ratio(step, self.seed_generator, training)
-            return magnitude_masks([k.value for k in kernels], ratio, member.method)
-
-        store = self._mask_stores.get(name)
-        if store is not None and training:
-            refresh = ops.equal(step % member.refresh_every, 0)
-            masks = ops.cond(refresh, fresh, lambda: [v.value for v in store])
-            for variable, mask in zip(store, masks):
-                variable.assign(mask)
-        else:
-            masks = fresh()
-        return [k.value * ops.stop_gradient(m) for k, m in zip(kernels, masks)]
-
-    def _quantized_kernels(self, member, kernels, evaluate, training):
-        """Kernel values of the quantization member: `theta + stop_gradient(delta*)` by
-        AWP in training, the fake-quantized kernels in evaluation."""
-        current = [k.value for k in kernels]
-        if not training:
-            return [fake_quantize(c, member.bits, member.per_channel) for c in current]
-        radii = member.radii(current)
-        deltas = [ops.zeros_like(c) for c in current]
-
-        def loss_of(values):
-            mapping = self._mapping(kernels, [c + d for c, d in zip(current, values)])
-            return ops.mean(evaluate(mapping)[0])
-
-        for _ in range(member.steps):
-            grads = backend.gradients(loss_of, deltas)
-            deltas = [
-                ops.clip(d + member.step_size(r) * ops.sign(g), -r, r)
-                for d, g, r in zip(deltas, grads, radii)
-            ]
-        return [c + ops.stop_gradient(d) for c, d in zip(current, deltas)]
-
     def _mapping(self, kernels, values):
         """A state mapping of every network variable, with `kernels` replaced."""
         replaced = {id(k): v for k, v in zip(kernels, values)}
         return [(v, replaced.get(id(v), v.value)) for v in self.network.variables]
 
     def _evaluator(self, x, labels, training):
-        """`evaluate(mapping)` -> (per-sample loss, standard loss, certified loss, logits,
-        margin lower bounds) of the network at the variable values of `mapping` (None:
-        the network's own values)."""
+        """`evaluate(mapping)` -> the `MemberResult` of the network at the variable
+        values of `mapping` (None: the network's own values)."""
         box = input_box(x, self.epsilon.value, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
 
@@ -225,40 +206,79 @@ class CactusModel(keras.Model):
                     margins, logits = self._bounds(box, labels, x, training)
             standard = losses.standard_loss(labels, logits)
             certified = losses.certified_loss(labels, margins)
-            return weight * standard + (1.0 - weight) * certified, standard, certified, logits, margins
+            return MemberResult(name=None, loss=weight * standard + (1.0 - weight) * certified,
+                                standard_loss=standard, certified_loss=certified,
+                                logits=logits, margin_lower=margins)
 
         return evaluate
 
+    def _member_context(self, member, index, name, kernels, evaluate, training):
+        def loss(values):
+            if evaluate is None:
+                raise ValueError(f"Member {name!r} asked for a loss outside a training step.")
+            return ops.mean(evaluate(self._mapping(kernels, values)).loss)
+
+        return MemberContext(name=name, step=self.train_steps.value,
+                             seed_generator=self.seed_generator, training=training,
+                             loss=loss, state=self._member_states[index])
+
+    def compressed_kernels(self, training=False):
+        """`{member name: (kernel variables, compressed values)}` at this step."""
+        found = {}
+        evaluate = None
+        for index, (member, kernels) in enumerate(zip(self.compression, self._member_kernels)):
+            for name in member.names():
+                context = self._member_context(member, index, name, kernels, evaluate, training)
+                found[name] = (kernels, member.compress([k.value for k in kernels], context))
+        return found
+
     def member_results(self, x, y, training=True):
-        """Per member of the compression set: (suffix, per-sample loss, standard loss,
-        certified loss, logits, margin lower bounds). The full network comes first."""
+        """A `MemberResult` per network of the compression set (the full network first,
+        named None, unless `include_full_network=False`)."""
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         evaluate = self._evaluator(x, labels, training)
-        results = [("", *evaluate(None))]
-        for member, kernels in zip(self.compression, self._kernels):
-            for name in member.member_names():
-                if isinstance(member, Quantization):
-                    values = self._quantized_kernels(member, kernels, evaluate, training)
-                else:
-                    values = self._pruned_kernels(member, kernels, name, training)
-                results.append((f"_{name}", *evaluate(self._mapping(kernels, values))))
+        results = [evaluate(None)] if self.include_full_network else []
+        for index, (member, kernels) in enumerate(zip(self.compression, self._member_kernels)):
+            for name in member.names():
+                context = self._member_context(member, index, name, kernels, evaluate, training)
+                values = member.compress([k.value for k in kernels], context)
+                results.append(dataclasses.replace(evaluate(self._mapping(kernels, values)), name=name))
         return results
+
+    def apply_compression(self, name=None):
+        """Writes the compressed kernels of member `name` (evaluation mode) into the
+        network's variables and returns the network: the deployable compressed network
+        after fine-tuning. `name` may be omitted when the set has one member."""
+        found = self.compressed_kernels(training=False)
+        if name is None:
+            if len(found) != 1:
+                raise ValueError(
+                    f"The compression set has {len(found)} members ({', '.join(found)}); "
+                    "pass `name=` to choose the one to apply."
+                )
+            name = next(iter(found))
+        if name not in found:
+            raise ValueError(f"No compression member named {name!r}; members: {', '.join(found)}.")
+        kernels, values = found[name]
+        for kernel, value in zip(kernels, values):
+            kernel.assign(ops.convert_to_numpy(value))
+        return self.network
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         results = self.member_results(x, labels, training)
         total = 0.0
-        for _, per_sample, *_ in results:
-            total = total + _weighted_mean(per_sample, sample_weight)
+        for result in results:
+            total = total + _weighted_mean(result.loss, sample_weight)
         total = total / len(results)
         # Metrics are updated outside the member scopes, whose updates are discarded.
-        for suffix, _, _, _, logits, margins in results:
-            correct = ops.cast(ops.argmax(logits, axis=-1) == labels, "float32")
-            proven = ops.cast(losses.certified_mask(labels, margins), "float32")
-            self._trackers["clean_accuracy" + suffix].update_state(correct)
-            self._trackers["certified_accuracy" + suffix].update_state(proven)
-        self._trackers["loss_standard"].update_state(results[0][2])
-        self._trackers["loss_certified"].update_state(results[0][3])
+        for result in results:
+            correct = ops.cast(ops.argmax(result.logits, axis=-1) == labels, "float32")
+            proven = ops.cast(losses.certified_mask(labels, result.margin_lower), "float32")
+            self._trackers[_metric_name("clean_accuracy", result.name)].update_state(correct)
+            self._trackers[_metric_name("certified_accuracy", result.name)].update_state(proven)
+        self._trackers["loss_standard"].update_state(results[0].standard_loss)
+        self._trackers["loss_certified"].update_state(results[0].certified_loss)
         if training:
             self.train_steps.assign(self.train_steps.value + 1)
         for extra in self.losses:
@@ -267,12 +287,13 @@ class CactusModel(keras.Model):
 
     def _bounds(self, box, labels, x, training):
         return margin_lower_bounds(
-            self.graph, box, labels, self.certified_loss_method, clean=x, training=training
+            self.graph, box, labels, self.bound, clean=x, training=training
         )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        compiled = keras_internals.compiled_metrics(self)
+        if compiled is not None:
+            compiled.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
 
     def get_config(self):
@@ -283,8 +304,9 @@ class CactusModel(keras.Model):
                 "epsilon": self.epsilon_target,
                 "compression": [keras.saving.serialize_keras_object(m) for m in self.compression],
                 "standard_weight": self.standard_weight_target,
-                "certified_loss": self.certified_loss_method,
+                "bound": self.bound,
                 "input_range": self.input_range,
+                "include_full_network": self.include_full_network,
                 "seed": self.seed,
             }
         )

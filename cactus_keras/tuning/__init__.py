@@ -5,7 +5,7 @@ certified-accuracy objectives.
 from cactus_keras.tuning import CactusHyperModel, make_tuner, summarize
 
 hypermodel = CactusHyperModel(lambda: cactus_keras.models.cnn3((28, 28, 1), 10),
-                              epsilon=0.1, targets="prune:0.7,int8", epochs=6)
+                              epsilon=0.1, targets="prune:0.7,quantize:8", epochs=6)
 tuner = make_tuner(hypermodel, "random", objective="mean", max_trials=12,
                    directory="runs/tune")
 tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128)

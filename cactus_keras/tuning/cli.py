@@ -6,7 +6,7 @@ import os
 import shlex
 import time
 
-DEFAULT_TARGETS = "prune:0.7,int8"
+DEFAULT_TARGETS = "prune:0.7,quantize:8"
 DEFAULT_MAX_TRIALS = 10
 
 
@@ -25,9 +25,10 @@ def add_parser(subparsers):
     )
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="certification and training radius")
-    p.add_argument("--compression", default=DEFAULT_TARGETS,
-                   help="comma-separated targets the network must stay certified under: prune:RATIO, "
-                   f"prune:RATIO:METHOD, intBITS, or none (default {DEFAULT_TARGETS})")
+    p.add_argument("--targets", default=DEFAULT_TARGETS,
+                   help="comma-separated compressions the network must stay certified under "
+                   "(what is evaluated): prune:RATIO, prune:RATIO:PRUNING_METHOD, quantize:BITS "
+                   f"(weight-only), or none (default {DEFAULT_TARGETS})")
     p.add_argument("--objective", default="mean",
                    help="certified (val_certified_accuracy), compressed "
                    "(val_certified_accuracy_compressed: worst target) or mean "
@@ -42,8 +43,9 @@ def add_parser(subparsers):
     p.add_argument("--best", action="store_true",
                    help="run no trials: print the best hyperparameters of the search in DIR and "
                    "write DIR/best_model.keras and DIR/best_network.keras")
-    p.add_argument("--train-compression", default=None,
-                   help="training set: none, prune, quant or prune+quant (default: from --compression)")
+    p.add_argument("--compression", default=None,
+                   help="members of the training set (what trains), as in `train`: none, prune, "
+                   "quant or prune+quant (default: from --targets)")
     p.add_argument("--standard-weight", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="lambda range (default 0.0 0.9)")
     p.add_argument("--awp-radius", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -71,12 +73,12 @@ def add_parser(subparsers):
 def _command(args):
     """The canonical command line of a search (written into its results)."""
     parts = ["cactus-keras", "tune", "--dataset", args.dataset, "--epsilon", f"{args.epsilon:g}",
-             "--compression", args.compression, "--tuner", args.tuner]
+             "--targets", args.targets, "--tuner", args.tuner]
     if args.max_trials is not None:
         parts += ["--max-trials", str(args.max_trials)]
     parts += ["--epochs", str(args.epochs), "--objective", args.objective, "--arch", args.arch]
     for flag, value, default in [
-        ("--train-compression", args.train_compression, None),
+        ("--compression", args.compression, None),
         ("--learning-rate", args.learning_rate, 1e-3),
         ("--awp-steps", args.awp_steps, 1),
         ("--batch-size", args.batch_size, 128),
@@ -108,7 +110,7 @@ def _check_args(args):
 
     validation.check_epsilon(args.epsilon, "--epsilon")
     check_tuner_name(args.tuner)
-    targets = parse_targets(args.compression)
+    targets = parse_targets(args.targets)
     for name in [o for o in args.objective.split(",") if o.strip()] or [""]:
         check_objective_name(name, targets)
     if args.arch not in models.ARCHITECTURES:
@@ -149,8 +151,8 @@ def _hypermodel(args, shape_holder):
     return CactusHyperModel(
         build_network,
         args.epsilon,
-        args.compression,
-        train_compression=args.train_compression,
+        args.targets,
+        compression=args.compression,
         epochs=args.epochs,
         standard_weight=tuple(args.standard_weight) if args.standard_weight else DEFAULT_STANDARD_WEIGHT,
         awp_radius=tuple(args.awp_radius) if args.awp_radius else DEFAULT_AWP_RADIUS,
@@ -168,8 +170,8 @@ def _search_config(args, hypermodel, data):
         "dataset": data.name,
         "data_source": data.source,
         "epsilon": args.epsilon,
-        "compression": [t.spec for t in hypermodel.targets],
-        "train_compression": hypermodel.train_compression,
+        "targets": [t.spec for t in hypermodel.targets],
+        "compression": hypermodel.compression,
         "objective": args.objective,
         "tuner": args.tuner,
         "max_trials": args.max_trials,

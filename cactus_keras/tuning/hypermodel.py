@@ -9,8 +9,10 @@ import keras
 import keras_tuner
 
 from cactus_keras import validation
-from cactus_keras.compression.pruning import Pruning, check_pruning_method
-from cactus_keras.compression.quantization import Quantization, check_bits
+from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.masks import check_pruning_method
+from cactus_keras.compression.pruning import Pruning
+from cactus_keras.compression.quantization import check_bits
 from cactus_keras.experiments.training import (
     CLIP_NORM,
     COMPRESSIONS,
@@ -125,19 +127,19 @@ class CactusHyperModel(keras_tuner.HyperModel):
             the `hp` argument to tune the architecture too.
         epsilon: certification (and training) radius.
         targets: compressions the network must stay certified under, e.g.
-            `"prune:0.7,int8"` or `["prune:0.7", "int8"]`.
-        train_compression: members of the training set: "none", "prune", "quant" or
+            `"prune:0.7,quantize:8"` or `["prune:0.7", "quantize:8"]`.
+        compression: members of the training set: "none", "prune", "quant" or
             "prune+quant"; default: pruning if a target prunes, quantization if a target
             quantizes.
         epochs: epochs of each trial, for the ramps (`search(epochs=...)` if None; for
             Hyperband, its `max_epochs`).
         bits: bit width of the quantization member (default: the quantization target's,
             else 8).
-        prune_method: pruning method of the pruning member (default: the pruning
+        pruning_method: pruning method of the pruning member (default: the pruning
             target's, else "global_l1").
         awp_steps: AWP ascent steps.
-        certified_loss: "ibp" or "crown-ibp".
-        bound: bound method of the objective certificates.
+        bound: bound method of the certified loss, "ibp" or "crown-ibp".
+        objective_bound: bound method of the objective certificates.
         ibp_init: apply IBP initialization (Shi et al. 2021) to each new network.
         certify_samples: certify only the first N validation samples (None: all).
         seed: seed set before each network is built, so trials differ by their
@@ -151,7 +153,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
 
     hypermodel = CactusHyperModel(
         lambda: cactus_keras.models.cnn3((28, 28, 1), 10), epsilon=0.1,
-        targets="prune:0.7,int8", epochs=6)
+        targets="prune:0.7,quantize:8", epochs=6)
     tuner = make_tuner(hypermodel, "bayesian", objective="mean", max_trials=20,
                        directory="runs/tune")
     tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128)
@@ -165,7 +167,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         epsilon,
         targets="prune:0.7",
         *,
-        train_compression=None,
+        compression=None,
         epochs=None,
         standard_weight=DEFAULT_STANDARD_WEIGHT,
         awp_radius=DEFAULT_AWP_RADIUS,
@@ -175,10 +177,10 @@ class CactusHyperModel(keras_tuner.HyperModel):
         search_learning_rate=False,
         search_prune_range=False,
         bits=None,
-        prune_method=None,
+        pruning_method=None,
         awp_steps=1,
-        certified_loss="ibp",
         bound="ibp",
+        objective_bound="ibp",
         warmup_epochs=None,
         ramp_epochs=None,
         ibp_init=False,
@@ -195,16 +197,16 @@ class CactusHyperModel(keras_tuner.HyperModel):
         self.build_network = build_network
         self.epsilon = validation.check_epsilon(epsilon)
         self.targets = parse_targets(targets)
-        if train_compression is None:
+        if compression is None:
             kinds = {t.kind for t in self.targets}
             parts = [p for p, k in (("prune", "prune"), ("quant", "quantize")) if k in kinds]
-            train_compression = "+".join(parts) or "none"
-        if train_compression not in COMPRESSIONS:
+            compression = "+".join(parts) or "none"
+        if compression not in COMPRESSIONS:
             raise ValueError(
-                f"Unknown train_compression {train_compression!r}; expected one of "
+                f"Unknown compression {compression!r}; expected one of "
                 f"{', '.join(COMPRESSIONS)}."
             )
-        self.train_compression = train_compression
+        self.compression = compression
         self.epochs = None if epochs is None else validation.check_positive_int(epochs, "epochs")
         if search_learning_rate and learning_rate == DEFAULT_LEARNING_RATE:
             learning_rate = SEARCH_LEARNING_RATE
@@ -228,14 +230,14 @@ class CactusHyperModel(keras_tuner.HyperModel):
                 "(0.5, 0.95))."
             )
         quant_targets = [t.bits for t in self.targets if t.kind == "quantize"]
-        prune_targets = [t.method for t in self.targets if t.kind == "prune"]
+        prune_targets = [t.pruning_method for t in self.targets if t.kind == "prune"]
         self.bits = check_bits(bits if bits is not None else (quant_targets[0] if quant_targets else 8))
-        self.prune_method = check_pruning_method(
-            prune_method if prune_method is not None else (prune_targets[0] if prune_targets else "global_l1")
+        self.pruning_method = check_pruning_method(
+            pruning_method if pruning_method is not None else (prune_targets[0] if prune_targets else "global_l1")
         )
         self.awp_steps = validation.check_positive_int(awp_steps, "awp_steps")
-        self.certified_loss = certified_loss
         self.bound = bound
+        self.objective_bound = objective_bound
         self.warmup_epochs = warmup_epochs
         self.ramp_epochs = ramp_epochs
         self.ibp_init = bool(ibp_init)
@@ -249,9 +251,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
     def searched(self):
         """Names of the hyperparameters this hypermodel declares."""
         names = ["standard_weight", "learning_rate"]
-        if "quant" in self.train_compression:
+        if "quant" in self.compression:
             names.insert(1, "awp_radius")
-        if "prune" in self.train_compression:
+        if "prune" in self.compression:
             names += ["prune_ratio_low", "prune_ratio_high"]
         return names
 
@@ -276,20 +278,20 @@ class CactusHyperModel(keras_tuner.HyperModel):
         if self.ibp_init:
             ibp_initialize(network, seed=self.seed)
         members = []
-        if "prune" in self.train_compression:
+        if "prune" in self.compression:
             low, high = values["prune_ratio_low"], values["prune_ratio_high"]
             ratio = (low, high) if low < high else low
-            members.append(Pruning(ratio=ratio, method=self.prune_method))
-        if "quant" in self.train_compression:
+            members.append(Pruning(ratio=ratio, pruning_method=self.pruning_method))
+        if "quant" in self.compression:
             members.append(
-                Quantization(bits=self.bits, epsilon_weight=values["awp_radius"], steps=self.awp_steps)
+                Quantization(bits=self.bits, awp_radius=values["awp_radius"], awp_steps=self.awp_steps)
             )
         model = CactusModel(
             network,
             epsilon=self.epsilon,
             compression=members,
             standard_weight=values["standard_weight"],
-            certified_loss=self.certified_loss,
+            bound=self.bound,
             seed=self.seed,
         )
         model.compile(optimizer=keras.optimizers.Adam(values["learning_rate"], clipnorm=CLIP_NORM))
@@ -313,7 +315,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
             validation_data = tuple(v[: self.certify_samples] for v in validation_data[:2])
         return [
             *ramp_callbacks(warmup, ramp),
-            CompressedCertification(validation_data, self.targets, epsilon=self.epsilon, bound=self.bound),
+            CompressedCertification(validation_data, self.targets, epsilon=self.epsilon,
+                                    bound=self.objective_bound),
         ]
 
     def fit(self, hp, model, *args, **kwargs):

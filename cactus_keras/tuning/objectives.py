@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from cactus_keras import validation
-from cactus_keras.compression.pruning import PRUNING_METHODS, check_pruning_method, check_ratio
+from cactus_keras.compression.masks import PRUNING_METHODS, check_pruning_method, check_ratio
 from cactus_keras.compression.quantization import check_bits
 
 # The metric names (validation split, hence `val_`) and their short aliases.
@@ -30,40 +30,52 @@ DEFAULT_OBJECTIVE = "mean"
 class CompressionTarget:
     """A compression the tuned network must stay certified under.
 
-    `kind` is "prune" (with `ratio` and `method`) or "quantize" (with `bits`, kernels
-    fake-quantized symmetric per output channel, as int8 TFLite kernels).
+    `kind` is "prune" (with `ratio` and `pruning_method`) or "quantize" (with `bits`:
+    weight-only fake quantization, kernels symmetric per output channel as int8 TFLite
+    kernels; not the int8 `.tflite` file, which `verify_tflite` certifies).
     """
 
     kind: str
     ratio: float | None = None
-    method: str = "global_l1"
+    pruning_method: str = "global_l1"
     bits: int | None = None
 
     @property
     def key(self):
-        """The suffix of this target's metrics, e.g. `prune70` or `int8`."""
+        """The suffix of this target's metrics, e.g. `prune70` or `quantize8`."""
         if self.kind == "quantize":
-            return f"int{self.bits}"
+            return f"quantize{self.bits}"
         key = f"prune{round(self.ratio * 100):02d}"
-        return key if self.method == "global_l1" else f"{key}_{self.method}"
+        return key if self.pruning_method == "global_l1" else f"{key}_{self.pruning_method}"
 
     @property
     def spec(self):
-        """The string form `parse_targets` reads (`prune:0.7`, `int8`)."""
+        """The string form `parse_targets` reads (`prune:0.7`, `quantize:8`)."""
         if self.kind == "quantize":
-            return f"int{self.bits}"
+            return f"quantize:{self.bits}"
         spec = f"prune:{self.ratio:g}"
-        return spec if self.method == "global_l1" else f"{spec}:{self.method}"
+        return spec if self.pruning_method == "global_l1" else f"{spec}:{self.pruning_method}"
 
 
-TARGET_FORMS = "prune:RATIO, prune:RATIO:METHOD or intBITS (e.g. prune:0.7, int8)"
+TARGET_FORMS = ("prune:RATIO, prune:RATIO:PRUNING_METHOD or quantize:BITS "
+                "(e.g. prune:0.7, quantize:8)")
 
 
 def _parse_target(text):
     text = text.strip().lower()
-    if text.startswith("int") and text[3:].isdigit():
-        return CompressionTarget("quantize", bits=check_bits(int(text[3:])))
     parts = text.split(":")
+    if parts[0] == "quantize" and len(parts) == 2:
+        try:
+            bits = int(parts[1])
+        except ValueError:
+            raise ValueError(f"Compression target {text!r}: the bit width must be an integer.") from None
+        return CompressionTarget("quantize", bits=check_bits(bits))
+    if text in ("tflite", "int8") or text.startswith("int"):
+        raise ValueError(
+            f"Compression target {text!r}: tuning certifies weight-only fake quantization, "
+            "written quantize:BITS (e.g. quantize:8); the int8 .tflite file is certified "
+            "after export with `cactus-keras verify-tflite`."
+        )
     if parts[0] in ("prune", "pruning") and len(parts) in (2, 3):
         try:
             ratio = float(parts[1])
@@ -76,7 +88,7 @@ def _parse_target(text):
                 "evaluated; give a ratio in (0, 1)."
             )
         method = check_pruning_method(parts[2]) if len(parts) == 3 else "global_l1"
-        return CompressionTarget("prune", ratio=ratio, method=method)
+        return CompressionTarget("prune", ratio=ratio, pruning_method=method)
     raise ValueError(
         f"Unknown compression target {text!r}; expected {TARGET_FORMS}. Pruning methods: "
         f"{', '.join(PRUNING_METHODS)}."
@@ -84,7 +96,7 @@ def _parse_target(text):
 
 
 def parse_targets(targets):
-    """`CompressionTarget`s from strings like "prune:0.7,int8", a list of such strings
+    """`CompressionTarget`s from strings like "prune:0.7,quantize:8", a list of such strings
     or of `CompressionTarget`s. Empty or "none" means no target."""
     if targets is None:
         return []
@@ -137,7 +149,7 @@ def check_objective_name(name, targets=None):
         )
     if targets is not None and not targets and metric != CERTIFIED:
         raise ValueError(
-            f"The objective {name!r} needs a compression target (e.g. prune:0.7 or int8); "
+            f"The objective {name!r} needs a compression target (e.g. prune:0.7 or quantize:8); "
             f"without one only {CERTIFIED!r} is measured."
         )
     return metric
@@ -192,7 +204,7 @@ class CompressedCertification(keras.callbacks.Callback):
     - `val_certified_accuracy`: the full network (this replaces the model's own
       validation metric, which is measured at the current, possibly ramped, epsilon);
     - `val_certified_accuracy_<target>` and `val_clean_accuracy_<target>` per target
-      (`prune70`, `int8`, ...);
+      (`prune70`, `quantize8`, ...);
     - `val_certified_accuracy_compressed`: the worst target;
     - `val_certified_accuracy_mean`: the mean of the full and the compressed value.
 
@@ -201,13 +213,14 @@ class CompressedCertification(keras.callbacks.Callback):
     Example:
 
     ```python
-    targets = cactus_keras.tuning.parse_targets("prune:0.7,int8")
+    targets = cactus_keras.tuning.parse_targets("prune:0.7,quantize:8")
     model.fit(x, y, epochs=4, validation_data=(x_val, y_val), callbacks=[
         cactus_keras.tuning.CompressedCertification((x_val, y_val), targets)])
     ```
     """
 
-    def __init__(self, validation_data, targets=(), epsilon=None, bound="ibp", batch_size=None):
+    def __init__(self, validation_data, targets=(), epsilon=None, bound="ibp", batch_size=None,
+                 input_range="auto"):
         super().__init__()
         x, y = validation_data[:2]
         self.x = np.asarray(x, "float32")
@@ -218,6 +231,7 @@ class CompressedCertification(keras.callbacks.Callback):
         self.epsilon = None if epsilon is None else validation.check_epsilon(epsilon)
         self.bound = bound
         self.batch_size = batch_size
+        self.input_range = input_range
 
     def measure(self, model):
         """The metrics (a dict) of a CactusModel or network, at this callback's epsilon
@@ -228,19 +242,24 @@ class CompressedCertification(keras.callbacks.Callback):
         epsilon = self.epsilon
         if epsilon is None:
             epsilon = float(getattr(model, "epsilon_target"))
-        full = certify(network, self.x, self.y, epsilon, method=self.bound,
-                       batch_size=self.batch_size, verbose=0)
+        input_range = self.input_range
+        if isinstance(input_range, str) and input_range == "auto":
+            input_range = getattr(model, "input_range", (0.0, 1.0))
+        full = certify(network, self.x, self.y, epsilon, bound=self.bound,
+                       batch_size=self.batch_size, input_range=input_range, verbose=0)
         logs = {CERTIFIED: float(full.certified_accuracy)}
         compressed = []
         for target in self.targets:
             if target.kind == "prune":
                 table = evaluate_compressed(network, self.x, self.y, epsilon,
-                                            pruning=[target.ratio], methods=[target.method],
-                                            bound=self.bound, batch_size=self.batch_size)
+                                            pruning=[target.ratio],
+                                            pruning_method=target.pruning_method,
+                                            bound=self.bound, batch_size=self.batch_size,
+                                            input_range=input_range)
             else:
                 table = evaluate_compressed(network, self.x, self.y, epsilon, pruning=[],
                                             bits=[target.bits], bound=self.bound,
-                                            batch_size=self.batch_size)
+                                            batch_size=self.batch_size, input_range=input_range)
             row = table.rows[0]
             logs[f"{CERTIFIED}_{target.key}"] = float(row["certified_accuracy"])
             logs[f"{CLEAN}_{target.key}"] = float(row["clean_accuracy"])

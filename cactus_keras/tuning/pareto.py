@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from cactus_keras import atomic_write
 from cactus_keras.tuning.objectives import CERTIFIED, CLEAN, COMPRESSED, MEAN
 
 
@@ -126,7 +127,5 @@ def plot_pareto(report, path, title="", best_trial_id=None):
 
 
 def write_json(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    return path
+    # Round-trip through str for the odd non-JSON value (numpy scalars in trial logs).
+    return atomic_write.write_json(path, json.loads(json.dumps(data, default=str)))

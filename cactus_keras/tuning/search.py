@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from cactus_keras import validation
+from cactus_keras import keras_internals, validation
 from cactus_keras.tuning.objectives import objective_names, resolve_objective
 from cactus_keras.tuning.pareto import pareto_report, plot_pareto, trial_records, write_json
 
@@ -21,15 +21,11 @@ def check_tuner_name(tuner):
 
 def is_distributed_worker():
     """True in KerasTuner's distributed mode on a worker (not the chief)."""
-    from keras_tuner.src.distribute import utils
-
-    return utils.has_chief_oracle() and not utils.is_chief_oracle()
+    return keras_internals.tuner_has_chief() and not keras_internals.tuner_is_chief()
 
 
 def is_distributed_chief():
-    from keras_tuner.src.distribute import utils
-
-    return utils.is_chief_oracle()
+    return keras_internals.tuner_is_chief()
 
 
 class _CactusTunerMixin:

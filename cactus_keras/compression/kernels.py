@@ -1,0 +1,35 @@
+"""The kernels that compression acts on: Dense and convolution kernels, in graph order."""
+
+from __future__ import annotations
+
+import keras
+
+from cactus_keras.bounds.graph import parse_network
+
+AFFINE_KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def prunable_kernels(network, exclude_output=False):
+    """Kernel variables of the Dense and Conv layers of `network`, in graph order.
+
+    Biases and batch norm are never pruned. With `exclude_output`, the kernel of the
+    layer producing the logits is left out.
+    """
+    graph = parse_network(network)
+    kernels = []
+    output_layer = None
+    for node in graph.nodes:
+        layer = node.rule.layer
+        if isinstance(layer, AFFINE_KERNEL_LAYERS):
+            output_layer = layer
+            if all(layer.kernel is not k for k in kernels):
+                kernels.append(layer.kernel)
+    if exclude_output and output_layer is not None:
+        kernels = [k for k in kernels if k is not output_layer.kernel]
+    if not kernels:
+        raise ValueError(
+            f"Network '{network.name}' has no prunable kernel (Dense or Conv layers"
+            + (", other than the output layer" if exclude_output else "")
+            + "); pruning needs at least one."
+        )
+    return kernels

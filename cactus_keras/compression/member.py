@@ -1,0 +1,196 @@
+"""The compression-member protocol: what one member of the CACTUS compression set is.
+
+A member turns the network's current kernels into the kernel values of its compressed
+network(s) for one step. `CactusModel` only iterates over members; it knows nothing of
+pruning or quantization. Pruning, AWP quantization, fixed-mask pruning and
+straight-through fake quantization are members like any a user writes.
+
+The protocol, in full:
+
+* `names()`: one name per compressed network the member adds to the set (its metrics
+  are `clean_accuracy_<name>` and `certified_accuracy_<name>`).
+* `select_kernels(network)`: the kernel variables it compresses (default: every Dense
+  and convolution kernel, the output layer's too unless `exclude_output`).
+* `build(kernels, add_variable)`: creates the state it needs (masks, ...) before the
+  model is built, with `add_variable(shape, initializer, name)`; saved with the model.
+* `compress(kernels, context)`: the kernel values (tensors) of the compressed network
+  named `context.name`, from the current kernel values and the step's `MemberContext`.
+  Gradients reach the kernels through whatever `compress` keeps differentiable.
+* `get_config()` / `from_config()`: plain-Python settings, so that a `CactusModel`
+  holding the member saves and loads (`register_member` makes the class loadable).
+
+Example, a member of one's own (power-of-two quantization with a straight-through
+estimator):
+
+```python
+from keras import ops
+import cactus_keras
+
+@cactus_keras.compression.register_member("power_of_two")
+class PowerOfTwo(cactus_keras.compression.CompressionMember):
+    def compress(self, kernels, context):
+        def nearest_power(w):
+            magnitude = ops.maximum(ops.abs(w), 1e-8)
+            return ops.sign(w) * 2.0 ** ops.round(ops.log2(magnitude))
+        return [w + ops.stop_gradient(nearest_power(w) - w) for w in kernels]
+
+model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[PowerOfTwo(name="pow2")])
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import keras
+
+from cactus_keras.compression.kernels import prunable_kernels
+
+_REGISTRY = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberContext:
+    """What a member sees of one step.
+
+    Attributes:
+        name: which of the member's `names()` is being computed.
+        step: the model's training step counter (a scalar int32 tensor).
+        seed_generator: the model's `keras.random.SeedGenerator`, for sampled members.
+        training: True in a training step, False in evaluation (a member then gives
+            the compressed network it stands for, e.g. the fake-quantized kernels).
+        loss: `loss(kernel_values) -> scalar`, the member's training loss at the given
+            values of its kernels (every other variable as it is), for adversarial
+            members such as AWP. Differentiable with respect to the values.
+        state: the variables this member created in `build`, as returned there.
+    """
+
+    name: str
+    step: object
+    seed_generator: object
+    training: bool
+    loss: object
+    state: object = None
+
+
+class CompressionMember:
+    """Base class of a member of the compression set; see the module docstring.
+
+    Args:
+        exclude_output: leave the kernel of the layer producing the logits unchanged.
+        name: the member's name in metrics (`certified_accuracy_<name>`).
+
+    Subclasses define `compress`, and `build` if they keep state. Register them with
+    `@register_member("kind")` so that saved models load and configs can name them.
+    """
+
+    kind = None
+
+    def __init__(self, exclude_output=False, name="compressed"):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(
+                f"`name` of a compression member must be an identifier (it becomes part "
+                f"of metric names such as certified_accuracy_<name>), got {name!r}."
+            )
+        self.exclude_output = bool(exclude_output)
+        self.name = name
+
+    @property
+    def excludes_output(self):
+        """Whether the output layer's kernel is left out (some methods force it)."""
+        return self.exclude_output
+
+    def names(self):
+        return [self.name]
+
+    def select_kernels(self, network):
+        return prunable_kernels(network, self.excludes_output)
+
+    def build(self, kernels, add_variable):
+        """Creates the member's state; the returned object is `context.state`."""
+        return None
+
+    def compress(self, kernels, context):
+        raise NotImplementedError(
+            f"{type(self).__name__} must define compress(kernels, context), returning the "
+            "compressed values of `kernels`."
+        )
+
+    def get_config(self):
+        # Every __init__ argument stored under its own name, by convention.
+        params = inspect.signature(type(self).__init__).parameters
+        return {p: getattr(self, p) for p in params if p not in ("self", "args", "kwargs")}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({settings})"
+
+
+def register_member(kind, package="cactus_keras"):
+    """Registers a `CompressionMember` class under `kind`, and with Keras for saving.
+
+    `kind` is the name configs use for it (`member_from_config({"kind": kind, ...})`).
+
+    Example:
+
+    ```python
+    @cactus_keras.compression.register_member("my_quantizer")
+    class MyQuantizer(cactus_keras.compression.CompressionMember):
+        def compress(self, kernels, context):
+            ...
+    ```
+    """
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, CompressionMember)):
+            raise TypeError(
+                f"register_member({kind!r}) decorates CompressionMember subclasses, got {cls!r}."
+            )
+        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
+            raise ValueError(
+                f"A compression member kind {kind!r} is already registered "
+                f"({_REGISTRY[kind].__name__}); choose another kind."
+            )
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return keras.saving.register_keras_serializable(package=package)(cls)
+
+    return decorator
+
+
+def member_kinds():
+    return sorted(_REGISTRY)
+
+
+def member_from_config(config):
+    """A member from `{"kind": KIND, **settings}` (as in a TOML table)."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in _REGISTRY:
+        raise ValueError(
+            f"Unknown compression member kind {kind!r}; expected one of "
+            f"{', '.join(member_kinds())}."
+        )
+    return _REGISTRY[kind].from_config(config)
+
+
+def check_members(members):
+    """The members as a list, each checked against the protocol, names distinct."""
+    members = list(members)
+    for member in members:
+        if not isinstance(member, CompressionMember):
+            raise TypeError(
+                f"Compression member {member!r} is not a "
+                "cactus_keras.compression.CompressionMember; members are objects such as "
+                "cactus_keras.Pruning(ratio=(0.25, 0.75)) or cactus_keras.Quantization(bits=8), "
+                "or a subclass of CompressionMember of your own."
+            )
+    names = [n for m in members for n in m.names()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Compression members need distinct names (`name=`); got {names}.")
+    return members
