@@ -16,8 +16,28 @@ from keras import layers
 
 import cactus_keras
 from cactus_keras import export
-from cactus_keras.export import integer_bounds as ib
-from cactus_keras.export.verify import SIMULATED_KERNELS, InterpreterRunner
+from cactus_keras.export import integer_intervals, integer_simulation
+from cactus_keras.export.fixed_point import (
+    fixed_point_error,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+)
+from cactus_keras.export.integer_margins import (
+    certified_from_bounds,
+    certify_propagation,
+    final_fully_connected,
+    folded_pairs,
+    softmax_pairs,
+)
+from cactus_keras.export.integer_propagation import Propagation, propagate
+from cactus_keras.export.integer_simulation import softmax_reference
+from cactus_keras.export.verify import (
+    SIMULATED_KERNELS,
+    InterpreterRunner,
+    input_interval,
+    make_interpreter,
+    quantize_input,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -93,7 +113,7 @@ def models(fashion, tmp_path_factory):
 
 def _run(path, kernels, inputs, preserve=False):
     graph = export.load_integer_graph(path)
-    interpreter, _ = export.make_interpreter(path, kernels, preserve_all_tensors=preserve)
+    interpreter, _ = make_interpreter(path, kernels, preserve_all_tensors=preserve)
     outputs = InterpreterRunner(interpreter)(inputs)
     return interpreter, outputs.astype(np.int64)
 
@@ -101,14 +121,14 @@ def _run(path, kernels, inputs, preserve=False):
 def _box_points(graph, x, epsilon, rounding, rng):
     """int8 inputs in the quantized boxes: quantized random float points of the epsilon
     ball (as a deployment quantizes them), random corners and random integer points."""
-    lower, upper = export.input_interval(graph, x, epsilon, (0.0, 1.0), rounding)
+    lower, upper = input_interval(graph, x, epsilon, (0.0, 1.0), rounding)
     low = np.minimum(x, np.maximum(x - epsilon, 0.0))
     high = np.maximum(x, np.minimum(x + epsilon, 1.0))
-    points = [export.quantize_input(graph, x)]
+    points = [quantize_input(graph, x)]
     for _ in range(4):
-        points.append(export.quantize_input(graph, rng.uniform(low, high).astype("float32")))
-    points.append(export.quantize_input(graph, low))
-    points.append(export.quantize_input(graph, high))
+        points.append(quantize_input(graph, rng.uniform(low, high).astype("float32")))
+    points.append(quantize_input(graph, low))
+    points.append(quantize_input(graph, high))
     for _ in range(4):
         points.append(np.where(rng.random(lower.shape) < 0.5, lower, upper))
     for _ in range(2):
@@ -166,7 +186,7 @@ def test_export_accepts_cactus_model_and_datasets(models, fashion, tmp_path):
 def test_float_export_and_float_model_is_refused(models, fashion, tmp_path):
     net, _ = models["cnn3"]
     path = export.to_tflite(net, tmp_path / "float.tflite", None, int8=False)
-    interpreter, _ = export.make_interpreter(path)
+    interpreter, _ = make_interpreter(path)
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     x_test, y_test = fashion[2], fashion[3]
     keras_logits = net.predict(x_test[:32], verbose=0)
@@ -219,7 +239,7 @@ def test_verify_matches_keras_and_the_interpreter(models, fashion):
         assert result.interpreter == "ai_edge_litert"
         assert abs(result.clean_accuracy - keras_accuracy) <= 0.03, name
         assert result.simulation_agreement == 1.0, name
-        q = export.quantize_input(export.load_integer_graph(path), x_test)
+        q = quantize_input(export.load_integer_graph(path), x_test)
         _, outputs = _run(path, "default", q)
         np.testing.assert_array_equal(result.predicted, np.argmax(outputs, 1))
         summary = result.to_dict()
@@ -234,9 +254,9 @@ def test_integer_simulation_is_bit_exact(models, fashion, kernels):
     x_test = fashion[2]
     for name, (_, path) in models.items():
         graph = export.load_integer_graph(path)
-        q = export.quantize_input(graph, x_test)
+        q = quantize_input(graph, x_test)
         _, outputs = _run(path, kernels, q)
-        simulated = ib.propagate(graph, q, point=True, kernels=SIMULATED_KERNELS[kernels])
+        simulated = propagate(graph, q, point=True, kernels=SIMULATED_KERNELS[kernels])
         if graph.softmax is not None and kernels == "reference":
             # The reference softmax rounds exact .5 ties of its float division its own way.
             assert np.mean(simulated.lower != outputs) < 1e-3
@@ -284,7 +304,7 @@ def test_every_intermediate_tensor_stays_in_its_interval(models, fashion, name, 
     for epsilon in (0.0, EPSILON[name], 0.01):
         lower, upper, points = _box_points(graph, x, epsilon, rounding,
                                            np.random.default_rng(7))
-        bounds = ib.propagate(graph, lower, upper, keep=True, rounding=rounding)
+        bounds = propagate(graph, lower, upper, keep=True, rounding=rounding)
         assert len(bounds.tensors) == len(graph.ops) + 1
         for kernels in ("builtin", "reference"):
             for q in points:
@@ -321,12 +341,12 @@ def test_folding_the_last_dense_layer_certifies_more(models, fashion):
     intervals alone do not (the soundness tests cover those samples too)."""
     _, path = models["cnn3"]
     graph = export.load_integer_graph(path)
-    assert ib.final_fully_connected(graph) is graph.ops[-1]
+    assert final_fully_connected(graph) is graph.ops[-1]
     x, y = fashion[2][:96], fashion[3][:96]
-    lower, upper = export.input_interval(graph, x, EPSILON["cnn3"], (0.0, 1.0))
-    bounds = ib.propagate(graph, lower, upper)
-    intervals_only, _ = ib.certified_from_bounds(bounds.lower, bounds.upper, y)
-    folded = ib.certify_propagation(graph, bounds, y)
+    lower, upper = input_interval(graph, x, EPSILON["cnn3"], (0.0, 1.0))
+    bounds = propagate(graph, lower, upper)
+    intervals_only, _ = certified_from_bounds(bounds.lower, bounds.upper, y)
+    folded = certify_propagation(graph, bounds, y)
     assert np.all(folded >= intervals_only)
     assert folded.sum() > intervals_only.sum()
 
@@ -369,12 +389,12 @@ def test_folded_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, ro
     M_j acc_j, still ranks y first (y > j for j < y, y >= j for j > y)."""
     _, path = models["cnn3"]
     graph = export.load_integer_graph(path)
-    fc = ib.final_fully_connected(graph)
+    fc = final_fully_connected(graph)
     x, y = fashion[2], fashion[3]
-    lower, upper = export.input_interval(graph, x, EPSILON["cnn3"], (0.0, 1.0), rounding)
-    bounds = ib.propagate(graph, lower, upper, rounding=rounding)
+    lower, upper = input_interval(graph, x, EPSILON["cnn3"], (0.0, 1.0), rounding)
+    bounds = propagate(graph, lower, upper, rounding=rounding)
     before = np.arange(10)[None, :] < y[:, None]
-    pairs = ib._fold_pairs(graph, bounds, y, before, np.arange(len(y)))
+    pairs = folded_pairs(graph, bounds, y, before, np.arange(len(y)))
     rows = _pair_rows(pairs, y)
     assert len(rows) > 100
     w = graph.tensors[fc.inputs[1]]
@@ -386,7 +406,7 @@ def test_folded_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, ro
     corners = np.where(direction > 0, lo[rows[:, 0]], hi[rows[:, 0]]).astype(np.int8)
     tail = _tail_model(path, fc, tmp_path)
     for kernels in ("default", "builtin", "reference"):
-        interpreter, _ = export.make_interpreter(tail, kernels)
+        interpreter, _ = make_interpreter(tail, kernels)
         outputs = InterpreterRunner(interpreter)(corners).astype(np.int64)
         _assert_pairs_hold(outputs, rows)
 
@@ -398,10 +418,10 @@ def test_softmax_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, r
     _, path = models["softmax"]
     graph = export.load_integer_graph(path)
     x, y = fashion[2], fashion[3]
-    lower, upper = export.input_interval(graph, x, EPSILON["softmax"], (0.0, 1.0), rounding)
-    bounds = ib.propagate(graph, lower, upper, rounding=rounding)
+    lower, upper = input_interval(graph, x, EPSILON["softmax"], (0.0, 1.0), rounding)
+    bounds = propagate(graph, lower, upper, rounding=rounding)
     before = np.arange(10)[None, :] < y[:, None]
-    pairs = ib._softmax_pairs(graph, bounds, y, before, np.arange(len(y)))
+    pairs = softmax_pairs(graph, bounds, y, before, np.arange(len(y)))
     rows = _pair_rows(pairs, y)
     assert len(rows) > 100
     lo, hi = bounds.softmax_input
@@ -409,7 +429,7 @@ def test_softmax_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, r
     corners[np.arange(len(rows)), rows[:, 1]] = lo[rows[:, 0], rows[:, 1]]
     tail = _tail_model(path, graph.softmax, tmp_path)
     for kernels in ("default", "builtin", "reference"):
-        interpreter, _ = export.make_interpreter(tail, kernels)
+        interpreter, _ = make_interpreter(tail, kernels)
         outputs = InterpreterRunner(interpreter)(corners.astype(np.int8))
         _assert_pairs_hold(outputs.astype(np.int64), rows)
 
@@ -419,50 +439,50 @@ def test_softmax_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, r
 
 def test_requantization_by_hand():
     # [-1000, 2500] * 0.01 = [-10, 25], + zp 5 -> [-5, 30]; ReLU clamps at zp.
-    lower, upper = ib.requantize(np.array([-1000]), np.array([2500]), 0.01, 5, -128, 127,
-                                 point=False)
+    lower, upper = integer_intervals.requantize(np.array([-1000]), np.array([2500]), 0.01, 5,
+                                                -128, 127)
     assert (lower[0], upper[0]) == (-5, 30)
-    lower, upper = ib.requantize(np.array([-1000]), np.array([2500]), 0.01, 5, 5, 127,
-                                 point=False)
+    lower, upper = integer_intervals.requantize(np.array([-1000]), np.array([2500]), 0.01, 5,
+                                                5, 127)
     assert (lower[0], upper[0]) == (5, 30)
     # 7 * 0.3 = 2.1: floor/ceil -> [2, 3]; round-to-nearest kernels can only give 2.
     for rounding, expected in (("floor_ceil", (2, 3)), ("nearest", (2, 2))):
-        lower, upper = ib.requantize(np.array([7]), np.array([7]), 0.3, 0, -128, 127,
-                                     point=False, rounding=rounding)
+        lower, upper = integer_intervals.requantize(np.array([7]), np.array([7]), 0.3, 0, -128,
+                                                    127, rounding=rounding)
         assert (lower[0], upper[0]) == expected
     # Saturation at 127, and accumulators beyond int32 give the whole range.
-    lower, upper = ib.requantize(np.array([10**6]), np.array([10**6]), 0.01, 0, -128, 127,
-                                 point=False)
+    lower, upper = integer_intervals.requantize(np.array([10**6]), np.array([10**6]), 0.01, 0,
+                                                -128, 127)
     assert (lower[0], upper[0]) == (127, 127)
-    lower, upper = ib.requantize(np.array([0]), np.array([2**31]), 1e-9, 0, -128, 127,
-                                 point=False)
+    lower, upper = integer_intervals.requantize(np.array([0]), np.array([2**31]), 1e-9, 0,
+                                                -128, 127)
     assert (lower[0], upper[0]) == (-128, 127)
     # TFLite's QuantizeMultiplier: 0.5 = 2**30 * 2**(0 - 31); 0.3 ~ q * 2**(-1 - 31).
-    q, shift = ib.quantize_multiplier(np.array([0.5, 0.3]))
+    q, shift = quantize_multiplier(np.array([0.5, 0.3]))
     assert q.tolist() == [2**30, round(0.6 * 2**31)] and shift.tolist() == [0, -1]
     # Ties. M = 0.5 needs no shift: one rounding (SaturatingRoundingDoublingHighMul,
     # halves up), the int64 version too; XNNPACK rounds halves to even.
     x = np.array([3, -3, 5, -5])  # 1.5, -1.5, 2.5, -2.5
-    q, shift = ib.quantize_multiplier(0.5)
-    assert ib.multiply_by_quantized_multiplier(x, q, shift, "double").tolist() == [2, -1, 3, -2]
-    assert ib.multiply_by_quantized_multiplier(x, q, shift, "single").tolist() == [2, -1, 3, -2]
-    point, _ = ib.requantize(x, x, 0.5, 0, -128, 127, point=True, method="xnnpack",
-                             multiplier32=np.float32(0.5))
+    q, shift = quantize_multiplier(0.5)
+    assert multiply_by_quantized_multiplier(x, q, shift, "double").tolist() == [2, -1, 3, -2]
+    assert multiply_by_quantized_multiplier(x, q, shift, "single").tolist() == [2, -1, 3, -2]
+    point = integer_simulation.requantize(x, 0.5, 0, -128, 127, method="xnnpack",
+                                          multiplier32=np.float32(0.5))
     assert point.tolist() == [2, -2, 2, -2]
     # M = 0.25: a right shift, whose rounding is halves away from zero in TFLite's
     # RoundingDivideByPOT and halves up in ruy's.
-    q, shift = ib.quantize_multiplier(0.25)
+    q, shift = quantize_multiplier(0.25)
     x = np.array([6, -6, 10, -10])  # 1.5, -1.5, 2.5, -2.5
-    assert ib.multiply_by_quantized_multiplier(x, q, shift, "double").tolist() == [2, -2, 3, -3]
-    assert ib.multiply_by_quantized_multiplier(x, q, shift, "double_up").tolist() == [2, -1, 3, -2]
-    assert ib.multiply_by_quantized_multiplier(x, q, shift, "single").tolist() == [2, -1, 3, -2]
+    assert multiply_by_quantized_multiplier(x, q, shift, "double").tolist() == [2, -2, 3, -3]
+    assert multiply_by_quantized_multiplier(x, q, shift, "double_up").tolist() == [2, -1, 3, -2]
+    assert multiply_by_quantized_multiplier(x, q, shift, "single").tolist() == [2, -1, 3, -2]
     # Two-step rounding: 0.5 + 2**(shift - 1) at most.
     for value in range(-3000, 3000, 7):
         v = value * 0.0123
-        q, shift = ib.quantize_multiplier(0.0123)
-        r = ib.multiply_by_quantized_multiplier(np.array([value]), q, shift, "double")[0]
-        assert abs(r - v) <= ib.fixed_point_error(shift) + 1e-6 * abs(v)
-    assert ib.fixed_point_error(-3) == 0.5 + 2.0**-4 and ib.fixed_point_error(0) == 0.5
+        q, shift = quantize_multiplier(0.0123)
+        r = multiply_by_quantized_multiplier(np.array([value]), q, shift, "double")[0]
+        assert abs(r - v) <= fixed_point_error(shift) + 1e-6 * abs(v)
+    assert fixed_point_error(-3) == 0.5 + 2.0**-4 and fixed_point_error(0) == 0.5
 
 
 def test_margins_treat_ties_like_the_first_maximum_argmax():
@@ -471,12 +491,12 @@ def test_margins_treat_ties_like_the_first_maximum_argmax():
     lower = np.array([[5, 5, 3], [5, 5, 3], [4, 5, 5], [4, 6, 5]])
     upper = lower.copy()
     labels = np.array([1, 0, 1, 1])
-    certified, _ = ib.certified_from_bounds(lower, upper, labels)
+    certified, _ = certified_from_bounds(lower, upper, labels)
     assert certified.tolist() == [False, True, True, True]
     assert [np.argmax(row) == label for row, label in zip(lower, labels)] == certified.tolist()
     wide = upper + np.array([[0, 0, 2]] * 4)  # class 2 may now exceed class y
-    assert ib.certified_from_bounds(lower, wide, labels)[0].tolist() == [False, True, False,
-                                                                          False]
+    assert certified_from_bounds(lower, wide, labels)[0].tolist() == [False, True, False,
+                                                                       False]
 
 
 def test_softmax_ties_do_not_certify(models):
@@ -486,15 +506,15 @@ def test_softmax_ties_do_not_certify(models):
     s_in = float(graph.tensors[op.inputs[0]].scale[0])
     z = np.full((2, 10), -128, np.int64)
     z[:, :2] = 100
-    probabilities = ib.softmax_reference(z, s_in, 1.0, 1 / 256, -128)
+    probabilities = softmax_reference(z, s_in, 1.0, 1 / 256, -128)
     assert probabilities[0, 0] == probabilities[0, 1] > -128
-    result = ib.Propagation(probabilities, probabilities, {}, softmax_input=(z, z))
-    assert ib.certify_propagation(graph, result, np.array([0, 1])).tolist() == [True, False]
+    result = Propagation(probabilities, probabilities, {}, softmax_input=(z, z))
+    assert certify_propagation(graph, result, np.array([0, 1])).tolist() == [True, False]
     z[1, 1] = 101  # class 1 now strictly larger at every point of the (degenerate) box
-    probabilities = ib.softmax_reference(z, s_in, 1.0, 1 / 256, -128)
-    result = ib.Propagation(probabilities, probabilities, {}, softmax_input=(z, z))
+    probabilities = softmax_reference(z, s_in, 1.0, 1 / 256, -128)
+    result = Propagation(probabilities, probabilities, {}, softmax_input=(z, z))
     strict = probabilities[1, 1] > probabilities[1, 0]
-    assert ib.certify_propagation(graph, result, np.array([0, 1]))[1] == strict
+    assert certify_propagation(graph, result, np.array([0, 1]))[1] == strict
 
 
 # ------------------------------------------------------------------------------ errors

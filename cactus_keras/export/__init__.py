@@ -10,20 +10,21 @@ result = cactus_keras.export.verify_tflite("model.tflite", x_test, y_test, epsil
 print(result.interpreter, result.clean_accuracy, result.certified_accuracy,
       result.simulation_agreement)
 ```
+
+The package exports the entry points; the machinery lives in modules named for their
+concern: `model_file` (the `.tflite` reader), `fixed_point` (TFLite's fixed-point
+arithmetic), `integer_linear` (exact integer accumulators), `integer_ops` (one rule per
+op), `integer_intervals` (sound interval rounding), `integer_simulation` (the bit-exact
+kernels), `integer_propagation` (running the rules over a graph), `integer_margins`
+(certificates from the bounds), `tflite` (export) and `verify` (`verify_tflite`).
 """
 
-from cactus_keras.export.integer_bounds import certified_from_bounds
-from cactus_keras.export.integer_bounds import propagate
-from cactus_keras.export.integer_bounds import requantize
 from cactus_keras.export.model_file import IntegerGraph
 from cactus_keras.export.model_file import TFLiteFormatError
 from cactus_keras.export.model_file import UnsupportedOperatorError
 from cactus_keras.export.model_file import load_integer_graph
 from cactus_keras.export.tflite import to_tflite
 from cactus_keras.export.verify import TFLiteVerificationResult
-from cactus_keras.export.verify import input_interval
-from cactus_keras.export.verify import make_interpreter
-from cactus_keras.export.verify import quantize_input
 from cactus_keras.export.verify import verify_tflite
 
 __all__ = [
@@ -31,13 +32,7 @@ __all__ = [
     "TFLiteFormatError",
     "TFLiteVerificationResult",
     "UnsupportedOperatorError",
-    "certified_from_bounds",
-    "input_interval",
     "load_integer_graph",
-    "make_interpreter",
-    "propagate",
-    "quantize_input",
-    "requantize",
     "to_tflite",
     "verify_tflite",
 ]

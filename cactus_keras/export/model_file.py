@@ -174,6 +174,23 @@ class IntegerGraph:
         return [op.name for op in self.ops]
 
 
+def final_fully_connected(graph):
+    """The FULLY_CONNECTED whose output reaches the logits only through copies (so its
+    exact accumulators can be folded into the margins), or None."""
+    if graph.softmax is not None:
+        return None
+    producer = {t: op for op in graph.ops for t in op.outputs}
+    t = graph.logits
+    while t in producer and producer[t].name in COPY_OPS:
+        t = producer[t].inputs[0]
+    op = producer.get(t)
+    if op is None or op.name != "FULLY_CONNECTED":
+        return None
+    if int(np.prod(graph.tensors[op.outputs[0]].shape)) != graph.num_classes:
+        return None
+    return op
+
+
 def _read(path):
     path = os.fspath(path)
     if not os.path.exists(path):

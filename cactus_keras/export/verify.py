@@ -8,7 +8,15 @@ import os
 import numpy as np
 
 from cactus_keras import validation
-from cactus_keras.export import integer_bounds
+from cactus_keras.export.fixed_point import round_half_away
+from cactus_keras.export.integer_intervals import (
+    ROUNDINGS,
+    IntervalArithmetic,
+    round_bounds,
+)
+from cactus_keras.export.integer_margins import certify_propagation
+from cactus_keras.export.integer_propagation import IntegerProgram
+from cactus_keras.export.integer_simulation import KernelSimulation
 from cactus_keras.export.model_file import TFLiteFormatError, load_integer_graph
 
 KERNELS = ("default", "builtin", "reference")
@@ -126,7 +134,7 @@ def quantize_input(graph, x):
     point (round half away from zero, in float32 as TFLite's QUANTIZE), clamped."""
     t = graph.entry_tensor
     v = np.asarray(x, np.float32) / np.float32(t.scale[0])
-    q = integer_bounds.round_half_away(v) + int(t.zero_point[0])
+    q = round_half_away(v) + int(t.zero_point[0])
     return np.clip(q, -128, 127).astype(np.int8)
 
 
@@ -144,7 +152,7 @@ def input_interval(graph, x, epsilon, input_range, rounding="floor_ceil"):
         high = np.maximum(np.minimum(high, input_range[1]), x)
     scale, zero_point = np.float64(t.scale[0]), int(t.zero_point[0])
     v_lo, v_hi = low / scale, high / scale
-    lower, upper = integer_bounds.round_bounds(v_lo, v_hi, rounding, 0.5)
+    lower, upper = round_bounds(v_lo, v_hi, rounding, 0.5)
     return (np.clip(lower + zero_point, -128, 127).astype(np.int64),
             np.clip(upper + zero_point, -128, 127).astype(np.int64))
 
@@ -211,7 +219,7 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     the quantized inputs. The certificate is computed on the int8 model as it runs: the
     op graph, int8 weights, int32 biases, scales and zero points are read from the file
     and integer intervals are propagated through the integer arithmetic
-    (`cactus_keras.export.integer_bounds`): exact int32 accumulators, requantization as
+    (`cactus_keras.export.integer_intervals`): exact int32 accumulators, requantization as
     [floor(a*M), ceil(b*M)] + zp (sound for any round-to-nearest implementation of a*M
     with a tiny multiplier error, which covers TFLite's fixed-point reference and
     optimized kernels and XNNPACK's float requantization alike), fused activation
@@ -253,27 +261,30 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
             or ops without an integer rule (the message names them).
     """
     graph = load_integer_graph(path)
-    if rounding not in integer_bounds.ROUNDINGS:
-        raise ValueError(f"`rounding` must be one of {', '.join(integer_bounds.ROUNDINGS)}, "
-                         f"got {rounding!r}.")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"`rounding` must be one of {', '.join(ROUNDINGS)}, got "
+                         f"{rounding!r}.")
     epsilon = validation.check_epsilon(epsilon)
     input_range = validation.check_input_range(input_range)
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     x, y = _check_x(graph, x, y)
     interpreter, name = make_interpreter(graph.path, kernels)
     run = InterpreterRunner(interpreter)
+    program = IntegerProgram(graph)
+    simulation = KernelSimulation(SIMULATED_KERNELS[kernels])
+    intervals = IntervalArithmetic(rounding)
     predicted, simulated, certified, lows, highs = [], [], [], [], []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start: start + batch_size], y[start: start + batch_size]
         q = quantize_input(graph, xb)
         outputs = run(xb if graph.float_input else q)
         predicted.append(np.argmax(outputs, axis=1))
-        point = integer_bounds.propagate(graph, q, point=True,
-                                         kernels=SIMULATED_KERNELS[kernels])
+        q64 = q.astype(np.int64)
+        point = program.run(simulation, q64, q64, rounding=rounding)
         simulated.append(np.argmax(point.lower, axis=1))
         lower, upper = input_interval(graph, xb, epsilon, input_range, rounding)
-        bounds = integer_bounds.propagate(graph, lower, upper, rounding=rounding)
-        certified.append(integer_bounds.certify_propagation(graph, bounds, yb))
+        bounds = program.run(intervals, lower, upper, rounding=rounding)
+        certified.append(certify_propagation(graph, bounds, yb))
         lows.append(bounds.lower)
         highs.append(bounds.upper)
     return TFLiteVerificationResult(

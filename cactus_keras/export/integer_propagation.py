@@ -1,0 +1,146 @@
+"""Runs the op rules of an int8 graph, in order, on a batch: integer intervals of every
+tensor over the input boxes, or the bit-exact simulation of the kernels on points.
+
+`IntegerProgram` reads every op's constants once (`integer_ops`), so one program serves
+all the batches of a verification; `propagate` is the one-call form.
+
+Example:
+
+```python
+program = IntegerProgram(load_integer_graph("model.tflite"))
+bounds = program.run(IntervalArithmetic("floor_ceil"), lower, upper)
+points = program.run(KernelSimulation("xnnpack"), q, q)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cactus_keras.export.integer_intervals import IntervalArithmetic, check_rounding
+from cactus_keras.export.integer_ops import rule_for
+from cactus_keras.export.integer_simulation import KernelSimulation, check_kernels
+from cactus_keras.export.model_file import UnsupportedOperatorError, final_fully_connected
+
+
+@dataclasses.dataclass
+class Propagation:
+    """Bounds of one batch.
+
+    Attributes:
+        lower, upper: (batch, classes) int64 bounds of the output codes the interpreter
+            takes the arg-max of (the int8 output; after a final SOFTMAX its int8
+            probabilities).
+        tensors: {tensor index: (lower, upper)} of every int8 tensor when propagated with
+            keep=True (shapes (batch, *static shape)), else only the logits.
+        softmax_input: (lower, upper) of the input of a final SOFTMAX, else None.
+        fold_input: (lower, upper) of the input of a final FULLY_CONNECTED, else None.
+    """
+
+    lower: np.ndarray
+    upper: np.ndarray
+    tensors: dict
+    softmax_input: tuple | None = None
+    fold_input: tuple | None = None
+    rounding: str = "floor_ceil"
+
+
+class IntegerProgram:
+    """The rules of `graph`'s ops, ready to run on batches with an arithmetic."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.rules = [rule_for(graph, op) for op in graph.ops]
+        self.fold = final_fully_connected(graph)
+        self.last_use = {}
+        for position, op in enumerate(graph.ops):
+            for t in op.inputs:
+                self.last_use[t] = position
+
+    def _get(self, values, t):
+        if t in values:
+            return values[t]
+        tensor = self.graph.tensors[t]
+        if tensor.data is not None:
+            c = tensor.data.astype(np.int64)[None]
+            return c, c
+        raise UnsupportedOperatorError(
+            f"'{self.graph.path}': tensor {t} '{tensor.name}' is read before it is computed.")
+
+    def _shaped(self, t, value):
+        shape = self.graph.tensors[t].shape
+        lower, upper = value
+        batch = lower.shape[0]
+        lower = np.asarray(lower, np.int64).reshape((batch,) + shape)
+        if upper is value[0]:
+            return lower, lower
+        return lower, np.asarray(upper, np.int64).reshape((batch,) + shape)
+
+    def run(self, arithmetic, lower, upper, keep=False, rounding="floor_ceil"):
+        """Propagates the (batch, *input shape) int8 codes [lower, upper] of the entry
+        tensor (`upper is lower` for points) through every op.
+
+        Returns:
+            A `Propagation`; `rounding` is recorded in it.
+        """
+        graph = self.graph
+        values = {graph.entry: self._shaped(graph.entry, (lower, upper))}
+        fold_input = softmax_input = None
+        for position, (op, rule) in enumerate(zip(graph.ops, self.rules)):
+            inputs = [self._get(values, t) for t in rule.inputs]
+            if op is self.fold and not arithmetic.point:
+                fold_input = inputs[0]
+            if op.name == "SOFTMAX":
+                softmax_input = inputs[0]
+            values[rule.output] = self._shaped(rule.output, rule(arithmetic, *inputs))
+            if not keep:
+                for t in op.inputs:
+                    if self.last_use.get(t) == position and t != graph.logits:
+                        values.pop(t, None)
+        lower, upper = values[graph.logits]
+        batch = lower.shape[0]
+        tensors = values if keep else {graph.logits: (lower, upper)}
+        if softmax_input is not None:
+            softmax_input = tuple(v.reshape(batch, -1) for v in softmax_input)
+        if fold_input is not None:
+            fold_input = tuple(v.reshape(batch, -1) for v in fold_input)
+        return Propagation(lower.reshape(batch, -1), upper.reshape(batch, -1), tensors,
+                           softmax_input, fold_input, rounding)
+
+
+def propagate(graph, lower, upper=None, *, point=False, keep=False, rounding="floor_ceil",
+              kernels="reference"):
+    """Propagates int8 input bounds through `graph` (an `IntegerGraph`).
+
+    Args:
+        lower, upper: int arrays (batch, *input shape) of int8 codes of the entry tensor;
+            for `point=True` pass the quantized inputs as `lower` only.
+        point: simulate the integer kernels on single points.
+        keep: keep the bounds of every intermediate tensor in `Propagation.tensors`.
+        rounding: "floor_ceil" (default; sound for any kernel whose requantization error
+            is below one unit) or "nearest" (tighter; uses the rounding error of TFLite's
+            fixed-point kernels and XNNPACK). See `integer_intervals.ROUNDINGS`.
+        kernels: whose rounding the point simulation follows: "reference" (TFLite's
+            reference kernels), "builtin" (its optimized kernels) or "xnnpack" (the
+            XNNPACK delegate). Intervals are sound for all three.
+
+    Returns:
+        A `Propagation`.
+
+    Example:
+
+    ```python
+    bounds = propagate(graph, lower, upper, rounding="nearest")
+    simulated = propagate(graph, quantize_input(graph, x), point=True, kernels="xnnpack")
+    ```
+    """
+    check_rounding(rounding)
+    check_kernels(kernels)
+    arithmetic = KernelSimulation(kernels) if point else IntervalArithmetic(rounding)
+    lower = np.asarray(lower, np.int64)
+    upper = lower if (point or upper is None) else np.asarray(upper, np.int64)
+    if not point and np.any(lower > upper):
+        raise ValueError("`lower` must be <= `upper` everywhere.")
+    return IntegerProgram(graph).run(arithmetic, lower, upper, keep=keep, rounding=rounding)
