@@ -41,6 +41,7 @@ def _model(**kwargs):
     return model
 
 
+@pytest.mark.slow
 def test_a_user_member_trains_saves_and_loads_with_identical_predictions(tmp_path):
     model = _model()
     x, y = _data()
