@@ -231,8 +231,11 @@ def _add_export(subparsers):
         "calibrating the int8 ranges on training samples of the dataset.",
     )
     p.add_argument("--model", required=True)
-    p.add_argument("--dataset", required=True, help="calibration data: a dataset name or path")
-    p.add_argument("--output", required=True, help="path of the .tflite file")
+    p.add_argument("--dataset", default=None,
+                   help="calibration data: a dataset name or path (needed for tflite)")
+    p.add_argument("--output", required=True, help="path of the .tflite (or .onnx) file")
+    p.add_argument("--format", default="tflite", choices=("tflite", "onnx"),
+                   help="tflite (default) or onnx (the float network, Keras's ONNX export)")
     p.add_argument("--calibration-samples", type=int, default=500)
     p.add_argument("--float", dest="int8", action="store_false", help="export float32 instead of int8")
     p.add_argument("--no-download", action="store_true")
@@ -242,6 +245,11 @@ def _add_export(subparsers):
 def _run_export(args):
     import cactus_keras.export
 
+    if args.format == "onnx":
+        return _run_export_onnx(args)
+    if args.dataset is None:
+        raise ValueError("--dataset is required for --format tflite: the int8 ranges are "
+                         "calibrated on its training images (e.g. --dataset fashion_mnist).")
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, _ = _split(dataset, "train", args.calibration_samples)
@@ -250,6 +258,53 @@ def _run_export(args):
         num_calibration_samples=args.calibration_samples,
     )
     print(f"wrote {path} ({os.path.getsize(path)} bytes, {'int8' if args.int8 else 'float32'})")
+    return 0
+
+
+def _run_export_onnx(args):
+    from cactus_keras.export.onnx import to_onnx
+
+    path = to_onnx(_load_model(args.model), args.output)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes, float32 ONNX)")
+    return 0
+
+
+def _add_export_vnnlib(subparsers):
+    p = subparsers.add_parser(
+        "export-vnnlib",
+        help="a VNN-COMP benchmark folder: ONNX network, VNN-LIB properties, instances.csv",
+        description="Write the float network as ONNX and one VNN-LIB robustness property "
+        "per test sample (the epsilon box cut to the data range; the label's output stays "
+        "above every other), with instances.csv, for alpha-beta-CROWN and other VNN-COMP "
+        "verifiers.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True, help="test samples: a dataset name or path")
+    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--samples", type=int, default=10, help="first N test samples (default 10)")
+    p.add_argument("--output", required=True, help="the benchmark folder to write")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds per instance in instances.csv (default 300)")
+    p.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0),
+                   metavar=("LOW", "HIGH"), help="data range the boxes are cut to")
+    p.add_argument("--no-download", action="store_true")
+    p.set_defaults(run=_run_export_vnnlib)
+
+
+def _run_export_vnnlib(args):
+    import cactus_keras
+    from cactus_keras.export.vnnlib import write_benchmark
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be a positive number of test samples, got "
+                         f"{args.samples}.")
+    model = _load_model(args.model)
+    dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
+    x, y = _split(dataset, "test", args.samples)
+    paths = write_benchmark(model, x, y, args.epsilon, args.output,
+                            input_range=tuple(args.input_range), timeout=args.timeout)
+    print(f"wrote {args.output}: onnx/model.onnx, {len(paths)} VNN-LIB properties "
+          f"(epsilon {args.epsilon:g}), instances.csv")
     return 0
 
 
@@ -296,6 +351,7 @@ def build_parser():
     _add_train(subparsers)
     _add_evaluate(subparsers)
     _add_export(subparsers)
+    _add_export_vnnlib(subparsers)
     _add_verify_tflite(subparsers)
     # Their argparse blocks live beside the code they drive; imports stay lazy there.
     from cactus_keras.experiments.cli import add_parser as add_experiment

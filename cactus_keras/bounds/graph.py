@@ -144,6 +144,19 @@ class _Builder:
         return [mapping[id(t)] for t in functional.outputs]
 
     def add_layer(self, layer, args, shapes, out_tensor):
+        mode = getattr(layer, "quantization_mode", None)
+        if mode:
+            # Keras's quantized layers compute with integer kernels and (int8 mode)
+            # inputs quantized on the fly per batch: the float rules would bound another
+            # network, so a certificate of them would not be sound.
+            raise UnsupportedModelError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) is quantized by Keras "
+                f"(model.quantize({mode!r})): its kernel is quantized and its inputs are "
+                "quantized on the fly, which the float bounds do not model, so they would "
+                "not be sound. Certify the network before model.quantize, or export it to "
+                "a full-integer int8 file with cactus_keras.export.to_tflite and certify "
+                "that file with cactus_keras.export.verify_tflite."
+            )
         try:
             rule = rules_lib.rule_for(layer, shapes)
         except rules_lib.UnsupportedLayerError:

@@ -95,10 +95,20 @@ def multiply_by_quantized_multiplier(x, q, shift, method="double"):
     return (high >> right) + (remainder > threshold)
 
 
+def largest_magnitude(x):
+    """max |x| (0 for an empty array), without an |x| temporary."""
+    x = np.asarray(x)
+    return 0.0 if x.size == 0 else float(max(x.max(), -x.min()))
+
+
 def requantization_fits(acc_lower, acc_upper, shift):
     """Where the kernels' requantization is defined: the accumulator lies in int32 and
     its left shift (a multiplier >= 1) does not overflow int32. Elsewhere the output
-    can be anything in the activation range."""
+    can be anything in the activation range. Returns True when it holds everywhere,
+    else a bool array."""
+    largest = max(largest_magnitude(acc_lower), largest_magnitude(acc_upper))
+    if largest * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
+        return True  # everywhere (the common case: one check, no elementwise pass)
     magnitude = np.maximum(np.abs(acc_lower), np.abs(acc_upper))
     ok = (acc_lower >= INT32_MIN) & (acc_upper <= INT32_MAX)
     return ok & (magnitude * (np.int64(1) << np.maximum(shift, 0)) <= INT32_MAX)

@@ -44,6 +44,7 @@ from cactus_keras.export.fixed_point import (
     INT8_MIN,
     ceil_div,
     fixed_point_error,
+    largest_magnitude,
     quantize_multiplier,
     requantization_fits,
 )
@@ -95,6 +96,10 @@ def round_bounds(v_lower, v_upper, rounding, error=0.5, slack=0.0):
         return (np.ceil(v_lower - error - t_lo).astype(np.int64),
                 np.floor(v_upper + error + t_hi).astype(np.int64))
     check_rounding(rounding)
+    largest = max(largest_magnitude(v_lower), largest_magnitude(v_upper))
+    if RELATIVE_TOLERANCE * largest + float(np.max(slack, initial=0)) < 0.25:
+        # No excess anywhere: skip the elementwise tolerance (same bounds, less work).
+        return np.floor(v_lower).astype(np.int64), np.ceil(v_upper).astype(np.int64)
     # r > v - 1 (hence r >= floor(v)) while e + t < 1; beyond, shift by the excess.
     excess_lo = np.where(t_lo >= 0.25, t_lo - 0.25 + 1e-9, 0.0)
     excess_hi = np.where(t_hi >= 0.25, t_hi - 0.25 + 1e-9, 0.0)
@@ -115,9 +120,11 @@ def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
     # fixed_point_error covers one- and two-step kernels (and XNNPACK's 0.5) alike.
     lower, upper = round_bounds(acc_lower * multiplier, acc_upper * multiplier, rounding,
                                 fixed_point_error(shift))
-    lower = np.where(ok, np.clip(lower + zero_point, act_min, act_max), act_min)
-    upper = np.where(ok, np.clip(upper + zero_point, act_min, act_max), act_max)
-    return lower, upper
+    lower = np.clip(lower + zero_point, act_min, act_max)
+    upper = np.clip(upper + zero_point, act_min, act_max)
+    if ok is True:
+        return lower, upper
+    return np.where(ok, lower, act_min), np.where(ok, upper, act_max)
 
 
 def softmax_probability_bounds(lower, upper, scale):
@@ -135,8 +142,9 @@ def softmax_probability_bounds(lower, upper, scale):
 class IntervalArithmetic:
     """The interval semantics of the int8 kernels, with a rounding model.
 
-    Every method takes and returns (lower, upper) pairs of int64 arrays; the op rules of
-    `integer_ops` call it wherever a kernel rounds. `rounding` is "floor_ceil" or
+    Every method takes and returns (lower, upper) pairs of integer arrays (int64, or
+    float64 holding exact integers for accumulators); the op rules of `integer_ops`
+    call it wherever a kernel rounds. `rounding` is "floor_ceil" or
     "nearest" (see `ROUNDINGS`).
 
     Example:
@@ -154,9 +162,11 @@ class IntervalArithmetic:
 
     def accumulate(self, linear, lower, upper):
         """Exact bounds of the integer linear map over the box [lower, upper]."""
-        centre = linear(lower + upper)  # W (l + u) and |W| (u - l) are exact integers
+        # W (l + u) -+ |W| (u - l) = 2 sum_k min/max(w_k l_k, w_k u_k): even integers,
+        # exact in float64 (integer_linear checks the bound), so the halves are too.
+        centre = linear(lower + upper)
         radius = linear(upper - lower, absolute=True)
-        return (centre - radius) // 2, (centre + radius) // 2
+        return (centre - radius) * 0.5, (centre + radius) * 0.5
 
     def requantize(self, accumulator, requantization):
         r = requantization

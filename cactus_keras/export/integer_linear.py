@@ -4,19 +4,22 @@ FULLY_CONNECTED, computed with BLAS matrix products.
 A floating-point matrix product of integers is exact when every partial sum it forms
 is an integer the float type represents: whatever the order and blocking of the sums
 (and fused multiply-adds), each partial sum of a column is bounded by
-max|x| * sum_k |w_k|. Each map checks that bound before it multiplies (below 2**53
-for float64) and raises where it does not hold, so the accumulators are the exact
-integers the interpreter computes in int32.
+max|x| * sum_k |w_k|. Each map checks that bound before it multiplies and raises where
+it does not hold, so the accumulators are the exact integers the interpreter computes
+in int32.
 
-Convolutions are lowered to one matrix product per chunk of samples (im2col: every
-kernel window of the padded input becomes a row), the form BLAS is fast at.
+Where the bound allows, the product runs in float32 (twice the speed of float64), split
+along the depth into chunks whose partial sums stay below 2**24; the chunks are added
+in float64. Convolutions are lowered to one matrix product per block of samples
+(im2col: every kernel window of the padded input becomes a row), the form BLAS is fast
+at. The maps return float64 arrays holding the exact integers.
 
 Example:
 
 ```python
 conv = Convolution(weights, strides=(1, 1), dilations=(1, 1), out_hw=(28, 28),
                    pads=((1, 1), (1, 1)))
-acc = conv(x - zero_point)            # int64, (batch, 28, 28, out_channels)
+acc = conv(x - zero_point)   # exact integers (float64), (batch, 28, 28, out_channels)
 ```
 """
 
@@ -24,12 +27,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from cactus_keras.export.fixed_point import largest_magnitude
 from cactus_keras.export.model_file import UnsupportedOperatorError
 
-# Largest integer float64 holds exactly with every smaller one: partial sums stay below.
+# Integers below these are exact in float32 / float64, and so are all their sums that
+# stay below: every partial sum of a product is kept under the float32 limit per chunk
+# of the depth, and the sum of the chunks under the float64 one.
+FLOAT32_EXACT = 2.0**24
 FLOAT64_EXACT = 2.0**53
-# Rows x depth of one im2col block (float64): keeps the block near 16 MiB.
-BLOCK_ELEMENTS = 2**21
+# Rows x depth of one im2col block (float32): keeps the block near 16 MiB.
+BLOCK_ELEMENTS = 2**22
 
 
 def window(size, kernel, stride, dilation, padding, op_label):
@@ -57,23 +64,28 @@ def taps(x, kh, kw, strides, dilations, out_hw, pads, fill):
                           j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
 
 
-def exact_integers(values):
-    """float products of integers -> int64 (they are integers already; rint drops the
-    sign of zero and guards the conversion)."""
-    return np.rint(values).astype(np.int64)
-
-
 class _ExactProduct:
-    """Shared by the maps: the weights as a float64 matrix (depth, units), its absolute
-    value, and the exactness bound check."""
+    """Shared by the maps: the integer weights as a (depth, units) matrix in float32 and
+    float64, with their absolute values, and the split of the depth into chunks whose
+    float32 products are exact.
+
+    For inputs bounded by |x| <= B, a chunk [s, e) of the depth is exact in float32 when
+    B * max_n sum_{s <= k < e} |w_kn| < 2**24: every partial sum BLAS forms, in any
+    order, is an integer below that. The chunks' results are added in float64, exact
+    while B * max_n sum_k |w_kn| < 2**53 (checked; beyond, the map refuses).
+    """
 
     def __init__(self, matrix, op_label):
         matrix = np.asarray(matrix, np.int64)
-        self.matrix = matrix.astype(np.float64)
-        self.absolute = np.abs(self.matrix)
-        # The largest sum_k |w_k| over output units bounds every partial sum per |x|.
-        self.column_l1 = float(self.absolute.sum(axis=0).max(initial=0.0))
+        self.matrix = {np.float32: matrix.astype(np.float32),
+                       np.float64: matrix.astype(np.float64)}
+        self.absolute = {k: np.abs(v) for k, v in self.matrix.items()}
+        # cumulative[k, n] = sum_{k' < k} |w_k'n|: partial column sums of any chunk.
+        self.cumulative = np.concatenate(
+            [np.zeros((1, matrix.shape[1]), np.int64), np.cumsum(np.abs(matrix), axis=0)])
+        self.column_l1 = float(self.cumulative[-1].max(initial=0))
         self.op_label = op_label
+        self._plans = {}
 
     def check(self, x_bound):
         if float(x_bound) * self.column_l1 >= FLOAT64_EXACT:
@@ -81,17 +93,63 @@ class _ExactProduct:
                 f"{self.op_label}: accumulators too large for exact float64 integer "
                 "arithmetic.")
 
-    def product(self, rows, absolute):
-        return rows @ (self.absolute if absolute else self.matrix)
+    def plan(self, x_bound):
+        """The depth chunks [(start, end)] that are exact in float32 for |x| <= x_bound,
+        or None where a single weight already breaks the float32 limit (then float64)."""
+        self.check(x_bound)
+        # Plans are cached per power of two of the bound (the bound is rounded up).
+        bound = 2.0 ** np.ceil(np.log2(max(float(x_bound), 1.0)))
+        if bound not in self._plans:
+            self._plans[bound] = self._chunks(bound)
+        return self._plans[bound]
+
+    def _chunks(self, bound):
+        limit = FLOAT32_EXACT / bound  # sum of |w| per column allowed in one chunk
+        depth = self.cumulative.shape[0] - 1
+        chunks, start = [], 0
+        while start < depth:
+            # The largest end with max_n (C[end] - C[start]) < limit (monotone in end).
+            low, high = start, depth
+            while low < high:
+                middle = (low + high + 1) // 2
+                if (self.cumulative[middle] - self.cumulative[start]).max() < limit:
+                    low = middle
+                else:
+                    high = middle - 1
+            if low == start:
+                return None
+            chunks.append((start, low))
+            start = low
+        return chunks
+
+    def product(self, rows, x_bound, absolute):
+        """rows (M, depth) of integers with |rows| <= x_bound -> exact (M, units), float32
+        where one chunk covers the depth (the caller widens it), else float64."""
+        chunks = self.plan(x_bound)
+        weights = self.absolute if absolute else self.matrix
+        if chunks is None:
+            return np.asarray(rows, np.float64) @ weights[np.float64]
+        rows = np.asarray(rows, np.float32)
+        w = weights[np.float32]
+        if len(chunks) == 1:
+            return rows @ w
+        out = None
+        for start, end in chunks:
+            # A contiguous copy: BLAS runs at half speed on a strided column slice.
+            part = np.ascontiguousarray(rows[:, start:end]) @ w[start:end]
+            out = part.astype(np.float64) if out is None else out + part
+        return out
 
 
 class FullyConnected(_ExactProduct):
-    """x @ W.T for x (batch, ..., depth) and integer weights W (units, depth)."""
+    """x @ W.T for integer x (batch, ..., depth) and integer weights W (units, depth);
+    exact, as float64."""
 
     def __call__(self, x, absolute=False):
-        x = np.asarray(x, np.float64)
-        self.check(np.abs(x).max(initial=0.0))
-        return exact_integers(self.product(x, absolute))
+        flat = np.asarray(x).reshape(-1, x.shape[-1])
+        out = self.product(flat, largest_magnitude(flat), absolute)
+        out = out.astype(np.float64, copy=False)
+        return out.reshape(x.shape[:-1] + (out.shape[-1],))
 
 
 class Convolution(_ExactProduct):
@@ -115,16 +173,16 @@ class Convolution(_ExactProduct):
         return cols.reshape(-1, kh * kw * channels)
 
     def __call__(self, x, absolute=False):
-        x = np.asarray(x, np.float64)
-        self.check(np.abs(x).max(initial=0.0))
-        out_hw = self.geometry[2]
-        rows_per_sample = int(np.prod(out_hw)) * self.matrix.shape[0]
+        """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
+        x = np.asarray(x, np.float32)  # integers below 2**24: exact
+        bound = largest_magnitude(x)
+        out_hw = tuple(self.geometry[2])
+        rows_per_sample = int(np.prod(out_hw)) * self.cumulative.shape[0]
         chunk = max(1, BLOCK_ELEMENTS // max(rows_per_sample, 1))
-        out = np.empty((x.shape[0],) + tuple(out_hw) + (self.out_channels,), np.int64)
+        out = np.empty((x.shape[0],) + out_hw + (self.out_channels,), np.float64)
         for start in range(0, x.shape[0], chunk):
-            block = self.product(self.columns(x[start: start + chunk]), absolute)
-            out[start: start + chunk] = exact_integers(block).reshape(
-                (-1,) + tuple(out_hw) + (self.out_channels,))
+            block = self.product(self.columns(x[start: start + chunk]), bound, absolute)
+            out[start: start + chunk] = block.reshape((-1,) + out_hw + (self.out_channels,))
         return out
 
 
@@ -141,13 +199,14 @@ class DepthwiseConvolution(_ExactProduct):
         self.out_channels = out_channels
 
     def __call__(self, x, absolute=False):
+        """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
         x = np.asarray(x, np.float64)
-        self.check(np.abs(x).max(initial=0.0))
+        self.check(largest_magnitude(x))  # each output sums kh * kw products in float64
         (kh, kw), (strides, dilations, out_hw, pads) = self.kernel, self.geometry
-        weights = self.absolute if absolute else self.matrix
+        weights = (self.absolute if absolute else self.matrix)[np.float64]
         out = np.zeros((x.shape[0],) + tuple(out_hw) + (self.out_channels,))
         for i, j, view in taps(x, kh, kw, strides, dilations, out_hw, pads, 0.0):
             if self.multiplier > 1:
                 view = np.repeat(view, self.multiplier, axis=-1)
             out += view * weights[i * kw + j]
-        return exact_integers(out)
+        return out

@@ -75,7 +75,8 @@ def requantize(acc, multiplier, zero_point, act_min, act_max, method="double",
     else:
         value = multiply_by_quantized_multiplier(np.clip(acc, INT32_MIN, INT32_MAX), q, shift,
                                                  method)
-    return np.where(ok, np.clip(value + zero_point, act_min, act_max), act_min)
+    value = np.clip(value + zero_point, act_min, act_max)
+    return value if ok is True else np.where(ok, value, act_min)
 
 
 def add_xnnpack(a, b, s_a, s_b, s_out):
@@ -135,7 +136,7 @@ class KernelSimulation:
         self.kernels = check_kernels(kernels)
 
     def accumulate(self, linear, lower, upper):
-        return _point(linear(lower))
+        return _point(linear(lower).astype(np.int64))  # exact integers from integer_linear
 
     def requantize(self, accumulator, requantization):
         r = requantization

@@ -137,13 +137,77 @@ def write_file(path, content):
     return path
 
 
+EXPORTERS = ("auto", "litert", "saved_model")
+
+
+def _litert_options(samples, int8):
+    """Converter options for Keras's LiteRT exporter. Its default `supported_ops` also
+    allows SELECT_TF_OPS (TensorFlow kernels inside the file); overridden here so the
+    file holds builtin ops only (int8 ones for a full-integer file)."""
+    import tensorflow as tf
+
+    if not int8:
+        return {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+
+    def dataset():
+        for sample in samples:
+            yield [sample[None]]
+
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": dataset,
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "inference_input_type": tf.int8,
+        "inference_output_type": tf.int8,
+    }
+
+
+def _export_litert(network, samples, int8, what, hint):
+    """The file's bytes from Keras's own `model.export(path, format="litert")`."""
+    with tempfile.TemporaryDirectory(prefix="cactus_litert_") as folder:
+        target = os.path.join(folder, "model.tflite")  # Keras wants the .tflite suffix
+        try:
+            network.export(target, format="litert", verbose=False,
+                           **_litert_options(samples, int8))
+        except Exception as error:  # the converter raises assorted TF/MLIR errors
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
+            raise ValueError(f"TFLite conversion of {what} failed: {summary}.{hint}") from None
+        with open(target, "rb") as f:
+            return f.read()
+
+
+def _export_saved_model(network, samples, int8, what, hint):
+    """The file's bytes from a SavedModel (`network.export`, which Keras writes on every
+    backend) converted with `TFLiteConverter.from_saved_model`."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="cactus_tflite_") as saved_model:
+        network.export(saved_model, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        if int8:
+            configure_int8(converter, samples)
+        return convert(converter, what, hint)
+
+
 def to_tflite(model_or_network, path, representative_data=None, int8=True,
-              num_calibration_samples=200):
+              num_calibration_samples=200, exporter="auto"):
     """Exports a Keras model to a `.tflite` file, full-integer int8 by default.
 
-    The network is written as a SavedModel (`network.export`) and converted with
-    `tf.lite.TFLiteConverter.from_saved_model` (`from_keras_model` does not work with
-    Keras 3). With `int8=True` the conversion is full-integer: `Optimize.DEFAULT`, the
+    Which exporter writes the file (`exporter`):
+
+    * "litert" (the default on the TensorFlow backend): Keras's own
+      `network.export(path, format="litert", ...)`, with its converter options set to
+      full-integer int8. Keras's default `supported_ops` includes SELECT_TF_OPS (TF
+      kernels in the file, which the int8 verifier and most int8 runtimes cannot run),
+      so they are overridden with `TFLITE_BUILTINS_INT8` (`TFLITE_BUILTINS` for float).
+    * "saved_model" (the default on other backends, where Keras's LiteRT export needs
+      the TensorFlow or PyTorch backend): the network is written as a SavedModel
+      (`network.export`, which Keras supports on JAX too) and converted with
+      `tf.lite.TFLiteConverter.from_saved_model` (`from_keras_model` does not work with
+      Keras 3). Both give the same full-integer file (tested).
+
+    With `int8=True` the conversion is full-integer: `Optimize.DEFAULT`, the
     representative dataset for calibrating activation ranges, `TFLITE_BUILTINS_INT8`
     only, and int8 input and output tensors (quantize inputs with the input tensor's
     scale and zero point; `verify_tflite` does this). Weights are int8 (per channel for
@@ -159,6 +223,7 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
             not. Required when `int8=True`.
         int8: full-integer int8 (True) or float32 (False).
         num_calibration_samples: at most this many samples are used for calibration.
+        exporter: "auto", "litert" or "saved_model" (see above).
 
     Returns:
         `path`, as a string.
@@ -170,11 +235,14 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     result = cactus_keras.export.verify_tflite("model.tflite", x_test, y_test, 0.01)
     ```
     """
-    import tensorflow as tf
-
     network = _network(model_or_network)
     num_calibration_samples = validation.check_positive_int(
         num_calibration_samples, "num_calibration_samples")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"`exporter` must be one of {', '.join(EXPORTERS)}, got "
+                         f"{exporter!r}.")
+    if exporter == "auto":
+        exporter = "litert" if keras.backend.backend() == "tensorflow" else "saved_model"
     input_shape = tuple(network.inputs[0].shape[1:])
     samples = None
     if int8 or representative_data is not None:
@@ -184,14 +252,9 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     if os.path.isdir(path):
         raise ValueError(f"`path` '{path}' is a directory; pass a file name such as "
                          "'model.tflite'.")
-
-    with tempfile.TemporaryDirectory(prefix="cactus_tflite_") as saved_model:
-        network.export(saved_model, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        if int8:
-            configure_int8(converter, samples)
-        hint = (" Layers without an int8 TFLite kernel cannot be exported full-integer; try "
-                "int8=False to see whether the float conversion works.") if int8 else ""
-        content = convert(converter, f"model '{network.name}'{' (int8)' if int8 else ''}", hint)
-    write_file(path, content)
+    hint = (" Layers without an int8 TFLite kernel cannot be exported full-integer; try "
+            "int8=False to see whether the float conversion works.") if int8 else ""
+    what = f"model '{network.name}'{' (int8)' if int8 else ''}"
+    export = _export_litert if exporter == "litert" else _export_saved_model
+    write_file(path, export(network, samples, int8, what, hint))
     return path

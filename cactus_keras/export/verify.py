@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cactus_keras import validation
 from cactus_keras.export.fixed_point import round_half_away
@@ -104,10 +106,11 @@ def interpreter_class():
         return tf.lite.Interpreter, tf.lite.experimental.OpResolverType, "tf.lite"
 
 
-def make_interpreter(path, kernels="default", preserve_all_tensors=False):
+def make_interpreter(path, kernels="default", preserve_all_tensors=False, num_threads=None):
     """An interpreter for `path`. kernels: "default" (XNNPACK where it applies),
-    "builtin" (no default delegate) or "reference" (BUILTIN_REF). Returns
-    (interpreter, name)."""
+    "builtin" (no default delegate) or "reference" (BUILTIN_REF). `num_threads`: the
+    interpreter's threads, all CPUs by default (the int8 kernels compute each output
+    in one thread, so the outputs do not depend on it). Returns (interpreter, name)."""
     if kernels not in KERNELS:
         raise ValueError(f"`kernels` must be one of {', '.join(KERNELS)}, got {kernels!r}.")
     path = os.fspath(path)
@@ -119,7 +122,8 @@ def make_interpreter(path, kernels="default", preserve_all_tensors=False):
     }[kernels]
     try:
         interpreter = cls(model_path=path, experimental_op_resolver_type=resolver_type,
-                          experimental_preserve_all_tensors=preserve_all_tensors)
+                          experimental_preserve_all_tensors=preserve_all_tensors,
+                          num_threads=num_threads or os.cpu_count() or 1)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         message = str(error).strip().splitlines()
@@ -211,8 +215,16 @@ class _NoShape:
     inputs = None
 
 
+def _show_progress(verbose):
+    if verbose == "auto":
+        return sys.stderr.isatty()
+    if verbose not in (0, 1, True, False):
+        raise ValueError(f"`verbose` must be 'auto', 0 or 1, got {verbose!r}.")
+    return bool(verbose)
+
+
 def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *,
-                  kernels="default", rounding="floor_ceil"):
+                  kernels="default", rounding="floor_ceil", verbose="auto"):
     """Runs an int8 `.tflite` file and certifies it against L-infinity perturbations.
 
     The interpreter (`ai_edge_litert`, else `tf.lite`) gives the clean predictions on
@@ -251,6 +263,8 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
             fixed-point rounding, plus 1e-6 relative), which keeps points points and
             certifies much more on deep models; sound for LiteRT's reference, optimized
             and XNNPACK kernels, but tied to that rounding structure.
+        verbose: "auto" (a progress bar over the samples when stderr is a terminal),
+            0 or 1.
 
     Returns:
         A `TFLiteVerificationResult`.
@@ -274,6 +288,8 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     simulation = KernelSimulation(SIMULATED_KERNELS[kernels])
     intervals = IntervalArithmetic(rounding)
     predicted, simulated, certified, lows, highs = [], [], [], [], []
+    bar = tqdm(total=len(x), desc="verify_tflite", unit="sample", file=sys.stderr,
+               disable=not _show_progress(verbose), leave=False)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start: start + batch_size], y[start: start + batch_size]
         q = quantize_input(graph, xb)
@@ -287,6 +303,8 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
         certified.append(certify_propagation(graph, bounds, yb))
         lows.append(bounds.lower)
         highs.append(bounds.upper)
+        bar.update(len(yb))
+    bar.close()
     return TFLiteVerificationResult(
         path=graph.path,
         interpreter=name,
