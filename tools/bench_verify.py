@@ -1,5 +1,5 @@
 """Seconds per sample of the int8 certificate (`verify_tflite`) against the float IBP
-certificate (`cactus_keras.certify(..., method="ibp")`) of the same network.
+certificate (`cactus_keras.certify(..., bound="ibp")`) of the same network.
 
 For each of cnn3, cnn5 and cnn7 (Fashion-MNIST shapes, 28x28x1) the network is trained
 for one short epoch of standard training (`--train-samples` images) so that its weights
@@ -85,7 +85,7 @@ def main():
             path, x, y, args.epsilon, batch_size=args.samples, rounding=args.rounding),
             args.repeats)
         ibp = _median_seconds(lambda: cactus_keras.certify(
-            net, x, y, args.epsilon, method="ibp", batch_size=args.samples, verbose=0),
+            net, x, y, args.epsilon, bound="ibp", batch_size=args.samples, verbose=0),
             args.repeats)
         result = export.verify_tflite(path, x, y, args.epsilon, batch_size=args.samples,
                                       rounding=args.rounding)
@@ -105,7 +105,7 @@ def main():
     header = [
         f"$ {command}",
         f"bench_verify{' (' + args.label + ')' if args.label else ''}: verify_tflite "
-        f"(rounding={args.rounding}) vs certify(method='ibp'), epsilon {args.epsilon}, "
+        f"(rounding={args.rounding}) vs certify(bound='ibp'), epsilon {args.epsilon}, "
         f"{args.samples} Fashion-MNIST test images in one batch, median of {args.repeats}; "
         f"networks trained 1 epoch on {args.train_samples} images; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, backend {keras.backend.backend()}, "

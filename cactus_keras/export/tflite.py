@@ -8,7 +8,7 @@ import tempfile
 import keras
 import numpy as np
 
-from cactus_keras import validation
+from cactus_keras import atomic_write, validation
 
 
 def _network(model_or_network):
@@ -127,14 +127,9 @@ def convert(converter, what, hint=""):
 
 
 def write_file(path, content):
-    """Writes `content` to `path` through a temporary file, so a failed write leaves no
+    """Writes `content` to `path` whole or not at all: a failed write leaves no
     truncated model behind."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        f.write(content)
-    os.replace(temporary, path)
-    return path
+    return atomic_write.write_bytes(path, content)
 
 
 EXPORTERS = ("auto", "litert", "saved_model")
