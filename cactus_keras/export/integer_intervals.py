@@ -117,11 +117,25 @@ def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
     multiplier = np.asarray(multiplier, np.float64)
     _, shift = quantized_multiplier or quantize_multiplier(multiplier)
     ok = requantization_fits(acc_lower, acc_upper, shift)
-    # fixed_point_error covers one- and two-step kernels (and XNNPACK's 0.5) alike.
-    lower, upper = round_bounds(acc_lower * multiplier, acc_upper * multiplier, rounding,
-                                fixed_point_error(shift))
-    lower = np.clip(lower + zero_point, act_min, act_max)
-    upper = np.clip(upper + zero_point, act_min, act_max)
+    v_lower = np.multiply(acc_lower, multiplier, dtype=np.float64)
+    v_upper = np.multiply(acc_upper, multiplier, dtype=np.float64)
+    largest = max(largest_magnitude(v_lower), largest_magnitude(v_upper))
+    if rounding == "floor_ceil" and RELATIVE_TOLERANCE * largest < 0.25:
+        # The common case of `round_bounds` (no tolerance excess anywhere), fused: the
+        # floor/ceil, the zero point and the clamp in place, clamped before the cast so
+        # no out-of-range value is ever converted.
+        np.floor(v_lower, out=v_lower)
+        np.ceil(v_upper, out=v_upper)
+        lower, upper = v_lower, v_upper
+        for bound in (lower, upper):
+            bound += zero_point
+            np.clip(bound, act_min, act_max, out=bound)
+        lower, upper = lower.astype(np.int64), upper.astype(np.int64)
+    else:
+        # fixed_point_error covers one- and two-step kernels (and XNNPACK's 0.5) alike.
+        lower, upper = round_bounds(v_lower, v_upper, rounding, fixed_point_error(shift))
+        lower = np.clip(lower + zero_point, act_min, act_max)
+        upper = np.clip(upper + zero_point, act_min, act_max)
     if ok is True:
         return lower, upper
     return np.where(ok, lower, act_min), np.where(ok, upper, act_max)
@@ -166,7 +180,11 @@ class IntervalArithmetic:
         # exact in float64 (integer_linear checks the bound), so the halves are too.
         centre = linear(lower + upper)
         radius = linear(upper - lower, absolute=True)
-        return (centre - radius) * 0.5, (centre + radius) * 0.5
+        low = centre - radius
+        low *= 0.5
+        centre += radius
+        centre *= 0.5
+        return low, centre
 
     def requantize(self, accumulator, requantization):
         r = requantization

@@ -122,22 +122,32 @@ class _ExactProduct:
             start = low
         return chunks
 
-    def product(self, rows, x_bound, absolute):
+    def product(self, rows, x_bound, absolute, transposed=False):
         """rows (M, depth) of integers with |rows| <= x_bound -> exact (M, units), float32
-        where one chunk covers the depth (the caller widens it), else float64."""
+        where one chunk covers the depth (the caller widens it), else float64.
+
+        `transposed`: rows are given as (depth, M), so that every depth chunk is a
+        contiguous block that BLAS reads as it is (no copy)."""
         chunks = self.plan(x_bound)
         weights = self.absolute if absolute else self.matrix
         if chunks is None:
-            return np.asarray(rows, np.float64) @ weights[np.float64]
+            rows = np.asarray(rows, np.float64)
+            return (rows.T if transposed else rows) @ weights[np.float64]
         rows = np.asarray(rows, np.float32)
         w = weights[np.float32]
         if len(chunks) == 1:
-            return rows @ w
+            return (rows.T if transposed else rows) @ w
         out = None
         for start, end in chunks:
-            # A contiguous copy: BLAS runs at half speed on a strided column slice.
-            part = np.ascontiguousarray(rows[:, start:end]) @ w[start:end]
-            out = part.astype(np.float64) if out is None else out + part
+            if transposed:
+                part = rows[start:end].T @ w[start:end]
+            else:
+                # A contiguous copy: BLAS runs at half speed on a strided column slice.
+                part = np.ascontiguousarray(rows[:, start:end]) @ w[start:end]
+            if out is None:
+                out = part.astype(np.float64)
+            else:
+                out += part
         return out
 
 
@@ -164,13 +174,14 @@ class Convolution(_ExactProduct):
         self.out_channels = out_channels
 
     def columns(self, x):
-        """(N * out_h * out_w, kh * kw * C) rows of kernel windows."""
+        """The kernel windows, transposed: (kh * kw * C, N * out_h * out_w), one
+        contiguous block of C rows per tap, in the weights' (kh, kw, C) depth order."""
         (kh, kw), (strides, dilations, out_hw, pads) = self.kernel, self.geometry
         n, channels = x.shape[0], x.shape[-1]
-        cols = np.empty((n,) + tuple(out_hw) + (kh, kw, channels), x.dtype)
+        cols = np.empty((kh, kw, channels, n) + tuple(out_hw), x.dtype)
         for i, j, view in taps(x, kh, kw, strides, dilations, out_hw, pads, 0):
-            cols[:, :, :, i, j, :] = view
-        return cols.reshape(-1, kh * kw * channels)
+            cols[i, j] = view.transpose(3, 0, 1, 2)
+        return cols.reshape(kh * kw * channels, -1)
 
     def __call__(self, x, absolute=False):
         """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
@@ -181,7 +192,8 @@ class Convolution(_ExactProduct):
         chunk = max(1, BLOCK_ELEMENTS // max(rows_per_sample, 1))
         out = np.empty((x.shape[0],) + out_hw + (self.out_channels,), np.float64)
         for start in range(0, x.shape[0], chunk):
-            block = self.product(self.columns(x[start: start + chunk]), bound, absolute)
+            block = self.product(self.columns(x[start: start + chunk]), bound, absolute,
+                                 transposed=True)
             out[start: start + chunk] = block.reshape((-1,) + out_hw + (self.out_channels,))
         return out
 

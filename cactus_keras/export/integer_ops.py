@@ -192,11 +192,19 @@ class AffineRule(OpRule):
 
     def __call__(self, arithmetic, value):
         batch = value[0].shape[0]
-        centred = _map(lambda v: self.layout(v) - self.zp_in, value)
+        # q - zp lies in [-255, 255]: exact in float32, which the linear maps compute in.
+        centred = _map(lambda v: np.subtract(self.layout(v), self.zp_in, dtype=np.float32),
+                       value)
         accumulator = arithmetic.accumulate(self.linear, *centred)
-        # Channels last, so per-channel multipliers broadcast.
-        accumulator = _map(lambda a: a.reshape(batch, -1, self.channels) + self.bias,
-                           accumulator)
+
+        def add_bias(a):
+            # Channels last, so per-channel multipliers broadcast. In place: the
+            # accumulator is a fresh array of its own.
+            a = a.reshape(batch, -1, self.channels)
+            a += self.bias
+            return a
+
+        accumulator = _map(add_bias, accumulator)
         return arithmetic.requantize(accumulator, self.requantization)
 
 
