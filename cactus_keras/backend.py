@@ -154,28 +154,59 @@ _DISTRIBUTE_BACKEND = {"mirrored": "tensorflow", "multi-worker": "tensorflow",
 # One engine object per kind and process: TensorFlow's collectives are set up once.
 _engines = {}
 _active = []
+_defaults = []
 
 
-def check_distribute(distribute):
-    """`distribute` if it names an engine of the current backend; else a ValueError."""
+def check_distribute(distribute, name="distribute"):
+    """`distribute` if it names an engine of the current backend; else a ValueError
+    that calls the setting `name` (the API parameter, CLI flag or TOML key)."""
     if distribute not in DISTRIBUTE:
-        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {distribute!r}.")
+        raise ValueError(f"{name} must be one of {', '.join(DISTRIBUTE)}, got {distribute!r}.")
     needed = _DISTRIBUTE_BACKEND.get(distribute)
-    name = _backend()
-    if needed is not None and name != needed:
-        other = "data-parallel" if name == "jax" else "mirrored or multi-worker"
+    current = _backend()
+    if needed is not None and current != needed:
+        other = "data-parallel" if current == "jax" else "mirrored or multi-worker"
         raise ValueError(
-            f"distribute {distribute!r} runs on the {needed} backend, and KERAS_BACKEND is "
-            f"{name!r}: set KERAS_BACKEND={needed}, or use distribute {other} on {name}."
+            f"{name} {distribute!r} runs on the {needed} backend, and KERAS_BACKEND is "
+            f"{current!r}: set KERAS_BACKEND={needed}, or use {other} on {current}."
         )
     if distribute == "multi-worker" and not os.environ.get("TF_CONFIG"):
         raise ValueError(
-            "distribute 'multi-worker' needs TF_CONFIG, the cluster and this process's "
+            f"{name} 'multi-worker' needs TF_CONFIG, the cluster and this process's "
             'place in it, e.g. TF_CONFIG=\'{"cluster": {"worker": ["127.0.0.1:12345", '
             '"127.0.0.1:12346"]}, "task": {"type": "worker", "index": 0}}\' (README: '
             '"Several devices and machines").'
         )
     return distribute
+
+
+@contextlib.contextmanager
+def distribute_default(distribute):
+    """Sets the `distribute` that training uses when not given one
+    (`cactus_keras.experiments.train`, the experiment runner, `CactusHyperModel`); the
+    CLI's `--distribute`."""
+    _defaults.append(check_distribute(distribute))
+    try:
+        yield
+    finally:
+        _defaults.pop()
+
+
+def resolve_distribute(distribute=None, fallback="none"):
+    """`distribute` if given, else the innermost `distribute_default`, else `fallback`."""
+    if distribute is not None:
+        return distribute
+    return _defaults[-1] if _defaults else fallback
+
+
+def worker_directory(path, distribute):
+    """Where this process writes what would go to `path`: `path` itself, except on the
+    workers other than the chief of a multi-worker run, which each train the same
+    weights and write into `path/worker<index>` instead of over the chief's files."""
+    if distribute != "multi-worker":
+        return path
+    index, chief = worker_task()
+    return path if chief else os.path.join(path, f"worker{index}")
 
 
 def active_distribution():
