@@ -150,3 +150,63 @@ def test_worker_task(monkeypatch, config, expected):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert backend.worker_task() == expected
+
+
+# ----- the CLI flag and the TOML key -----
+
+def test_cli_distribute_of_another_backend_exits_2_with_the_flag(tmp_path, capsys):
+    from cactus_keras import cli
+
+    code = cli.main(["train", "--dataset", "unused.npz", "--epsilon", "0.1",
+                     "--output", str(tmp_path / "run"), "--distribute", "data-parallel"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--distribute 'data-parallel' runs on the jax backend" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_cli_unknown_distribute(capsys):
+    from cactus_keras import cli
+
+    assert cli.main(["experiment", "unused.toml", "--output", "x", "--distribute", "two"]) == 2
+    assert "--distribute must be one of none, mirrored" in capsys.readouterr().err
+
+
+def test_multi_worker_workers_write_beside_the_chief(monkeypatch, tmp_path):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": 1}}))
+    assert backend.worker_directory(str(tmp_path), "multi-worker") == str(tmp_path / "worker1")
+    assert backend.worker_directory(str(tmp_path), "mirrored") == str(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": 0}}))
+    assert backend.worker_directory(str(tmp_path), "multi-worker") == str(tmp_path)
+
+
+def _experiment(**experiment):
+    from cactus_keras.experiments import parse_config
+
+    return parse_config({
+        "experiment": {"dataset": "fashion_mnist", "epsilon": 0.1, **experiment},
+        "methods": {"c": {"method": "cactus"}},
+    })
+
+
+def test_toml_distribute_is_read_and_checked():
+    from cactus_keras.experiments import ConfigError
+
+    assert _experiment().distribute == "none"
+    assert _experiment(distribute="mirrored").distribute == "mirrored"
+    with pytest.raises(ConfigError, match=r"\[experiment\] `distribute` 'data-parallel' runs on the jax"):
+        _experiment(distribute="data-parallel")
+    with pytest.raises(ConfigError, match=r"\[experiment\] `distribute` must be one of"):
+        _experiment(distribute=2)
+
+
+def test_distribute_default_is_what_training_resolves():
+    assert backend.resolve_distribute() == "none"
+    assert backend.resolve_distribute(fallback="mirrored") == "mirrored"
+    with backend.distribute_default("mirrored"):
+        assert backend.resolve_distribute(fallback="none") == "mirrored"
+        assert backend.resolve_distribute("none") == "none"
+    assert backend.resolve_distribute() == "none"
