@@ -275,9 +275,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         with self._scope():
-            return self._build(hp)
+            return self._build_model(hp)
 
-    def _build(self, hp):
+    def _build_model(self, hp):
         self.build_count += 1
         values = self.declare(hp)
         if self.seed is not None:
