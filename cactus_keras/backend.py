@@ -7,6 +7,7 @@ knows about TensorFlow and JAX.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import keras
 
@@ -94,6 +95,9 @@ def gradients(fn, values):
     """Gradients of the scalar `fn(values)` with respect to the list `values`.
 
     Usable inside a traced training step (nested in its own gradient computation).
+    In a replica of a `tf.distribute` step `fn` is this replica's share of the loss
+    (see `sum_over_replicas`) and the gradients are summed over the replicas, as the
+    optimizer's are, so every replica gets the gradient of the global batch.
     """
     if _backend() == "jax":
         import jax
@@ -106,4 +110,165 @@ def gradients(fn, values):
         for v in values:
             tape.watch(v)
         loss = fn(values)
-    return tape.gradient(loss, values)
+    return [sum_over_replicas(g) for g in tape.gradient(loss, values)]
+
+
+def _replica_context():
+    """The `tf.distribute` replica context of a step over several replicas, or None
+    (one device, outside a step, or JAX)."""
+    if _backend() == "jax":
+        # A JAX step, under `keras.distribution.DataParallel` too, is one program over
+        # the whole global batch: its sums are global already.
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def replica_count():
+    """How many replicas add up the losses of a training step: those of the
+    `tf.distribute` strategy the step runs under, else 1."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def sum_over_replicas(value):
+    """`value` summed over the replicas of a `tf.distribute` step (itself elsewhere).
+
+    Keras sums the replicas' losses and gradients without scaling a `compute_loss` of
+    one's own, so a loss that is a mean must divide by the global batch's count, which
+    this gives.
+    """
+    context = _replica_context()
+    return value if context is None else context.all_reduce("sum", value)
+
+
+# How training is spread over devices and processes (API `distribute`, CLI
+# `--distribute`, TOML [experiment] `distribute`), and the backend each engine is on.
+DISTRIBUTE = ("none", "mirrored", "multi-worker", "data-parallel")
+_DISTRIBUTE_BACKEND = {"mirrored": "tensorflow", "multi-worker": "tensorflow",
+                       "data-parallel": "jax"}
+# One engine object per kind and process: TensorFlow's collectives are set up once.
+_engines = {}
+_active = []
+_defaults = []
+
+
+def check_distribute(distribute, name="distribute"):
+    """`distribute` if it names an engine of the current backend; else a ValueError
+    that calls the setting `name` (the API parameter, CLI flag or TOML key)."""
+    if distribute not in DISTRIBUTE:
+        raise ValueError(f"{name} must be one of {', '.join(DISTRIBUTE)}, got {distribute!r}.")
+    needed = _DISTRIBUTE_BACKEND.get(distribute)
+    current = _backend()
+    if needed is not None and current != needed:
+        other = "data-parallel" if current == "jax" else "mirrored or multi-worker"
+        raise ValueError(
+            f"{name} {distribute!r} runs on the {needed} backend, and KERAS_BACKEND is "
+            f"{current!r}: set KERAS_BACKEND={needed}, or use {other} on {current}."
+        )
+    if distribute == "multi-worker" and not os.environ.get("TF_CONFIG"):
+        raise ValueError(
+            f"{name} 'multi-worker' needs TF_CONFIG, the cluster and this process's "
+            'place in it, e.g. TF_CONFIG=\'{"cluster": {"worker": ["127.0.0.1:12345", '
+            '"127.0.0.1:12346"]}, "task": {"type": "worker", "index": 0}}\' (README: '
+            '"Several devices and machines").'
+        )
+    return distribute
+
+
+@contextlib.contextmanager
+def distribute_default(distribute):
+    """Sets the `distribute` that training uses when not given one
+    (`cactus_keras.experiments.train`, the experiment runner, `CactusHyperModel`); the
+    CLI's `--distribute`."""
+    _defaults.append(check_distribute(distribute))
+    try:
+        yield
+    finally:
+        _defaults.pop()
+
+
+def resolve_distribute(distribute=None, fallback="none"):
+    """`distribute` if given, else the innermost `distribute_default`, else `fallback`."""
+    if distribute is not None:
+        return distribute
+    return _defaults[-1] if _defaults else fallback
+
+
+def worker_directory(path, distribute):
+    """Where this process writes what would go to `path`: `path` itself, except on the
+    workers other than the chief of a multi-worker run, which each train the same
+    weights and write into `path/worker<index>` instead of over the chief's files."""
+    if distribute != "multi-worker":
+        return path
+    index, chief = worker_task()
+    return path if chief else os.path.join(path, f"worker{index}")
+
+
+def active_distribution():
+    """The `distribute` kind of the innermost `distribution_scope`, "none" outside."""
+    return _active[-1] if _active else "none"
+
+
+def _engine(distribute):
+    if distribute not in _engines:
+        if distribute == "data-parallel":
+            _engines[distribute] = keras.distribution.DataParallel()
+        else:
+            import tensorflow as tf
+
+            _engines[distribute] = (tf.distribute.MirroredStrategy() if distribute == "mirrored"
+                                    else tf.distribute.MultiWorkerMirroredStrategy())
+    return _engines[distribute]
+
+
+@contextlib.contextmanager
+def distribution_scope(distribute="none"):
+    """Builds, compiles and fits the models made inside over several devices or workers.
+
+    "mirrored": `tf.distribute.MirroredStrategy` over this machine's devices;
+    "multi-worker": `tf.distribute.MultiWorkerMirroredStrategy` over the processes that
+    `TF_CONFIG` names (each runs the same program); "data-parallel":
+    `keras.distribution.DataParallel` over the JAX devices. The batch size is the global
+    one. Inside a scope of the same kind it does nothing more.
+
+    Example:
+
+    ```python
+    with cactus_keras.backend.distribution_scope("mirrored"):
+        model = cactus_keras.CactusModel(net, epsilon=0.1)
+        model.compile(optimizer="adam")
+        model.fit(x, y, batch_size=256)
+    ```
+    """
+    check_distribute(distribute)
+    current = active_distribution()
+    if distribute in ("none", current):
+        yield
+        return
+    if current != "none":
+        raise ValueError(
+            f"distribute {distribute!r} inside distribute {current!r}: pick one of them."
+        )
+    _active.append(distribute)
+    try:
+        with _engine(distribute).scope():
+            yield
+    finally:
+        _active.pop()
+
+
+def worker_task():
+    """`(index, is_chief)` of this process in a multi-worker cluster (TF_CONFIG);
+    `(0, True)` without one. The chief is the `chief` task, else worker 0."""
+    import json
+
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    has_chief = bool((config.get("cluster") or {}).get("chief"))
+    return index, kind == "chief" or (kind == "worker" and index == 0 and not has_chief)

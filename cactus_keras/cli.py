@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -359,7 +360,44 @@ def build_parser():
 
     add_experiment(subparsers)
     add_tune(subparsers)
+    _add_distribute(subparsers)
     return parser
+
+
+# Commands that train, and the argument naming where each writes, which a multi-worker
+# worker other than the chief moves to DIR/worker<index> (the experiment runner does
+# it itself, since its config may ask for multi-worker too).
+DISTRIBUTED_COMMANDS = {"train": "output", "experiment": None, "tune": "directory"}
+
+
+def _add_distribute(subparsers):
+    for command in DISTRIBUTED_COMMANDS:
+        subparsers.choices[command].add_argument(
+            "--distribute", default=None,
+            help="train over devices or machines: none (default), mirrored (this machine's "
+            "devices, TensorFlow), multi-worker (the processes of TF_CONFIG, TensorFlow), "
+            "data-parallel (the JAX devices); --batch-size is the global batch",
+        )
+
+
+@contextlib.contextmanager
+def _distributed(args):
+    """The `--distribute` of a training command, as the default of everything it trains."""
+    distribute = getattr(args, "distribute", None)
+    if distribute is None:
+        yield
+        return
+    from cactus_keras import backend
+
+    backend.check_distribute(distribute, "--distribute")
+    attribute = DISTRIBUTED_COMMANDS.get(args.command)
+    if attribute is not None:
+        moved = backend.worker_directory(getattr(args, attribute), distribute)
+        if moved != getattr(args, attribute):
+            print(f"multi-worker: this worker writes into {moved}")
+            setattr(args, attribute, moved)
+    with backend.distribute_default(distribute):
+        yield
 
 
 def main(argv=None):
@@ -367,7 +405,17 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with _distributed(args):
+            return args.run(args)
+    except ModuleNotFoundError as exc:
+        # An optional part (TFLite, TF-MOT, TFDS, KerasTuner) without its extra.
+        from cactus_keras import extras
+
+        message = extras.message_for(exc)
+        if message is None:
+            raise
+        print(f"cactus-keras {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"cactus-keras {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -36,3 +36,52 @@ def tuner_is_chief():
     from keras_tuner.src.distribute import utils
 
     return utils.is_chief_oracle()
+
+
+def symbolic_build(model, parent_build, iterator=None, data_batch=None):
+    """Keras's `_maybe_symbolic_build` (TensorFlow trainer), fed one replica's batch.
+
+    Keras builds the optimizer and metrics on the first batch of a distributed dataset,
+    reduced with `strategy.reduce` over the whole (x, y, sample_weight) structure,
+    which `MultiWorkerMirroredStrategy` refuses (it reduces single tensors only). The
+    build needs shapes, not values: one replica's batch has them.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if iterator is None or strategy is None:
+        return parent_build(iterator=iterator, data_batch=data_batch)
+    import tensorflow as tf
+    from keras import tree
+
+    for _, _, batches in iterator:
+        batch = next(batches)
+        break
+    else:
+        return parent_build(iterator=None, data_batch=data_batch)
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return parent_build(iterator=None, data_batch=tree.map_structure(local, batch))
+
+
+def step_logs(logs):
+    """The logs a train or test step returns, shaped for Keras's reduction over replicas.
+
+    Under `MultiWorkerMirroredStrategy` Keras 3 averages every log over the workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+    (tensorflow/tensorflow#72388): there each log is returned as a vector of one value,
+    which that reduction turns back into a scalar. Epoch logs are read from the metrics
+    themselves, summed over the workers.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, (1,)) for name, value in logs.items()}

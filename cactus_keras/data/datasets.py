@@ -435,6 +435,9 @@ def _read_npz(path):
 
 def _read_tfds(tfds_name):
     # Imported lazily: it pulls in TensorFlow and is only a last resort.
+    from cactus_keras import extras
+
+    extras.require("tensorflow_datasets", f"Loading {tfds_name!r} from TensorFlow Datasets")
     import tensorflow_datasets as tfds
 
     splits = tfds.load(

@@ -8,6 +8,8 @@ dataset = "fashion_mnist"      # a name or a path (IDX directory or .npz)
 epsilon = 0.1
 seeds = 1                      # runs per method (seeds 0 .. seeds-1); --seeds overrides
 test_samples = 10000           # evaluate on the first N test samples (default: all)
+distribute = "none"            # training over devices/workers: none, mirrored,
+                               # multi-worker, data-parallel; --distribute overrides
 
 [training]                     # TrainConfig fields shared by the trained methods
 arch = "cnn3"
@@ -37,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from cactus_keras import validation
+from cactus_keras import backend, validation
 from cactus_keras.experiments.errors import ConfigError
 from cactus_keras.experiments.evaluation import check_evaluation, check_keys
 from cactus_keras.experiments.methods import make_method
@@ -48,7 +50,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-EXPERIMENT_KEYS = {"name", "description", "dataset", "epsilon", "seeds", "test_samples", "download"}
+EXPERIMENT_KEYS = {"name", "description", "dataset", "epsilon", "seeds", "test_samples", "download",
+                   "distribute"}
 
 
 @dataclasses.dataclass
@@ -66,6 +69,8 @@ class ExperimentConfig:
     download: bool = True
     description: str = ""
     path: str | None = None
+    # How training runs are spread over devices (not part of any run's results).
+    distribute: str = "none"
 
     def train_config(self, overrides, seed):
         """The TrainConfig of a trained run: [training], then the run's overrides."""
@@ -135,6 +140,11 @@ def parse_config(data, path=None, seeds=None):
             validation.check_positive_int(test_samples, "test_samples")
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where} [experiment]: {exc}") from None
+    distribute = experiment.get("distribute", "none")
+    try:
+        backend.check_distribute(distribute, f"{where} [experiment] `distribute`")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     training = _table(data, "training", where)
     check_keys(training, TRAIN_FIELDS, f"{where} [training]")
     evaluation = check_evaluation(_table(data, "evaluation", where), f"{where} [evaluation]")
@@ -157,6 +167,7 @@ def parse_config(data, path=None, seeds=None):
         test_samples=test_samples,
         download=bool(experiment.get("download", True)),
         path=path,
+        distribute=distribute,
     )
     for run_name, options in methods_table.items():
         if not isinstance(options, dict):
@@ -176,7 +187,21 @@ def parse_config(data, path=None, seeds=None):
                     "own; use a cactus or ibp-then-compress run."
                 )
     config.ordered_runs()
+    _check_optional_modules(config, where)
     return config
+
+
+def _check_optional_modules(config, where):
+    # Before any training: a missing extra must not stop an experiment halfway.
+    from cactus_keras import extras
+
+    for run_name, method in config.methods.items():
+        for module, what in method.requires():
+            if not extras.available(module):
+                raise ConfigError(
+                    f"{where} [methods.{run_name}]: {extras.missing_message(module, what)} "
+                    "Or drop that step from the config (tflite = false, no tfmot run)."
+                )
 
 
 def load_config(path, seeds=None):

@@ -29,7 +29,7 @@ import os
 import keras
 import numpy as np
 
-from cactus_keras import atomic_write, validation
+from cactus_keras import atomic_write, backend, validation
 from cactus_keras.experiments.errors import ConfigError
 from cactus_keras.experiments.evaluation import check_evaluation
 from cactus_keras.experiments.training import TRAIN_FIELDS
@@ -143,6 +143,11 @@ def export_row(network, ctx, name):
     return tflite_row(path, ctx)
 
 
+def _tflite_modules(key="[evaluation] tflite"):
+    what = f"{key} = true (the int8 .tflite export and its verification)"
+    return [("tensorflow", what), ("ai_edge_litert", what)]
+
+
 # ----- the methods -----
 
 class Method:
@@ -169,6 +174,10 @@ class Method:
         """Validates `self.settings`; raise ConfigError."""
 
     def sources(self):
+        return []
+
+    def requires(self):
+        """`(module, what needs it)` of the optional modules this run will import."""
         return []
 
     def spec(self):
@@ -206,6 +215,9 @@ class TrainedMethod(Method):
 
     def check_compression(self, compression):
         pass
+
+    def requires(self):
+        return _tflite_modules() if self.config.evaluation["tflite"] else []
 
     def spec(self):
         train_config = self.config.train_config(self.overrides(), seed=0).to_dict()
@@ -357,6 +369,16 @@ class IBPThenFinetune(_FromSource):
                            standard_weight=self.setting("standard_weight"),
                            input_range=ctx.input_range, include_full_network=False)
 
+    def requires(self):
+        return _tflite_modules("tflite") if self.setting("tflite") and 8 in self.setting("bits") else []
+
+    def _fine_tuned(self, member, ctx, path):
+        """The source network compressed by `member` and fine-tuned (over the devices of
+        the run's `distribute`), saved at `path` and loaded back on one device."""
+        with backend.distribution_scope(backend.resolve_distribute()):
+            self._fine_tune(self._model(member, ctx), ctx).save(path)
+        return keras.saving.load_model(path, compile=False)
+
     def run(self, ctx):
         from cactus_keras.compression import FixedMaskPruning, StraightThroughQuantization
 
@@ -365,18 +387,16 @@ class IBPThenFinetune(_FromSource):
         for ratio in self.setting("prune_ratios"):
             def prune(ratio=ratio):
                 ctx.log(f"fine-tuning the network pruned at {ratio:g} ({method})")
-                model = self._model(FixedMaskPruning(ratio, pruning_method=method), ctx)
-                network = self._fine_tune(model, ctx)
-                network.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
+                network = self._fine_tuned(FixedMaskPruning(ratio, pruning_method=method), ctx,
+                                           os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
                 return grid_rows(network, ctx, [ratio], [])
 
             rows += ctx.cached(f"prune_{ratio:g}", prune)
         for bits in self.setting("bits"):
             def quantize(bits=bits):
                 ctx.log(f"fine-tuning the {bits}-bit network (straight-through estimator)")
-                model = self._model(StraightThroughQuantization(bits), ctx)
-                network = self._fine_tune(model, ctx)
-                network.save(os.path.join(ctx.directory, f"quantized_{bits}bit.keras"))
+                network = self._fine_tuned(StraightThroughQuantization(bits), ctx, os.path.join(
+                    ctx.directory, f"quantized_{bits}bit.keras"))
                 found = grid_rows(network, ctx, [], [bits])
                 if bits == 8 and self.setting("tflite"):
                     found.append(export_row(network, ctx, "quantized_8bit"))
@@ -407,6 +427,11 @@ class TFMOT(_FromSource):
         super().check()
         if not isinstance(self.settings["quantize"], bool):
             raise ConfigError(f"{self.where}: `quantize` must be true or false.")
+
+    def requires(self):
+        found = [("tensorflow_model_optimization", 'method = "tfmot"'),
+                 ("tf_keras", 'method = "tfmot"')]
+        return found + (_tflite_modules("quantize") if self.settings["quantize"] else [])
 
     def run(self, ctx):
         from cactus_keras.certification.certificates import certify

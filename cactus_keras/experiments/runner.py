@@ -51,13 +51,20 @@ def _preflight(config, data, output):
                     )
 
 
-def run_experiment(config, output, *, verbose=None, progress=True, command=None):
+def run_experiment(config, output, *, verbose=None, progress=True, command=None,
+                   distribute=None):
     """Runs every method of `config` for each seed, then writes the results into
     `output` (results.json, results.csv, runs.csv, report.md, PNG plots).
 
     Runs whose results are already in `output` are not run again; a run that was
     interrupted resumes at its last finished step (training, each evaluation).
     Returns the path of report.md.
+
+    `distribute` (default: the `backend.distribute_default`, else [experiment]
+    `distribute`) spreads the training of the cactus, ibp-then-compress and
+    ibp-then-finetune runs over devices or workers; evaluation, export and TF-MOT run
+    on one device. On a multi-worker run the workers other than the chief write into
+    `output/worker<index>`.
 
     Example:
 
@@ -66,6 +73,16 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None)
     cactus_keras.experiments.run_experiment(config, "runs/fmnist")
     ```
     """
+    from cactus_keras import backend
+
+    distribute = backend.check_distribute(
+        backend.resolve_distribute(distribute, fallback=config.distribute))
+    output = backend.worker_directory(output, distribute)
+    with backend.distribute_default(distribute):
+        return _run(config, output, verbose, progress, command)
+
+
+def _run(config, output, verbose, progress, command):
     from tqdm.auto import tqdm
 
     from cactus_keras.data import load

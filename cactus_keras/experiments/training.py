@@ -7,7 +7,7 @@ import os
 
 import keras
 
-from cactus_keras import atomic_write, models, validation
+from cactus_keras import atomic_write, backend, models, validation
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.pruning import Pruning
@@ -140,36 +140,46 @@ def schedule_callbacks(config):
     return ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
 
 
-def train(config, data, output_dir, verbose=2, callbacks=()):
+def train(config, data, output_dir, verbose=2, callbacks=(), distribute=None):
     """Trains `config` on `data` (a `cactus_keras.data.Dataset`) and saves the run.
 
     Writes `model.keras` (the CactusModel), `network.keras` (the plain network),
     `training_log.csv` and `config.json` into `output_dir`. Returns the model.
+
+    `distribute` ("none", "mirrored", "multi-worker" or "data-parallel"; default the
+    `backend.distribute_default`, else "none") spreads each batch of
+    `config.batch_size` (the global batch) over devices or workers; the model is built,
+    compiled and fitted in the engine's scope. On a multi-worker run every worker runs
+    this; give the workers other than the chief their own `output_dir`
+    (`backend.worker_directory(output_dir, "multi-worker")`).
     """
+    distribute = backend.check_distribute(backend.resolve_distribute(distribute))
     os.makedirs(output_dir, exist_ok=True)
     x, y = data.x_train, data.y_train
     if config.limit is not None:
         x, y = x[: config.limit], y[: config.limit]
-    model = build_model(config, data.input_shape, data.num_classes, data.input_range)
     validation_data = None
     if config.validation_samples:
         n = config.validation_samples
         validation_data = (data.x_test[:n], data.y_test[:n])
     atomic_write.write_json(os.path.join(output_dir, "config.json"),
-                            {**config.to_dict(), "data_source": data.source})
-    model.fit(
-        x,
-        y,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=validation_data,
-        callbacks=[
-            *schedule_callbacks(config),
-            keras.callbacks.CSVLogger(os.path.join(output_dir, "training_log.csv")),
-            *callbacks,
-        ],
-        verbose=verbose,
-    )
+                            {**config.to_dict(), "data_source": data.source,
+                             "distribute": distribute})
+    with backend.distribution_scope(distribute):
+        model = build_model(config, data.input_shape, data.num_classes, data.input_range)
+        model.fit(
+            x,
+            y,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            validation_data=validation_data,
+            callbacks=[
+                *schedule_callbacks(config),
+                keras.callbacks.CSVLogger(os.path.join(output_dir, "training_log.csv")),
+                *callbacks,
+            ],
+            verbose=verbose,
+        )
     model.save(os.path.join(output_dir, "model.keras"))
     model.network.save(os.path.join(output_dir, "network.keras"))
     return model

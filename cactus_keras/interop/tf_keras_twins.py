@@ -22,7 +22,7 @@ import inspect
 import keras
 import numpy as np
 
-from cactus_keras import keras_internals, validation
+from cactus_keras import extras, keras_internals, validation
 
 _MODULE = "tensorflow_model_optimization"
 
@@ -218,6 +218,7 @@ def tf_keras_twin(network):
     np.testing.assert_allclose(twin.predict(x), network.predict(x), atol=1e-5)
     ```
     """
+    extras.require("tf_keras", "A tf_keras (Keras 2) twin for TF-MOT")
     import tf_keras
 
     network = check_network(network)

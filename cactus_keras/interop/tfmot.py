@@ -30,7 +30,7 @@ import warnings
 import keras
 import numpy as np
 
-from cactus_keras import validation
+from cactus_keras import extras, validation
 from cactus_keras.export.tflite import configure_int8, convert, write_file
 from cactus_keras.interop.tf_keras_twins import (
     check_network,
@@ -145,6 +145,7 @@ def tfmot_prune(network, x, y, ratio, *, epochs=1, batch_size=128, learning_rate
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"`ratio` must be in [0, 1) (the fraction of each kernel set to "
                          f"zero), got {ratio!r}.")
+    extras.require("tensorflow_model_optimization", "TF-MOT pruning (tfmot_prune)")
     layer_chain(network)
     _check_logits(network)
     fit = _fit_arguments(network, x, y, epochs, batch_size, learning_rate, seed, verbose)
@@ -217,6 +218,7 @@ def tfmot_quantize_to_tflite(network, x, y, path, *, epochs=1, batch_size=128,
     result = cactus_keras.export.verify_tflite("qat.tflite", x_test, y_test, 0.1)
     ```
     """
+    extras.require("tensorflow_model_optimization", "TF-MOT quantization (tfmot_quantize_to_tflite)")
     import tensorflow as tf
 
     network = check_network(network)

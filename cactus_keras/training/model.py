@@ -7,7 +7,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from cactus_keras import keras_internals, validation
+from cactus_keras import backend, keras_internals, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import input_box, margin_lower_bounds
 from cactus_keras.compression.member import MemberContext, check_members
@@ -177,6 +177,12 @@ class CactusModel(keras.Model):
         self._check_arrays(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The TensorFlow trainer's build on a distributed first batch fails under
+        # MultiWorkerMirroredStrategy; see keras_internals.symbolic_build.
+        return keras_internals.symbolic_build(self, super()._maybe_symbolic_build,
+                                              iterator, data_batch)
+
     # The network's inference pass. Training-mode work (batch statistics, bounds) is in
     # compute_loss, so the moving averages are updated exactly once per step.
     def call(self, inputs, training=None):
@@ -216,7 +222,7 @@ class CactusModel(keras.Model):
         def loss(values):
             if evaluate is None:
                 raise ValueError(f"Member {name!r} asked for a loss outside a training step.")
-            return ops.mean(evaluate(self._mapping(kernels, values)).loss)
+            return replica_share_of_mean(evaluate(self._mapping(kernels, values)).loss)
 
         return MemberContext(name=name, step=self.train_steps.value,
                              seed_generator=self.seed_generator, training=training,
@@ -265,24 +271,37 @@ class CactusModel(keras.Model):
         return self.network
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The mean loss over the compression set, weighted by `sample_weight`.
+
+        Under `tf.distribute` each replica returns its share of the global batch's
+        mean (its weighted sum over the weights of the whole global batch), which Keras
+        sums over the replicas: loss, gradients and metrics equal those of one device
+        on the same global batch. Under JAX's `keras.distribution` a step sees the
+        global batch itself.
+        """
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         results = self.member_results(x, labels, training)
         total = 0.0
         for result in results:
-            total = total + _weighted_mean(result.loss, sample_weight)
+            total = total + replica_share_of_mean(result.loss, sample_weight)
         total = total / len(results)
         # Metrics are updated outside the member scopes, whose updates are discarded.
+        # Mean trackers sum their totals and counts over replicas: global-batch values.
         for result in results:
             correct = ops.cast(ops.argmax(result.logits, axis=-1) == labels, "float32")
             proven = ops.cast(losses.certified_mask(labels, result.margin_lower), "float32")
             self._trackers[_metric_name("clean_accuracy", result.name)].update_state(correct)
             self._trackers[_metric_name("certified_accuracy", result.name)].update_state(proven)
-        self._trackers["loss_standard"].update_state(results[0].standard_loss)
-        self._trackers["loss_certified"].update_state(results[0].certified_loss)
+        # The loss parts are weighted as the loss is.
+        weight = None if sample_weight is None else ops.reshape(sample_weight, (-1,))
+        self._trackers["loss_standard"].update_state(results[0].standard_loss, weight)
+        self._trackers["loss_certified"].update_state(results[0].certified_loss, weight)
         if training:
             self.train_steps.assign(self.train_steps.value + 1)
+        # Every replica adds the same regularization terms; Keras sums the replicas.
+        replicas = backend.replica_count()
         for extra in self.losses:
-            total = total + ops.sum(extra)
+            total = total + ops.sum(extra) / replicas
         return total
 
     def _bounds(self, box, labels, x, training):
@@ -294,7 +313,7 @@ class CactusModel(keras.Model):
         compiled = keras_internals.compiled_metrics(self)
         if compiled is not None:
             compiled.update_state(y, y_pred, sample_weight)
-        return self.get_metrics_result()
+        return keras_internals.step_logs(self.get_metrics_result())
 
     def get_config(self):
         config = super().get_config()
@@ -322,8 +341,16 @@ class CactusModel(keras.Model):
         return cls(**config)
 
 
-def _weighted_mean(values, sample_weight):
+def replica_share_of_mean(values, sample_weight=None):
+    """This replica's share of the (weighted) mean of per-sample `values` over the
+    global batch: its weighted sum divided by the weights of the whole global batch.
+
+    On one device (and on JAX, where a step sees the global batch) it is the mean;
+    summed over the replicas of a `tf.distribute` step it is the mean on one device,
+    whatever the replicas' batch sizes.
+    """
     if sample_weight is None:
-        return ops.mean(values)
+        sample_weight = ops.ones_like(values)
     sample_weight = ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
-    return ops.sum(values * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
+    total_weight = backend.sum_over_replicas(ops.stop_gradient(ops.sum(sample_weight)))
+    return ops.sum(values * sample_weight) / ops.maximum(total_weight, 1e-12)

@@ -8,7 +8,7 @@ import math
 import keras
 import keras_tuner
 
-from cactus_keras import validation
+from cactus_keras import backend, validation
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.pruning import Pruning
@@ -144,6 +144,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
         certify_samples: certify only the first N validation samples (None: all).
         seed: seed set before each network is built, so trials differ by their
             hyperparameters only.
+        distribute: "none", "mirrored", "multi-worker" or "data-parallel": each trial
+            is built, compiled and trained over devices or workers (default: the
+            `backend.distribute_default`, the CLI's `--distribute`, else "none").
 
     Example:
 
@@ -186,10 +189,12 @@ class CactusHyperModel(keras_tuner.HyperModel):
         ibp_init=False,
         certify_samples=None,
         seed=0,
+        distribute=None,
         name=None,
         tunable=True,
     ):
         super().__init__(name=name, tunable=tunable)
+        self.distribute = None if distribute is None else backend.check_distribute(distribute)
         if not callable(build_network):
             raise TypeError(
                 f"`build_network` must be a function returning a Keras network, got {build_network!r}."
@@ -265,7 +270,14 @@ class CactusHyperModel(keras_tuner.HyperModel):
         """Declares the hyperparameters on `hp`; returns {name: value}."""
         return {name: _declare(hp, name, self.spaces[name], _BOUNDS[name][2]) for name in self.searched()}
 
+    def _scope(self):
+        return backend.distribution_scope(backend.resolve_distribute(self.distribute))
+
     def build(self, hp):
+        with self._scope():
+            return self._build_model(hp)
+
+    def _build_model(self, hp):
         self.build_count += 1
         values = self.declare(hp)
         if self.seed is not None:
@@ -334,7 +346,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
         epochs = self.epochs or kwargs.get("epochs", 1)
         # Ours first, so KerasTuner's callbacks (which read the objective) see our metrics.
         kwargs["callbacks"] = [*self.callbacks(validation_data, epochs), *kwargs.get("callbacks", [])]
-        return model.fit(*args, **kwargs)
+        with self._scope():
+            return model.fit(*args, **kwargs)
 
 
 def _min(space):

@@ -1,0 +1,90 @@
+"""Two SGD steps of a small CactusModel (a pruned and an AWP member, sample weights)
+under one `distribute` kind; writes the logs and the updated weights to an .npz.
+
+Run by tests/test_distribute.py in subprocesses, because the devices (two logical CPUs
+on TensorFlow, two host devices on JAX) and the cluster (TF_CONFIG) must be set before
+the backend starts:
+
+    python tests/distributed_steps.py OUTPUT_DIR KIND [KIND ...] [--logical-cpus 2]
+
+writes OUTPUT_DIR/KIND.npz for each KIND (none, mirrored, multi-worker or data-parallel;
+one process runs several, which saves a backend start each); the backend is
+KERAS_BACKEND's.
+"""
+
+import argparse
+import os
+import sys
+
+GLOBAL_BATCH = 16
+SAMPLES = 2 * GLOBAL_BATCH  # two steps
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output")
+    parser.add_argument("distribute", nargs="+")
+    parser.add_argument("--logical-cpus", type=int, default=0)
+    args = parser.parse_args()
+    if args.logical_cpus:
+        import tensorflow as tf
+
+        # Before TensorFlow initializes its devices, that is before any op.
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+    for distribute in args.distribute:
+        _steps(distribute, os.path.join(args.output, f"{distribute}.npz"))
+
+
+def _steps(distribute, output):
+    import keras
+    import numpy as np
+
+    import cactus_keras
+    from cactus_keras import backend
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (SAMPLES, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, SAMPLES)
+    sample_weight = rng.uniform(0.2, 2.0, SAMPLES).astype("float32")
+    with backend.distribution_scope(distribute):
+        replicas = _replicas(distribute)
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10),
+        ])
+        # A sampled pruning ratio: every replica draws the same one from the model's
+        # seed generator, whose state they share.
+        model = cactus_keras.CactusModel(
+            net, epsilon=0.05, standard_weight=0.3, seed=1,
+            compression=[cactus_keras.Pruning(ratio=(0.25, 0.75)),
+                         cactus_keras.Quantization(bits=4, awp_radius=1.0)])
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        history = model.fit(x, y, sample_weight=sample_weight, batch_size=GLOBAL_BATCH,
+                            epochs=1, shuffle=False, verbose=0)
+    logs = {f"log_{k}": np.float64(v[-1]) for k, v in history.history.items()}
+    weights = {f"weight_{i}": w for i, w in enumerate(model.network.get_weights())}
+    np.savez(output, replicas=replicas, steps=int(keras.ops.convert_to_numpy(model.train_steps.value)),
+             **logs, **weights)
+
+
+def _replicas(distribute):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.device_count() if distribute == "data-parallel" else 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
