@@ -14,10 +14,16 @@ import os
 
 import numpy as np
 
+from cactus_keras import extras
+
 try:  # The schema module of the LiteRT package; TensorFlow ships the same file.
     from ai_edge_litert import schema_py_generated as schema
-except ImportError:  # pragma: no cover - ai_edge_litert is a dependency
-    from tensorflow.lite.python import schema_py_generated as schema
+except ImportError:
+    try:
+        from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:
+        # Without the `tensorflow` extra, `cactus_keras.export` says which to install.
+        extras.require("ai_edge_litert", "cactus_keras.export (TFLite export and verification)")
 
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
