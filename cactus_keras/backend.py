@@ -107,3 +107,24 @@ def gradients(fn, values):
             tape.watch(v)
         loss = fn(values)
     return tape.gradient(loss, values)
+
+
+def value_and_gradients(fn, values):
+    """`(aux, gradients)` of `fn(values) -> (scalar, aux)` with respect to the list
+    `values`: the scalar is differentiated, `aux` is returned as computed.
+
+    Usable inside a traced function and inside a loop body (`keras.ops.fori_loop`).
+    """
+    if _backend() == "jax":
+        import jax
+
+        (_, aux), grads = jax.value_and_grad(fn, has_aux=True)(list(values))
+        return aux, grads
+    import tensorflow as tf
+
+    values = list(values)
+    with tf.GradientTape() as tape:
+        for v in values:
+            tape.watch(v)
+        loss, aux = fn(values)
+    return aux, tape.gradient(loss, values)
