@@ -215,7 +215,10 @@ class CactusModel(keras.Model):
     def _evaluator(self, x, labels, training):
         """`evaluate(mapping)` -> the `MemberResult` of the network at the variable
         values of `mapping` (None: the network's own values)."""
-        box = input_box(x, self.epsilon.value, self.input_range)
+        # Model variables are read here, outside the members' scopes: on JAX a nested
+        # StatelessScope sees only the network variables of its own mapping.
+        epsilon = self.epsilon.value
+        box = input_box(x, epsilon, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
         # The attack's random start, drawn here: a seed generator inside a member's
         # StatelessScope would not advance. All members start from the same point.
@@ -225,12 +228,13 @@ class CactusModel(keras.Model):
 
         def evaluate(mapping):
             if mapping is None:
-                certified, margins, logits = self._certified_terms(box, labels, x, training, noise)
+                certified, margins, logits = self._certified_terms(
+                    box, epsilon, labels, x, training, noise)
             else:
                 # The attack runs in the scope too: a member's attack attacks it.
                 with keras.StatelessScope(state_mapping=mapping):
                     certified, margins, logits = self._certified_terms(
-                        box, labels, x, training, noise)
+                        box, epsilon, labels, x, training, noise)
             standard = losses.standard_loss(labels, logits)
             return MemberResult(name=None, loss=weight * standard + (1.0 - weight) * certified,
                                 standard_loss=standard, certified_loss=certified,
@@ -328,11 +332,11 @@ class CactusModel(keras.Model):
                                         self.loss_options["attack_steps"])
         return point, forward
 
-    def _certified_terms(self, box, labels, x, training, noise):
+    def _certified_terms(self, box, epsilon, labels, x, training, noise):
         """`(per-sample L_cert, margin lower bounds over the epsilon ball, clean
         logits)` of the network at the current variable values."""
         if self.certified_loss == "sabr":
-            radius = certified_losses.sabr_radius(box, self.epsilon.value,
+            radius = certified_losses.sabr_radius(box, epsilon,
                                                   self.loss_options["sabr_lambda"])
             lower, upper = certified_losses.centre_region(box, radius)
             centre, _ = self._attack(x, labels, lower, upper, noise, training)
