@@ -42,11 +42,10 @@ def _optimised_nodes(graph, interval):
         if node.is_affine or node.inputs[0] not in interval.boxes:
             continue
         box = interval.boxes[node.inputs[0]]
-        if node.rule.relaxation(box.lower, box.upper) is None:
+        relaxation = node.rule.relaxation(box.lower, box.upper)
+        if relaxation is None or node.rule.free_lower_slopes(box.lower, box.upper) is None:
             continue
-        if node.rule.free_lower_slopes(box.lower, box.upper) is None:
-            continue
-        found[node.output] = node.rule.relaxation(box.lower, box.upper).lower_slope
+        found[node.output] = relaxation.lower_slope
     return found
 
 
