@@ -91,13 +91,15 @@ def full_precision():
         tf.config.experimental.enable_tensor_float_32_execution(was_enabled)
 
 
-def gradients(fn, values):
+def gradients(fn, values, per_replica=False):
     """Gradients of the scalar `fn(values)` with respect to the list `values`.
 
     Usable inside a traced training step (nested in its own gradient computation).
     In a replica of a `tf.distribute` step `fn` is this replica's share of the loss
     (see `sum_over_replicas`) and the gradients are summed over the replicas, as the
-    optimizer's are, so every replica gets the gradient of the global batch.
+    optimizer's are, so every replica gets the gradient of the global batch: right for
+    weights (AWP). `per_replica=True` keeps each replica's own gradient: right for its
+    own inputs (an attack on its part of the batch).
     """
     if _backend() == "jax":
         import jax
@@ -110,7 +112,8 @@ def gradients(fn, values):
         for v in values:
             tape.watch(v)
         loss = fn(values)
-    return [sum_over_replicas(g) for g in tape.gradient(loss, values)]
+    grads = tape.gradient(loss, values)
+    return grads if per_replica else [sum_over_replicas(g) for g in grads]
 
 
 def _replica_context():
@@ -272,3 +275,24 @@ def worker_task():
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     has_chief = bool((config.get("cluster") or {}).get("chief"))
     return index, kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+def value_and_gradients(fn, values):
+    """`(aux, gradients)` of `fn(values) -> (scalar, aux)` with respect to the list
+    `values`: the scalar is differentiated, `aux` is returned as computed.
+
+    Usable inside a traced function and inside a loop body (`keras.ops.fori_loop`).
+    """
+    if _backend() == "jax":
+        import jax
+
+        (_, aux), grads = jax.value_and_grad(fn, has_aux=True)(list(values))
+        return aux, grads
+    import tensorflow as tf
+
+    values = list(values)
+    with tf.GradientTape() as tape:
+        for v in values:
+            tape.watch(v)
+        loss, aux = fn(values)
+    return aux, tape.gradient(loss, values)

@@ -20,7 +20,7 @@ def _add_certify(subparsers):
     p.add_argument("--model", required=True, help="path of a model saved with model.save('m.keras')")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="L-infinity radius in the data space ([0, 1] images)")
-    p.add_argument("--bound", default="ibp", help="bound method: ibp (default), crown-ibp, crown or best")
+    p.add_argument("--bound", default="ibp", help="bound method: ibp (default), crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     p.add_argument("--batch-size", type=int, default=None)
@@ -130,6 +130,15 @@ def _add_train(subparsers):
     p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
     p.add_argument("--bound", default="ibp", help="bound method of the certified loss: ibp or crown-ibp")
+    p.add_argument("--certified-loss", default="worst-case",
+                   help="worst-case (default: cross-entropy on the margin lower bounds), mtl-ibp "
+                   "or sabr")
+    p.add_argument("--mtl-alpha", type=float, default=None,
+                   help="mtl-ibp: weight of the worst-case loss, in [0, 1] (default 0.5)")
+    p.add_argument("--sabr-lambda", type=float, default=None,
+                   help="sabr: small box radius as a fraction of epsilon, in (0, 1] (default 0.4)")
+    p.add_argument("--attack-steps", type=int, default=None,
+                   help="mtl-ibp and sabr: PGD steps of the attack inside the loss (default 8)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="epochs of standard training first")
     p.add_argument("--ramp-epochs", type=int, default=None, help="epsilon ramp length (default: half the remaining epochs)")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
@@ -161,6 +170,10 @@ def _run_train(args):
         awp_steps=args.awp_steps,
         standard_weight=args.standard_weight,
         bound=args.bound,
+        certified_loss=args.certified_loss,
+        mtl_alpha=args.mtl_alpha,
+        sabr_lambda=args.sabr_lambda,
+        attack_steps=args.attack_steps,
         warmup_epochs=args.warmup_epochs,
         ramp_epochs=args.ramp_epochs,
         ibp_init=args.ibp_init,
@@ -187,7 +200,7 @@ def _add_evaluate(subparsers):
     p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
     p.add_argument("--pruning-method", default="global_l1", help="comma-separated pruning methods")
     p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
-    p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown or best")
+    p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--no-download", action="store_true")

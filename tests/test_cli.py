@@ -126,6 +126,10 @@ def test_train_then_evaluate(saved, capsys):
         (["--epochs", "1", "--warmup-epochs", "1"], "warmup_epochs"),
         (["--compression", "quant", "--bits", "9"], "2 to 8"),
         (["--compression", "prune+quant", "--awp-radius", "-1"], "eta"),
+        (["--certified-loss", "pgd"], "Unknown `certified_loss`"),
+        (["--certified-loss", "mtl-ibp", "--mtl-alpha", "1.5"], "`mtl_alpha`"),
+        (["--certified-loss", "sabr", "--attack-steps", "0"], "attack_steps"),
+        (["--sabr-lambda", "0.3"], "option of certified_loss 'sabr'"),
     ],
 )
 def test_train_rejects_bad_arguments_before_training(saved, capsys, argv, message):

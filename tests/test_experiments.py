@@ -262,12 +262,33 @@ def test_bad_keys_and_values(tmp_path, no_training):
         (base.replace("epsilon = 0.01", "epsilon = -1"), "epsilon"),
         (base.replace("bits = [8, 4]", "bits = [9]"), "bits"),
         (base.replace("[evaluation]", "[evaluation]\nbound = 'crwn'"), "Unknown `bound` 'crwn'"),
+        (base.replace("[evaluation]", "[evaluation]\nbound_samples = 0"), "bound_samples"),
+        (base.replace('method = "cactus"', 'method = "cactus"\ncertified_loss = "mtl"'),
+         "Unknown `certified_loss` 'mtl'"),
+        (base.replace('method = "cactus"', 'method = "cactus"\ncertified_loss = "mtl-ibp"\nmtl_alpha = 2'),
+         "`mtl_alpha`"),
+        (base.replace('method = "cactus"', 'method = "cactus"\nsabr_lambda = 0.5'),
+         "option of certified_loss 'sabr'"),
         (base + "\n[extra]\n", "unknown key\\(s\\) extra"),
         ("[experiment\n", "not valid TOML"),
     ]
     for text, message in cases:
         with pytest.raises(ConfigError, match=message):
             load_config(_write(tmp_path, text))
+
+
+def test_certified_losses_and_expensive_bounds_in_a_config(tmp_path, no_training):
+    methods = ('[methods.x]\nmethod = "cactus"\ncertified_loss = "mtl-ibp"\nmtl_alpha = 0.3\n'
+               'attack_steps = 2\n[methods.y]\nmethod = "ibp-then-compress"\ncertified_loss = "sabr"\n')
+    text = _config_text("unused.npz", methods).replace(
+        "[evaluation]", '[evaluation]\nbound = "alpha-crown"\nbound_samples = 20')
+    config = load_config(_write(tmp_path, text))
+    x = config.train_config(config.methods["x"].overrides(), seed=0)
+    assert (x.certified_loss, x.mtl_alpha, x.attack_steps) == ("mtl-ibp", 0.3, 2)
+    assert config.train_config(config.methods["y"].overrides(), seed=0).certified_loss == "sabr"
+    assert config.evaluation["bound_samples"] == 20
+    # A change of the loss changes what a run's results mean: its fingerprint changes.
+    assert config.methods["x"].spec() != config.methods["y"].spec()
 
 
 def test_missing_dataset_fails_before_training(tmp_path, no_training, capsys):

@@ -126,10 +126,13 @@ def test_margin_bounds_hold_at_samples_and_pgd_points(name, seed):
             assert np.all(worst >= lower - _tolerance(worst)), method
         own = np.eye(graph.num_classes, dtype=bool)[y]
         np.testing.assert_allclose(lower[own], 0.0, atol=1e-6)
+    # alpha-CROWN keeps CROWN's bound in its maximum: never looser, exactly.
+    assert np.all(lower_by_method["alpha-crown"] >= lower_by_method["crown"])
     best = lower_by_method["best"]
     assert np.all(best >= lower_by_method["ibp"] - 1e-6)
     assert np.all(best >= lower_by_method["crown"] - 1e-6)
-    np.testing.assert_allclose(best, np.maximum(lower_by_method["ibp"], lower_by_method["crown"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(best, np.maximum(lower_by_method["ibp"], lower_by_method["alpha-crown"]),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -172,3 +175,39 @@ def test_training_pass_bounds_the_network_with_clean_batch_statistics(name):
         inference = bounds.margin_lower_bounds(bounds.parse_network(copy), box, y, method)
         np.testing.assert_allclose(ops.convert_to_numpy(trained), ops.convert_to_numpy(inference), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ops.convert_to_numpy(logits), copy.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "residual"])
+def test_alpha_crown_optimises_beyond_crown_and_zero_steps_is_crown(name):
+    from cactus_keras.bounds.alpha_crown import alpha_crown_lower_bounds
+
+    net, graph, x, y, _ = _setup(name, 0)
+    box = bounds.input_box(x, 0.1)
+    spec = bounds.margin_specification(y, graph.num_classes)
+    crown = ops.convert_to_numpy(bounds.margin_lower_bounds(graph, box, y, "crown"))
+    zero = ops.convert_to_numpy(alpha_crown_lower_bounds(graph, box, spec, steps=0))
+    np.testing.assert_array_equal(zero, crown)
+    optimised = ops.convert_to_numpy(alpha_crown_lower_bounds(graph, box, spec, steps=10))
+    assert np.all(optimised >= crown)
+    # The optimisation must do something on these unstable networks.
+    assert (optimised - crown).max() > 1e-3
+
+
+def test_alpha_crown_slopes_outside_zero_one_are_clipped_to_a_sound_relaxation():
+    from cactus_keras.bounds.propagation import affine_tail, backward_lower_bound
+
+    net, graph, x, y, epsilon = _setup("mlp", 1)
+    box = bounds.input_box(x, epsilon)
+    spec = bounds.margin_specification(y, graph.num_classes)
+    interval = interval_pass(graph, box, skip=affine_tail(graph), refine=crown_refinement(graph))
+    relu = [n for n in graph.nodes if not n.is_affine
+            and n.rule.free_lower_slopes(interval.boxes[n.inputs[0]].lower,
+                                         interval.boxes[n.inputs[0]].upper) is not None]
+    assert relu
+    shape = interval.boxes[relu[0].inputs[0]].lower.shape
+    wild = {relu[0].output: ops.full((shape[0], graph.num_classes, *shape[1:]), 5.0)}
+    clipped = {relu[0].output: ops.ones((shape[0], graph.num_classes, *shape[1:]))}
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(backward_lower_bound(graph, graph.output, spec, interval, lower_slopes=wild)),
+        ops.convert_to_numpy(backward_lower_bound(graph, graph.output, spec, interval, lower_slopes=clipped)))

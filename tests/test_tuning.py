@@ -229,3 +229,23 @@ def test_command_line_does_not_import_keras_tuner():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_mtl_ibp_searches_its_alpha_and_the_other_losses_do_not():
+    import keras_tuner
+
+    import cactus_keras
+    from cactus_keras.tuning import CactusHyperModel
+
+    def build():
+        return cactus_keras.models.cnn3((12, 12, 1), 3)
+
+    hypermodel = CactusHyperModel(build, 0.01, "prune:0.5", certified_loss="mtl-ibp", attack_steps=2)
+    assert "mtl_alpha" in hypermodel.searched()
+    model = hypermodel.build(keras_tuner.HyperParameters())
+    assert model.certified_loss == "mtl-ibp"
+    assert 0.05 <= model.loss_options["mtl_alpha"] <= 0.95 and model.loss_options["attack_steps"] == 2
+    for loss in ("worst-case", "sabr"):
+        assert "mtl_alpha" not in CactusHyperModel(build, 0.01, "prune:0.5", certified_loss=loss).searched()
+    with pytest.raises(ValueError, match="option of certified_loss 'sabr'"):
+        CactusHyperModel(build, 0.01, "prune:0.5", sabr_lambda=0.3)

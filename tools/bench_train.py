@@ -1,5 +1,6 @@
 """Time per training step: standard, IBP, CACTUS (full + one pruned member) and CACTUS
-(full + the AWP quantization member, one ascent step).
+(full + the AWP quantization member, one ascent step); and the certified losses
+(worst-case IBP, MTL-IBP, SABR; PGD of --attack-steps steps) as ratios to the IBP step.
 
 Same network, same batch, one process; the steps are timed in interleaved rounds and the
 medians compared as ratios. Also reports the share of the CACTUS step spent computing
@@ -33,6 +34,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--attack-steps", type=int, default=8, help="PGD steps inside MTL-IBP and SABR")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -52,6 +54,14 @@ def main():
     cactus.compile(optimizer="adam")
     awp = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Quantization(bits=8, awp_steps=1)])
     awp.compile(optimizer="adam")
+    losses = {}
+    for loss in ("mtl-ibp", "sabr"):
+        losses[loss] = cactus_keras.CactusModel(network(), 0.1, certified_loss=loss,
+                                                attack_steps=args.attack_steps)
+        losses[loss].compile(optimizer="adam")
+    cactus_mtl = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))],
+                                          certified_loss="mtl-ibp", attack_steps=args.attack_steps)
+    cactus_mtl.compile(optimizer="adam")
     kernels = prunable_kernels(cactus.network)
     seed = keras.random.SeedGenerator(0)
 
@@ -67,6 +77,9 @@ def main():
         "cactus (full + 1 pruned)": lambda: cactus.train_on_batch(x, y),
         "cactus (full + AWP)": lambda: awp.train_on_batch(x, y),
         "mask refresh alone": lambda: ops.convert_to_numpy(masks_compiled()),
+        "mtl-ibp": lambda: losses["mtl-ibp"].train_on_batch(x, y),
+        "sabr": lambda: losses["sabr"].train_on_batch(x, y),
+        "cactus mtl-ibp (full + 1 pruned)": lambda: cactus_mtl.train_on_batch(x, y),
     }
     for fn in steps.values():
         for _ in range(3):
@@ -84,12 +97,16 @@ def main():
         "cactus / ibp": median["cactus (full + 1 pruned)"] / median["ibp"],
         "cactus awp / ibp": median["cactus (full + AWP)"] / median["ibp"],
         "mask refresh share of cactus step": median["mask refresh alone"] / median["cactus (full + 1 pruned)"],
+        "mtl-ibp / ibp": median["mtl-ibp"] / median["ibp"],
+        "sabr / ibp": median["sabr"] / median["ibp"],
+        "cactus mtl-ibp / ibp": median["cactus mtl-ibp (full + 1 pruned)"] / median["ibp"],
     }
     params = standard.count_params()
     header = (
         f"bench_train: {args.arch} ({params} parameters, {len(kernels)} pruned kernels), batch "
         f"{args.batch_size}, backend {keras.backend.backend()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, median of {args.rounds} rounds of {args.steps} steps"
+        f"{os.cpu_count()} CPUs, median of {args.rounds} rounds of {args.steps} steps, "
+        f"{args.attack_steps} PGD steps in mtl-ibp and sabr"
     )
     print(header)
     for name, value in median.items():
@@ -101,6 +118,9 @@ def main():
           f"{'met' if ratios['cactus awp / ibp'] <= 2.6 else 'missed'})")
     print(f"  mask refresh / CACTUS step      {100 * ratios['mask refresh share of cactus step']:.1f}%  (target <= 10%: "
           f"{'met' if ratios['mask refresh share of cactus step'] <= 0.10 else 'missed'})")
+    print("  certified losses, step / worst-case IBP step:")
+    for name in ("mtl-ibp", "sabr", "cactus mtl-ibp"):
+        print(f"    {name:<28} {ratios[name + ' / ibp']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "ms_per_step": {k: 1000 * v for k, v in median.items()}, "ratios": ratios}, f, indent=2)

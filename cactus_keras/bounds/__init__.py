@@ -2,6 +2,7 @@
 
 from cactus_keras.bounds import affine, nonlinear  # noqa: F401  (registers the rules)
 from cactus_keras.bounds.affine import ElementwiseAffineRule
+from cactus_keras.bounds.alpha_crown import alpha_crown_lower_bounds
 from cactus_keras.bounds.graph import BoundGraph, UnsupportedModelError, parse_network
 from cactus_keras.bounds.rules import (
     AffineRule,
@@ -25,5 +26,6 @@ from cactus_keras.bounds.propagation import (
     IntervalPass,
     backward_lower_bound,
     crown_refinement,
+    forward_pass,
     interval_pass,
 )

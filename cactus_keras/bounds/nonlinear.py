@@ -34,6 +34,12 @@ def relu_relaxation(lower, upper):
     return Relaxation(lower_slope, ops.zeros_like(lower), upper_slope, upper_intercept)
 
 
+def relu_free_lower_slopes(lower, upper):
+    """1.0 where the ReLU is unstable (l < 0 < u): there any a*x, a in [0, 1], is a
+    lower bound (relu(x) >= 0 and >= x), which is what alpha-CROWN optimises."""
+    return ops.cast(ops.logical_and(lower < 0, upper > 0), lower.dtype)
+
+
 _DERIVATIVES = {
     "sigmoid": lambda x: ops.sigmoid(x) * (1 - ops.sigmoid(x)),
     "tanh": lambda x: 1 - ops.tanh(x) ** 2,
@@ -100,6 +106,9 @@ class ActivationFunctionRule(MonotoneRule):
     def relaxation(self, lower, upper):
         return relaxation_by_name(self.activation, self._function, lower, upper)
 
+    def free_lower_slopes(self, lower, upper):
+        return relu_free_lower_slopes(lower, upper) if self.activation == "relu" else None
+
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
 
@@ -145,6 +154,9 @@ class ReLULayerRule(MonotoneRule):
         if self._is_plain_relu():
             return relu_relaxation(lower, upper)
         return constant_relaxation(self.function(lower), self.function(upper))
+
+    def free_lower_slopes(self, lower, upper):
+        return relu_free_lower_slopes(lower, upper) if self._is_plain_relu() else None
 
 
 register_rule(

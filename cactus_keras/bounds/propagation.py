@@ -84,7 +84,8 @@ def _dot(coefficients, value):
     return ops.sum(coefficients * ops.expand_dims(value, 1), axis=axes)
 
 
-def backward_lower_bound(graph, start, coefficients, interval, *, relax=True, stop=frozenset()):
+def backward_lower_bound(graph, start, coefficients, interval, *, relax=True, stop=frozenset(),
+                         lower_slopes=None):
     """Lower bound of `sum(A * v)` where `v` is the value `start` of the graph.
 
     Walks the graph backwards from `start`, mapping the coefficients through each
@@ -95,6 +96,10 @@ def backward_lower_bound(graph, start, coefficients, interval, *, relax=True, st
     Args:
         coefficients: tensor of shape (batch, specs, *shape of start).
         interval: the `IntervalPass` whose boxes and parameters are used.
+        lower_slopes: optional `{node output: slopes}` with slopes of shape
+            (batch, specs, *node input shape) in [0, 1], one per specification: they
+            replace the relaxation's lower slopes where the rule's `free_lower_slopes`
+            allows it (alpha-CROWN), and are ignored elsewhere.
 
     Returns:
         Tensor of shape (batch, specs).
@@ -134,10 +139,16 @@ def backward_lower_bound(graph, start, coefficients, interval, *, relax=True, st
             continue
         positive, negative = ops.maximum(a, 0.0), ops.minimum(a, 0.0)
         add(_dot(positive, relaxation.lower_intercept) + _dot(negative, relaxation.upper_intercept))
+        lower_slope = ops.expand_dims(relaxation.lower_slope, 1)
+        if lower_slopes is not None and node.output in lower_slopes:
+            free = rule.free_lower_slopes(in_box.lower, in_box.upper)
+            if free is not None:
+                # Clipped again so that no caller can pass an invalid slope.
+                alpha = ops.clip(lower_slopes[node.output], 0.0, 1.0)
+                lower_slope = ops.where(ops.expand_dims(free, 1) > 0, alpha, lower_slope)
         accumulate(
             node.inputs[0],
-            positive * ops.expand_dims(relaxation.lower_slope, 1)
-            + negative * ops.expand_dims(relaxation.upper_slope, 1),
+            positive * lower_slope + negative * ops.expand_dims(relaxation.upper_slope, 1),
         )
     for key, a in pending.items():
         add(concretize(a, boxes[key]))
@@ -234,3 +245,27 @@ def crown_refinement(graph):
         boxes[key] = Box(ops.maximum(box.lower, lower), ops.minimum(box.upper, upper))
 
     return refine
+
+
+def forward_pass(graph, x, *, params=None, training=False):
+    """The graph's output at `x`, and the rules' parameters of the pass.
+
+    With `params` None they are computed from `x` (training-mode batch norm takes its
+    statistics from it); given (those of a clean pass), the network is evaluated at
+    `x` with them, so that an attack point is run through the network the bounds
+    describe, with the clean batch's statistics. Affine nodes are evaluated by their
+    rules (as the interval pass evaluates centres): no moving statistics are updated
+    and dropout is the identity, as in the bounds.
+    """
+    values = {graph.input: x}
+    computed = {} if params is None else params
+    for node in graph.nodes:
+        inputs = [values[k] for k in node.inputs]
+        if params is None:
+            computed[node.output] = node.rule.parameters(inputs, training)
+        p = computed[node.output]
+        if node.is_affine:
+            values[node.output] = node.rule.affine(inputs, p)
+        else:
+            values[node.output] = node.rule.forward(inputs, p, False)
+    return values[graph.output], computed

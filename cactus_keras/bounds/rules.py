@@ -206,6 +206,14 @@ class MonotoneRule(BoundRule):
         """Elementwise linear bounds on the box, or None to use the output interval."""
         return None
 
+    def free_lower_slopes(self, lower, upper):
+        """Where the lower slope of `relaxation` may be any value in [0, 1] (with the
+        same lower intercept) and stay a valid lower bound on the box: a float mask
+        of the input's shape, or None where no slope is free. alpha-CROWN optimises
+        the slopes there; unstable ReLUs are the usual case (0 <= relu(x) and
+        x <= relu(x), so a*x with a in [0, 1] is below relu on any box)."""
+        return None
+
 
 class SoftmaxMarker(BoundRule):
     """Placeholder for a softmax; only allowed (and removed) at the model output."""

@@ -11,7 +11,9 @@ from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import BoundedModel, check_bound
 from cactus_keras.bounds.propagation import crown_bytes_per_sample
 
-DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 64, "best": 64}
+DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 64, "alpha-crown": 64, "best": 64}
+# The bounds that run CROWN's backward refinement (memory grows with the widths squared).
+CROWN_BOUNDS = ("crown", "alpha-crown", "best")
 # CROWN's coefficient tensors grow with the square of the layer widths; the default
 # batch size keeps the largest under this many bytes, and a model needing more than
 # CROWN_SAMPLE_LIMIT for one sample is refused with advice rather than exhausting memory.
@@ -106,11 +108,15 @@ def certify(
         y: integer labels.
         epsilon: L-infinity radius in the data space (normalization inside the model is
             bounded exactly).
-        bound: the bound method, "ibp", "crown-ibp", "crown" or "best" (per margin,
-            the larger of the ibp and crown bounds). IBP supports every layer with a rule; CROWN relaxes ReLU,
-            sigmoid, tanh and softsign linearly and bounds other monotone layers (max
-            pooling, ReLU6, ...) by their intervals.
-        batch_size: samples per batch. The default for "crown" and "best" is sized
+        bound: the bound method, "ibp", "crown-ibp", "crown", "alpha-crown" or
+            "best". IBP supports every layer with a rule; CROWN relaxes ReLU, sigmoid,
+            tanh and softsign linearly and bounds other monotone layers (max pooling,
+            ReLU6, ...) by their intervals. "alpha-crown" is CROWN with its ReLU lower
+            slopes optimised per sample and margin (20 Adam steps on the final
+            backward pass; never looser than "crown"; see `tools/bench_bounds.py` for
+            its cost as a ratio to CROWN). "best" is, per margin, the larger of the
+            "ibp" and "alpha-crown" bounds: the tightest and the slowest.
+        batch_size: samples per batch. The default for the CROWN bounds is sized
             from the model so CROWN's coefficients stay near 1 GiB.
         input_range: `(low, high)` of valid inputs, or None for no cut.
         verbose: "auto", 0 or 1: progress bar over batches.
@@ -130,7 +136,7 @@ def certify(
     input_range = validation.check_input_range(input_range)
     graph = parse_network(model)
     x, y = validation.check_data(model, x, y, graph.num_classes)
-    if bound in ("crown", "best"):
+    if bound in CROWN_BOUNDS:
         per_sample = crown_bytes_per_sample(graph)
         if per_sample > CROWN_SAMPLE_LIMIT:
             raise ValueError(
@@ -141,7 +147,7 @@ def certify(
             )
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE[bound]
-        if bound in ("crown", "best"):
+        if bound in CROWN_BOUNDS:
             batch_size = max(1, min(batch_size, CROWN_BATCH_BYTES // per_sample))
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     bounded = _bounded_model(model, bound, input_range)

@@ -14,12 +14,15 @@ distribute = "none"            # training over devices/workers: none, mirrored,
 [training]                     # TrainConfig fields shared by the trained methods
 arch = "cnn3"
 epochs = 10
+certified_loss = "worst-case"  # or "mtl-ibp" (mtl_alpha, attack_steps), "sabr" (sabr_lambda, attack_steps)
 
 [evaluation]
 prune_ratios = [0.0, 0.5, 0.7, 0.9]
 pruning_method = "global_l1"
 bits = [8, 4]                  # fake-quantized kernels
 tflite = true                  # also export int8 .tflite and certify the file itself
+bound = "ibp"                  # or crown-ibp, crown, alpha-crown, best
+bound_samples = 1000           # the grid certifies the first N test samples (default: all)
 
 [methods.ibp]                  # one table per run name; `method` picks the method
 method = "ibp-then-compress"

@@ -16,6 +16,9 @@ EVALUATION_DEFAULTS = {
     "tflite": True,
     "calibration_samples": 500,
     "bound": "ibp",
+    # How many of the test samples (the first N) `bound` certifies in the grid; None: all.
+    # CROWN and alpha-CROWN cost far more per sample than IBP.
+    "bound_samples": None,
     # The pruning ratio the report's headline compares methods at.
     "headline_ratio": 0.7,
 }
@@ -41,6 +44,8 @@ def check_evaluation(evaluation, where="[evaluation]"):
         check_pruning_method(filled["pruning_method"])
         filled["bits"] = [check_bits(b) for b in filled["bits"]]
         check_bound(filled["bound"])
+        if filled["bound_samples"] is not None:
+            validation.check_positive_int(filled["bound_samples"], "bound_samples")
         validation.check_positive_int(filled["calibration_samples"], "calibration_samples")
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None

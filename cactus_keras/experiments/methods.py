@@ -105,8 +105,9 @@ def grid_rows(network, ctx, ratios, bits):
     from cactus_keras.certification.compressed import evaluate_compressed
 
     evaluation = ctx.config.evaluation
+    n = evaluation.get("bound_samples") or len(ctx.x_test)
     table = evaluate_compressed(
-        network, ctx.x_test, ctx.y_test, ctx.config.epsilon, pruning=ratios,
+        network, ctx.x_test[:n], ctx.y_test[:n], ctx.config.epsilon, pruning=ratios,
         pruning_method=evaluation["pruning_method"], bits=bits, bound=evaluation["bound"],
         input_range=ctx.input_range,
     )
@@ -450,7 +451,8 @@ class TFMOT(_FromSource):
                 pruned = tfmot.tfmot_prune(network, x, y, ratio, **fit)
                 pruned.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
                 kept = [keras.ops.convert_to_numpy(k) != 0 for k in prunable_kernels(pruned)]
-                result = certify(pruned, ctx.x_test, ctx.y_test, self.config.epsilon,
+                n = self.config.evaluation.get("bound_samples") or len(ctx.x_test)
+                result = certify(pruned, ctx.x_test[:n], ctx.y_test[:n], self.config.epsilon,
                                  bound=self.config.evaluation["bound"],
                                  input_range=ctx.input_range)
                 return [row("prune", ratio=ratio, pruning_method="tfmot_constant_sparsity",

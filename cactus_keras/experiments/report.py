@@ -101,8 +101,10 @@ def report_markdown(config, summary, runs, data_note, command, timings):
     lines = [f"# Experiment {config.name}", ""]
     if config.description:
         lines += [config.description, ""]
+    subset = (f"on the first {evaluation['bound_samples']} test samples "
+              if evaluation.get("bound_samples") else "")
     lines += [
-        f"{data_note}, epsilon {config.epsilon:g}, certified by {evaluation['bound']} "
+        f"{data_note}, epsilon {config.epsilon:g}, certified by {evaluation['bound']} {subset}"
         f"(the .tflite rows: integer interval propagation through the int8 file). "
         + (f"Mean ± sample standard deviation over {seeds} seeds." if seeds > 1 else "One seed."),
         "",

@@ -15,6 +15,7 @@ from cactus_keras.training import (
     CactusModel,
     EpsilonRamp,
     StandardWeightRamp,
+    check_certified_loss,
     ibp_initialize,
 )
 
@@ -47,6 +48,10 @@ class TrainConfig:
     awp_steps: int = 1
     standard_weight: float = 0.5
     bound: str = "ibp"
+    certified_loss: str = "worst-case"
+    mtl_alpha: float | None = None
+    sabr_lambda: float | None = None
+    attack_steps: int | None = None
     warmup_epochs: int = 1
     ramp_epochs: int | None = None
     ibp_init: bool = False
@@ -83,6 +88,12 @@ class TrainConfig:
             raise ValueError(f"standard_weight must be in [0, 1], got {self.standard_weight}.")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        check_certified_loss(self.certified_loss, **self.certified_loss_options())
+
+    def certified_loss_options(self):
+        """The options of `certified_loss` as given (None: the loss's default)."""
+        return {"mtl_alpha": self.mtl_alpha, "sabr_lambda": self.sabr_lambda,
+                "attack_steps": self.attack_steps}
 
     def compression_members(self):
         members = []
@@ -117,6 +128,8 @@ def build_model(config, input_shape, num_classes, input_range=(0.0, 1.0)):
         bound=config.bound,
         input_range=input_range,
         seed=config.seed,
+        certified_loss=config.certified_loss,
+        **config.certified_loss_options(),
     )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=CLIP_NORM))
     return model

@@ -10,8 +10,10 @@ from keras import ops
 from cactus_keras import backend, keras_internals, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import input_box, margin_lower_bounds
+from cactus_keras.bounds.propagation import forward_pass
+from cactus_keras.bounds.rules import Box
 from cactus_keras.compression.member import MemberContext, check_members
-from cactus_keras.training import losses
+from cactus_keras.training import certified_losses, losses
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 
 # Bound methods of the certified loss (full CROWN is for certification only).
@@ -46,8 +48,10 @@ class CactusModel(keras.Model):
 
         standard_weight * L_std(member(x), y) + (1 - standard_weight) * L_cert(member, x, y)
 
-    where L_cert is the cross-entropy on the negated lower bounds of the logit margins
-    over the epsilon ball (`losses.certified_loss`). Members are evaluated on transformed
+    where L_cert is the member's `certified_loss`: by default ("worst-case") the
+    cross-entropy on the negated lower bounds of the logit margins over the epsilon
+    ball (`losses.certified_loss`); "mtl-ibp" and "sabr" mix in or centre on a PGD point
+    of that member (`training.certified_losses`). Members are evaluated on transformed
     weight values (for example `kernel * mask`) inside a `keras.StatelessScope`: the
     network is never copied or modified, and its own variables receive the gradients.
 
@@ -64,7 +68,13 @@ class CactusModel(keras.Model):
             training and the fake-quantized network in evaluation (so
             `certified_accuracy_quantized` is that of the quantized kernels).
         standard_weight: lambda, the weight of the standard loss (0 = purely certified).
-        bound: bound method of L_cert, "ibp" or "crown-ibp".
+        bound: bound method of L_cert, "ibp" or "crown-ibp" (MTL-IBP's and SABR's
+            boxes are bounded with it too).
+        certified_loss: "worst-case" (default), "mtl-ibp" or "sabr"; see
+            `cactus_keras.training.certified_losses`.
+        mtl_alpha: MTL-IBP's alpha, the weight of the worst-case loss (default 0.5).
+        sabr_lambda: SABR's small box radius as a fraction of epsilon (default 0.4).
+        attack_steps: PGD steps of the attack inside MTL-IBP and SABR (default 8).
         input_range: valid data range the epsilon ball is cut to, or None.
         include_full_network: train the full network too (True, CACTUS); False trains
             the members alone (certified fine-tuning of a fixed compressed network,
@@ -92,6 +102,10 @@ class CactusModel(keras.Model):
         input_range=(0.0, 1.0),
         include_full_network=True,
         seed=None,
+        certified_loss="worst-case",
+        mtl_alpha=None,
+        sabr_lambda=None,
+        attack_steps=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +123,12 @@ class CactusModel(keras.Model):
             )
         self.standard_weight_target = weight
         self.bound = bound
+        self.loss_options = certified_losses.check_certified_loss(
+            certified_loss, mtl_alpha=mtl_alpha, sabr_lambda=sabr_lambda,
+            attack_steps=attack_steps)
+        self.certified_loss = certified_loss
+        self._given_loss_options = {"mtl_alpha": mtl_alpha, "sabr_lambda": sabr_lambda,
+                                    "attack_steps": attack_steps}
         self.input_range = validation.check_input_range(input_range)
         self.compression = check_members(compression)
         self.include_full_network = bool(include_full_network)
@@ -201,17 +221,27 @@ class CactusModel(keras.Model):
     def _evaluator(self, x, labels, training):
         """`evaluate(mapping)` -> the `MemberResult` of the network at the variable
         values of `mapping` (None: the network's own values)."""
-        box = input_box(x, self.epsilon.value, self.input_range)
+        # Model variables are read here, outside the members' scopes: on JAX a nested
+        # StatelessScope sees only the network variables of its own mapping.
+        epsilon = self.epsilon.value
+        box = input_box(x, epsilon, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
+        # The attack's random start, drawn here: a seed generator inside a member's
+        # StatelessScope would not advance. All members start from the same point.
+        noise = None
+        if self.certified_loss != "worst-case":
+            noise = keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=self.seed_generator)
 
         def evaluate(mapping):
             if mapping is None:
-                margins, logits = self._bounds(box, labels, x, training)
+                certified, margins, logits = self._certified_terms(
+                    box, epsilon, labels, x, training, noise)
             else:
+                # The attack runs in the scope too: a member's attack attacks it.
                 with keras.StatelessScope(state_mapping=mapping):
-                    margins, logits = self._bounds(box, labels, x, training)
+                    certified, margins, logits = self._certified_terms(
+                        box, epsilon, labels, x, training, noise)
             standard = losses.standard_loss(labels, logits)
-            certified = losses.certified_loss(labels, margins)
             return MemberResult(name=None, loss=weight * standard + (1.0 - weight) * certified,
                                 standard_loss=standard, certified_loss=certified,
                                 logits=logits, margin_lower=margins)
@@ -309,6 +339,42 @@ class CactusModel(keras.Model):
             self.graph, box, labels, self.bound, clean=x, training=training
         )
 
+    def _attack(self, x, labels, lower, upper, noise, training):
+        # The clean batch's parameters (batch statistics): the attacked network is the
+        # one the bounds describe.
+        _, params = forward_pass(self.graph, x, training=training)
+
+        def forward(point):
+            return forward_pass(self.graph, point, params=params, training=training)[0]
+
+        point = certified_losses.attack(forward, labels, lower, upper, noise,
+                                        self.loss_options["attack_steps"])
+        return point, forward
+
+    def _certified_terms(self, box, epsilon, labels, x, training, noise):
+        """`(per-sample L_cert, margin lower bounds over the epsilon ball, clean
+        logits)` of the network at the current variable values."""
+        if self.certified_loss == "sabr":
+            radius = certified_losses.sabr_radius(box, epsilon,
+                                                  self.loss_options["sabr_lambda"])
+            lower, upper = certified_losses.centre_region(box, radius)
+            centre, _ = self._attack(x, labels, lower, upper, noise, training)
+            small = certified_losses.sabr_box(box, radius, centre)
+            small_margins, logits = self._bounds(small, labels, x, training)
+            # The small box proves nothing about the ball: the metrics use the ball's.
+            margins, _ = self._bounds(Box(*map(ops.stop_gradient, box)), labels,
+                                      ops.stop_gradient(x), training)
+            return (losses.certified_loss(labels, small_margins),
+                    ops.stop_gradient(margins), logits)
+        margins, logits = self._bounds(box, labels, x, training)
+        worst_case = losses.certified_loss(labels, margins)
+        if self.certified_loss == "worst-case":
+            return worst_case, margins, logits
+        point, forward = self._attack(x, labels, box.lower, box.upper, noise, training)
+        adversarial = losses.standard_loss(labels, forward(point))
+        alpha = self.loss_options["mtl_alpha"]
+        return alpha * worst_case + (1.0 - alpha) * adversarial, margins, logits
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         compiled = keras_internals.compiled_metrics(self)
         if compiled is not None:
@@ -327,6 +393,8 @@ class CactusModel(keras.Model):
                 "input_range": self.input_range,
                 "include_full_network": self.include_full_network,
                 "seed": self.seed,
+                "certified_loss": self.certified_loss,
+                **self._given_loss_options,
             }
         )
         return config

@@ -50,6 +50,14 @@ def add_parser(subparsers):
                    help="lambda range (default 0.0 0.9)")
     p.add_argument("--awp-radius", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="eta range in quantization steps, log scale (default 0.25 4.0)")
+    p.add_argument("--certified-loss", default="worst-case",
+                   help="worst-case (default), mtl-ibp (its alpha is searched) or sabr, as in `train`")
+    p.add_argument("--mtl-alpha", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="mtl-ibp: alpha range searched (default 0.05 0.95)")
+    p.add_argument("--sabr-lambda", type=float, default=None,
+                   help="sabr: fixed small box radius as a fraction of epsilon (default 0.4)")
+    p.add_argument("--attack-steps", type=int, default=None,
+                   help="mtl-ibp and sabr: PGD steps of the attack inside the loss (default 8)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="fixed learning rate (default 1e-3)")
     p.add_argument("--search-learning-rate", action="store_true", help="search the learning rate in 1e-4..1e-2 (log)")
     p.add_argument("--search-prune-range", action="store_true",
@@ -79,6 +87,9 @@ def _command(args):
     parts += ["--epochs", str(args.epochs), "--objective", args.objective, "--arch", args.arch]
     for flag, value, default in [
         ("--compression", args.compression, None),
+        ("--certified-loss", args.certified_loss, "worst-case"),
+        ("--sabr-lambda", args.sabr_lambda, None),
+        ("--attack-steps", args.attack_steps, None),
         ("--learning-rate", args.learning_rate, 1e-3),
         ("--awp-steps", args.awp_steps, 1),
         ("--batch-size", args.batch_size, 128),
@@ -90,7 +101,8 @@ def _command(args):
     ]:
         if value != default:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    for flag, pair in (("--standard-weight", args.standard_weight), ("--awp-radius", args.awp_radius)):
+    for flag, pair in (("--standard-weight", args.standard_weight), ("--awp-radius", args.awp_radius),
+                       ("--mtl-alpha", args.mtl_alpha)):
         if pair is not None:
             parts += [flag, *(f"{v:g}" for v in pair)]
     for flag, on in (("--batch-norm", args.batch_norm), ("--ibp-init", args.ibp_init),
@@ -140,6 +152,7 @@ def _hypermodel(args, shape_holder):
     from cactus_keras import models
     from cactus_keras.tuning.hypermodel import (
         DEFAULT_AWP_RADIUS,
+        DEFAULT_MTL_ALPHA,
         DEFAULT_STANDARD_WEIGHT,
         CactusHyperModel,
     )
@@ -156,6 +169,10 @@ def _hypermodel(args, shape_holder):
         epochs=args.epochs,
         standard_weight=tuple(args.standard_weight) if args.standard_weight else DEFAULT_STANDARD_WEIGHT,
         awp_radius=tuple(args.awp_radius) if args.awp_radius else DEFAULT_AWP_RADIUS,
+        certified_loss=args.certified_loss,
+        mtl_alpha=tuple(args.mtl_alpha) if args.mtl_alpha else DEFAULT_MTL_ALPHA,
+        sabr_lambda=args.sabr_lambda,
+        attack_steps=args.attack_steps,
         learning_rate=args.learning_rate,
         search_learning_rate=args.search_learning_rate,
         search_prune_range=args.search_prune_range,
@@ -185,6 +202,8 @@ def _search_config(args, hypermodel, data):
         "search_space": {k: list(v) if isinstance(v, tuple) else v
                          for k, v in hypermodel.search_space().items()},
         "awp_steps": args.awp_steps,
+        "certified_loss": args.certified_loss,
+        "certified_loss_options": {k: v for k, v in hypermodel.loss_options.items() if v is not None},
         "schedule": dict(zip(("warmup_epochs", "ramp_epochs"), hypermodel.schedule(args.epochs))),
         "seed": args.seed,
     }

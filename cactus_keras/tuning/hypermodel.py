@@ -19,13 +19,14 @@ from cactus_keras.experiments.training import (
     default_ramp_epochs,
     ramp_callbacks,
 )
-from cactus_keras.training import CactusModel, ibp_initialize
+from cactus_keras.training import CactusModel, check_certified_loss, ibp_initialize
 from cactus_keras.tuning.objectives import CompressedCertification, parse_targets
 
 
 # Default search spaces: (low, high) is a range, a list a choice, a number a fixed value.
 DEFAULT_STANDARD_WEIGHT = (0.0, 0.9)        # lambda, linear
 DEFAULT_AWP_RADIUS = (0.25, 4.0)            # eta in quantization steps, log
+DEFAULT_MTL_ALPHA = (0.05, 0.95)            # MTL-IBP's alpha, linear (certified_loss="mtl-ibp")
 DEFAULT_LEARNING_RATE = 1e-3                # fixed unless asked: (1e-4, 1e-2), log
 DEFAULT_PRUNE_RATIO_LOW = 0.25              # fixed unless asked: (0.0, 0.5)
 DEFAULT_PRUNE_RATIO_HIGH = 0.75             # fixed unless asked: (0.5, 0.95)
@@ -37,6 +38,7 @@ SEARCH_PRUNE_RATIO_HIGH = (0.5, 0.95)
 _BOUNDS = {
     "standard_weight": (0.0, 1.0, False),
     "awp_radius": (0.0, math.inf, True),
+    "mtl_alpha": (0.0, 1.0, False),
     "learning_rate": (0.0, math.inf, True),
     "prune_ratio_low": (0.0, 0.99, False),
     "prune_ratio_high": (0.0, 0.99, False),
@@ -110,6 +112,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
     - `standard_weight` (lambda): default range (0.0, 0.9), linear.
     - `awp_radius` (eta, AWP radius in quantization steps): default (0.25, 4.0), log;
       only when the training set has a quantization member.
+    - `mtl_alpha` (MTL-IBP's alpha): default range (0.05, 0.95), linear; only when
+      `certified_loss="mtl-ibp"`.
     - `learning_rate`: fixed 1e-3 by default; `search_learning_rate=True` searches
       (1e-4, 1e-2) on a log scale.
     - `prune_ratio_low`, `prune_ratio_high` (the range pruning ratios are sampled from
@@ -139,6 +143,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
             target's, else "global_l1").
         awp_steps: AWP ascent steps.
         bound: bound method of the certified loss, "ibp" or "crown-ibp".
+        certified_loss: "worst-case", "mtl-ibp" or "sabr" (as in `CactusModel`);
+            `sabr_lambda` and `attack_steps` are fixed options of it.
         objective_bound: bound method of the objective certificates.
         ibp_init: apply IBP initialization (Shi et al. 2021) to each new network.
         certify_samples: certify only the first N validation samples (None: all).
@@ -174,6 +180,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         epochs=None,
         standard_weight=DEFAULT_STANDARD_WEIGHT,
         awp_radius=DEFAULT_AWP_RADIUS,
+        mtl_alpha=DEFAULT_MTL_ALPHA,
         learning_rate=DEFAULT_LEARNING_RATE,
         prune_ratio_low=DEFAULT_PRUNE_RATIO_LOW,
         prune_ratio_high=DEFAULT_PRUNE_RATIO_HIGH,
@@ -183,6 +190,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
         pruning_method=None,
         awp_steps=1,
         bound="ibp",
+        certified_loss="worst-case",
+        sabr_lambda=None,
+        attack_steps=None,
         objective_bound="ibp",
         warmup_epochs=None,
         ramp_epochs=None,
@@ -223,6 +233,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         self.spaces = {
             "standard_weight": check_space("standard_weight", standard_weight),
             "awp_radius": check_space("awp_radius", awp_radius),
+            "mtl_alpha": check_space("mtl_alpha", mtl_alpha),
             "learning_rate": check_space("learning_rate", learning_rate),
             "prune_ratio_low": check_space("prune_ratio_low", prune_ratio_low),
             "prune_ratio_high": check_space("prune_ratio_high", prune_ratio_high),
@@ -242,6 +253,10 @@ class CactusHyperModel(keras_tuner.HyperModel):
         )
         self.awp_steps = validation.check_positive_int(awp_steps, "awp_steps")
         self.bound = bound
+        # The alpha of MTL-IBP is searched (its space checked above), the rest fixed.
+        check_certified_loss(certified_loss, sabr_lambda=sabr_lambda, attack_steps=attack_steps)
+        self.certified_loss = certified_loss
+        self.loss_options = {"sabr_lambda": sabr_lambda, "attack_steps": attack_steps}
         self.objective_bound = objective_bound
         self.warmup_epochs = warmup_epochs
         self.ramp_epochs = ramp_epochs
@@ -258,6 +273,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
         names = ["standard_weight", "learning_rate"]
         if "quant" in self.compression:
             names.insert(1, "awp_radius")
+        if self.certified_loss == "mtl-ibp":
+            names.insert(1, "mtl_alpha")
         if "prune" in self.compression:
             names += ["prune_ratio_low", "prune_ratio_high"]
         return names
@@ -305,6 +322,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
             standard_weight=values["standard_weight"],
             bound=self.bound,
             seed=self.seed,
+            certified_loss=self.certified_loss,
+            mtl_alpha=values.get("mtl_alpha"),
+            **self.loss_options,
         )
         model.compile(optimizer=keras.optimizers.Adam(values["learning_rate"], clipnorm=CLIP_NORM))
         return model
