@@ -105,8 +105,13 @@ def test_margins_of_two_layer_network_by_hand():
     np.testing.assert_allclose(crown, [[0, 0], [-4, 0]], atol=1e-6)
     crown_ibp = _margins(model, LOWER, UPPER, labels, "crown-ibp")
     np.testing.assert_allclose(crown_ibp, [[0, 0], [-4, 0]], atol=1e-6)
+    # "best" is the larger of IBP and alpha-CROWN per margin: at least CROWN, and at most
+    # the true minima (z0 - z1 = relu(s + 1) - relu(s) + 1 >= 1, z1 - z0 >= -2, s = x1 + x2).
     best = _margins(model, LOWER, UPPER, labels, "best")
-    np.testing.assert_allclose(best, [[0, 0], [-4, 0]], atol=1e-6)
+    alpha = _margins(model, LOWER, UPPER, labels, "alpha-crown")
+    np.testing.assert_allclose(best, np.maximum(ibp, alpha), atol=1e-6)
+    assert np.all(best >= crown - 1e-6)
+    assert np.all(best <= np.array([[0, 1], [-2, 0]]) + 1e-5)
     # CROWN is strictly tighter than IBP on the label-0 margin (0 > -1).
     assert crown[0, 1] > ibp[0, 1] + 0.5
     assert crown_refined_values(bounds.parse_network(model)) == []
