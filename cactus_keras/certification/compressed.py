@@ -9,7 +9,7 @@ import numpy as np
 
 from cactus_keras import atomic_write, validation
 from cactus_keras.bounds.graph import parse_network
-from cactus_keras.certification.certificates import certify
+from cactus_keras.certification.certificates import certify, network_of
 from cactus_keras.compression.kernels import prunable_kernels
 from cactus_keras.compression.masks import (
     check_pruning_method,
@@ -79,11 +79,6 @@ class CompressionTable:
                 f"{row['clean_accuracy']:>7.4f} {row['certified_accuracy']:>10.4f}"
             )
         return "\n".join(lines)
-
-
-def _network_of(model_or_network):
-    # A CactusModel carries the plain network; anything else is the network itself.
-    return getattr(model_or_network, "network", model_or_network)
 
 
 def _compress_into(copy, network, kernels, transform):
@@ -186,7 +181,7 @@ def evaluate_compressed(
     print(table)
     ```
     """
-    network = _network_of(model_or_network)
+    network = network_of(model_or_network)
     epsilon = validation.check_epsilon(epsilon)
     if isinstance(input_range, str) and input_range == "auto":
         input_range = getattr(model_or_network, "input_range", (0.0, 1.0))

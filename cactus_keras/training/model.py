@@ -110,6 +110,7 @@ class CactusModel(keras.Model):
         self.standard_weight_target = weight
         self.bound = bound
         self.input_range = validation.check_input_range(input_range)
+        validation.check_epsilon_range(self.epsilon_target, self.input_range)
         self.compression = check_members(compression)
         self.include_full_network = bool(include_full_network)
         if not self.include_full_network and not self.compression:
