@@ -111,3 +111,46 @@ def test_output_naming_a_file_is_refused(data, tmp_path, capsys):
     assert "--output" in _error(capsys) and afile.read_text() == "mine"
     assert cli.main(_train_args(path, afile / "sub")) == 2
     assert "is a file, not a directory" in _error(capsys)
+
+
+def _weights(path):
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def _log_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_sigint_mid_epoch_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
+    _, path = data
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert cli.main(_train_args(path, reference)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "cactus_keras.cli", *_train_args(path, run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch 2/"):
+            break
+    time.sleep(1.0)  # into epoch 2's batches
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert "Traceback" not in err, err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("cactus-keras train: interrupted: the backup of epoch 1 is kept")
+    assert message.endswith("--resume") and "cactus-keras train --dataset" in message
+    assert not (run / "model.keras").exists()
+    assert len(_log_rows(run / "training_log.csv")) == 1
+    # The command it prints resumes the run, at epoch 2.
+    assert cli.main(_train_args(path, run, "--resume")) == 0
+    for got, want in zip(_weights(run / "network.keras"), _weights(reference / "network.keras")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    got, want = _log_rows(run / "training_log.csv"), _log_rows(reference / "training_log.csv")
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    for g, w in zip(got, want):
+        assert float(g["epsilon"]) == pytest.approx(float(w["epsilon"]))
+        assert float(g["loss"]) == pytest.approx(float(w["loss"]), rel=1e-4)
+    assert not (run / "backup").exists()

@@ -81,6 +81,18 @@ class CompressionTable:
         return "\n".join(lines)
 
 
+def _working_copy(network):
+    """One clone of `network` per network, kept with it: every row and every later call
+    (each epoch of a tuning trial, each ratio of an experiment) reuses the clone and so
+    its compiled bound computation, instead of tracing a new one per call."""
+    copy = network.__dict__.get("_cactus_working_copy")
+    if copy is None or len(copy.weights) != len(network.weights):
+        copy = keras.models.clone_model(network)
+        # object.__setattr__ keeps Keras from tracking the clone as part of the network.
+        object.__setattr__(network, "_cactus_working_copy", copy)
+    return copy
+
+
 def _compress_into(copy, network, kernels, transform):
     """Sets `copy` (a clone of `network`) to `network` with `transform` applied to
     `kernels`; returns the fraction of zeros over those kernels afterwards."""
@@ -201,8 +213,7 @@ def evaluate_compressed(
     ]
     recalibrated = False
     rows = []
-    # One working copy, so its compiled bound computation is reused for every row.
-    copy = keras.models.clone_model(network)
+    copy = _working_copy(network)
     for level, transform, excluded in settings:
         kernels = prunable_kernels(network, excluded)
         achieved = _compress_into(copy, network, kernels, transform)

@@ -15,8 +15,8 @@ _EXPORTS = {
     "ExperimentConfig": "cactus_keras.experiments.config",
     "load_config": "cactus_keras.experiments.config",
     "parse_config": "cactus_keras.experiments.config",
-    "example_config": "cactus_keras.experiments.config",
-    "example_names": "cactus_keras.experiments.config",
+    "example_config": "cactus_keras.experiments.examples",
+    "example_names": "cactus_keras.experiments.examples",
     "METHODS": "cactus_keras.experiments.methods",
     "run_experiment": "cactus_keras.experiments.runner",
 }

@@ -313,23 +313,49 @@ class EpochOfBatches(keras.callbacks.Callback):
 
 class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
     """Keras's `BackupAndRestore` (at each epoch's end, kept after training), with
-    Ctrl-C held back while a backup is written, so that it is never left half-written."""
+    Ctrl-C held back while a backup is written, so that it is never left half-written.
+
+    The non-trainable variables are backed up too: Keras's weights file leaves out the
+    state of seed generators (the ratio sampling), without which a resumed run would
+    draw other pruning ratios than an uninterrupted one.
+    """
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True,
                          delete_checkpoint=False)
+        self._states_path = os.path.join(backup_dir, "non_trainable.npz")
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.exists(self._states_path):
+            with np.load(self._states_path) as saved:
+                values = [saved[f"v{i}"] for i in range(len(saved.files))]
+            variables = self.model.non_trainable_variables
+            if len(values) == len(variables) and all(
+                    tuple(v.shape) == a.shape for v, a in zip(variables, values)):
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
 
     def _save_model(self):
         if threading.current_thread() is not threading.main_thread():
-            return super()._save_model()
+            return self._save_all()
         pending = []
         previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
         try:
-            super()._save_model()
+            self._save_all()
         finally:
             signal.signal(signal.SIGINT, previous)
         if pending:
             raise KeyboardInterrupt
+
+    def _save_all(self):
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f"v{i}": keras.ops.convert_to_numpy(v.value)
+                            for i, v in enumerate(self.model.non_trainable_variables)})
+        super()._save_model()
+        atomic_write.write_bytes(self._states_path, buffer.getvalue())
 
 
 def _keep_log_rows(path, epochs):
@@ -386,6 +412,7 @@ def train(config, data, output_dir, verbose=2, callbacks=(), *, resume=False, ov
     model.fit(
         batches,
         epochs=config.epochs,
+        shuffle=False,  # the batches shuffle themselves, from (seed, epoch)
         validation_data=validation_data,
         callbacks=[
             EpochOfBatches(batches),
