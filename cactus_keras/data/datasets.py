@@ -433,10 +433,35 @@ def _read_npz(path):
     return raw, str(path)
 
 
+# Where TensorFlow Datasets downloads from; probed first, so that an offline machine
+# fails in seconds instead of after minutes of download retries.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+PROBE_SECONDS = 5.0
+
+
+def _can_reach(host):
+    import socket
+
+    try:
+        socket.create_connection(host, timeout=PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
 def _read_tfds(tfds_name):
     # Imported lazily: it pulls in TensorFlow and is only a last resort.
     import tensorflow_datasets as tfds
 
+    try:
+        prepared = tfds.builder(tfds_name).is_prepared()
+    except Exception:  # noqa: BLE001 - then let tfds.load say what is wrong
+        prepared = False
+    if not prepared and not _can_reach(DOWNLOAD_HOST):
+        raise ConnectionError(
+            f"no network: {DOWNLOAD_HOST[0]} cannot be reached (offline?), so "
+            "nothing was downloaded"
+        )
     splits = tfds.load(
         tfds_name,
         split=["train", "test"],
@@ -551,6 +576,14 @@ def _as_images(array, origin):
         return images
     if np.issubdtype(array.dtype, np.floating):
         images = array.astype(np.float32)
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = np.unravel_index(int(np.argmax(bad)), images.shape)
+            raise DatasetFormatError(
+                f"Images in {origin} hold {int(bad.sum())} NaN or infinite values (first "
+                f"at image {first[0]}, pixel {tuple(int(i) for i in first[1:])}); every "
+                "pixel must be a finite number in [0, 1]."
+            )
         lo, hi = _range(images)
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
             raise DatasetFormatError(
