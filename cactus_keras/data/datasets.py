@@ -449,15 +449,21 @@ def _can_reach(host):
         return False
 
 
+def _tfds_prepared(tfds_name):
+    """Whether TensorFlow Datasets has the dataset on disk already (no download)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(tfds_name).is_prepared()
+    except Exception:  # noqa: BLE001 - then let tfds.load say what is wrong
+        return False
+
+
 def _read_tfds(tfds_name):
     # Imported lazily: it pulls in TensorFlow and is only a last resort.
     import tensorflow_datasets as tfds
 
-    try:
-        prepared = tfds.builder(tfds_name).is_prepared()
-    except Exception:  # noqa: BLE001 - then let tfds.load say what is wrong
-        prepared = False
-    if not prepared and not _can_reach(DOWNLOAD_HOST):
+    if not _tfds_prepared(tfds_name) and not _can_reach(DOWNLOAD_HOST):
         raise ConnectionError(
             f"no network: {DOWNLOAD_HOST[0]} cannot be reached (offline?), so "
             "nothing was downloaded"
