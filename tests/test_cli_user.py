@@ -432,3 +432,52 @@ def test_import_then_load_model_works_in_a_fresh_process(trained, order):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CactusModel Pruning" in proc.stdout
     assert "verify_tflite TrainConfig make_tuner cactus_keras.interop" in proc.stdout
+
+
+def test_clean_vs_certified_points_are_labelled_with_their_level():
+    from cactus_keras.experiments.plots import point_label
+
+    assert point_label({"form": "prune", "ratio": 0.7, "bits": None}) == "0.7"
+    assert point_label({"form": "quantize", "ratio": None, "bits": 4}) == "4b"
+    assert point_label({"form": "tflite", "ratio": None, "bits": 8}) == "int8"
+
+
+def test_dependencies_are_ranges_and_ci_pins_them_in_constraints():
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert not [d for d in declared if "==" in d], declared
+    with open(os.path.join(ROOT, "constraints.txt")) as f:
+        pins = dict(line.strip().split("==") for line in f if "==" in line)
+    names = {re.split(r"[<>=;! ]", d, 1)[0].lower() for d in declared}
+    assert names - {"tomli"} <= {n.lower() for n in pins}, names - set(pins)
+    with open(os.path.join(ROOT, "tools", "setup.sh")) as f:
+        assert "-c constraints.txt" in f.read()
+
+
+def test_tune_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("keras_tuner")
+    import cactus_keras.tuning.search as search
+
+    class Interrupted:
+        class oracle:
+            trials = {}
+
+        def search(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "make_tuner", lambda *a, **k: Interrupted())
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x, y_train=np.arange(40) % 2, x_test=x, y_test=np.arange(40) % 2)
+    argv = ["tune", "--dataset", str(data), "--epsilon", "0.01", "--targets", "prune:0.5",
+            "--arch", "mlp", "--directory", str(tmp_path / "t"), "--verbose", "0"]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("cactus-keras tune: interrupted: finished trials are kept in")
+    assert "resume with: cactus-keras tune --dataset" in line
