@@ -17,46 +17,120 @@ def _add_certify(subparsers):
         description="Certify a saved Keras model (.keras) on a dataset split and report "
         "clean accuracy, accuracy under a PGD attack, and certified accuracy.",
     )
-    p.add_argument("--model", required=True, help="path of a model saved with model.save('m.keras')")
+    p.add_argument("--model", required=True,
+                   help="path of a model saved with model.save('m.keras'): a network, or a "
+                   "CactusModel (its network is certified)")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="L-infinity radius in the data space ([0, 1] images)")
-    p.add_argument("--bound", default="ibp", help="bound method: ibp (default), crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
-    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (the larger of ibp and alpha-crown)")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="dataset split")
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per batch (default: from the bound method and the model)")
     p.add_argument("--pgd-steps", type=int, default=20, help="PGD steps per restart; 0 skips the attack")
-    p.add_argument("--pgd-restarts", type=int, default=1)
+    p.add_argument("--pgd-restarts", type=int, default=1, help="PGD restarts from random points")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
     p.set_defaults(run=_run_certify)
 
 
-def _load_model(path):
+NO_DOWNLOAD_HELP = "never download the dataset (fail at once when there is no local copy)"
+JSON_HELP = "write the results as JSON to this file"
+
+
+def _load_model(path, flag="--model"):
+    import zipfile
+
     import keras
 
     import cactus_keras  # noqa: F401  (registers CactusModel for loading)
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No model file at '{path}'. Save one with model.save('{path}').")
+        raise FileNotFoundError(f"{flag}: no model file at '{path}'. Save one with model.save('{path}').")
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{flag} '{path}' is a directory; give the model file in it, e.g. "
+            f"{os.path.join(path, 'model.keras')}."
+        )
     if not path.endswith(".keras"):
         raise ValueError(
-            f"'{path}' is not a .keras file. Save the model with model.save('model.keras')."
+            f"{flag} '{path}' is not a .keras file. Save the model with model.save('model.keras')."
+        )
+    if not zipfile.is_zipfile(path):
+        # Keras itself reports such a file as "not found".
+        raise ValueError(
+            f"{flag} '{path}' is not a readable .keras file (a .keras file is a zip "
+            "archive; this one is not: it is truncated, damaged or another kind of file). "
+            "Save the model again with model.save()."
         )
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files.
-        raise ValueError(f"Could not load the model '{path}': {exc}") from exc
+        raise ValueError(f"{flag}: could not load the model '{path}': {_one_line(exc)}") from None
+
+
+def _one_line(exc):
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_output_file(path, flag):
+    """A file the command will write: refused before any work if it names a folder,
+    or lies in a "folder" that is a file."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} '{path}' is a directory; give a file path, e.g. "
+                         f"{os.path.join(path, 'results.json')}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"{flag} '{path}': '{parent}' is a file, not a directory.")
+
+
+def _check_output_dir(path, flag):
+    """A folder the command will write into: refused if it (or a folder above) is a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} '{path}' is a file; give a directory (it is created if missing).")
+    _check_output_file(os.path.join(path, "x"), flag)
+
+
+def _check_pgd(args):
+    if args.pgd_steps < 0:
+        raise ValueError(f"--pgd-steps must be >= 0 (0 skips the attack), got {args.pgd_steps}.")
+    if args.pgd_restarts < 1:
+        raise ValueError(f"--pgd-restarts must be >= 1, got {args.pgd_restarts}.")
+
+
+def _network(model):
+    """The plain network of a CactusModel (what is certified and attacked), else the model."""
+    import keras
+
+    network = getattr(model, "network", None)
+    return network if isinstance(network, keras.Model) else model
 
 
 def _run_certify(args):
     import cactus_keras
+    from cactus_keras import validation
 
     start = time.perf_counter()
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _check_pgd(args)
+    _check_limit(args.limit, "--limit")
+    _check_output_file(args.json_path, "--json")
+    from cactus_keras.bounds.margins import check_bound
+
+    check_bound(args.bound)
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, args.split, args.limit)
-    print(f"model {args.model}: {model.count_params()} parameters")
+    network = _network(model)
+    kind = "CactusModel, certifying its network" if network is not model else "network"
+    print(f"model {args.model} ({kind}): {network.count_params()} parameters")
     print(f"data {dataset.name} ({dataset.source}), {args.split} split, {len(x)} samples")
+    print(f"bounds ({args.bound}, epsilon {args.epsilon:g}):", flush=True)
     result = cactus_keras.certify(
         model, x, y, args.epsilon, bound=args.bound, batch_size=args.batch_size
     )
@@ -71,8 +145,9 @@ def _run_certify(args):
         f"clean accuracy      {result.clean_accuracy:.4f}",
     ]
     if args.pgd_steps > 0:
+        print(f"PGD attack ({args.pgd_steps} steps, {args.pgd_restarts} restart(s)):", flush=True)
         attack = cactus_keras.attacks.pgd(
-            model, x, y, args.epsilon, steps=args.pgd_steps, restarts=args.pgd_restarts, verbose=1
+            network, x, y, args.epsilon, steps=args.pgd_steps, restarts=args.pgd_restarts, verbose=1
         )
         broken = int((result.certified & attack.attacked).sum())
         if broken:
@@ -90,12 +165,16 @@ def _run_certify(args):
     return 0
 
 
-def _split(dataset, split, limit):
+def _check_limit(limit, flag):
+    if limit is not None and limit < 1:
+        raise ValueError(f"{flag} must be >= 1, got {limit}.")
+
+
+def _split(dataset, split, limit, flag="--limit"):
     """The images and labels of a split, cut to the first `limit` samples."""
     x, y = (dataset.x_test, dataset.y_test) if split == "test" else (dataset.x_train, dataset.y_train)
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}.")
+        _check_limit(limit, flag)
         x, y = x[:limit], y[:limit]
     return x, y
 
@@ -113,18 +192,22 @@ def _add_train(subparsers):
         "train",
         help="certified training (CACTUS or plain IBP) of a zoo architecture",
         description="Train a network with CactusModel and save DIR/model.keras, "
-        "DIR/network.keras, DIR/training_log.csv and DIR/config.json.",
+        "DIR/network.keras, DIR/training_log.csv (with the epsilon and lambda of each "
+        "epoch) and DIR/config.json. A backup at the end of each epoch lets an "
+        "interrupted run continue with --resume; a DIR that holds a run is never "
+        "overwritten unless --overwrite is given.",
     )
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
-    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
+    p.add_argument("--epsilon", required=True, type=float, help="L-infinity training radius ([0, 1] images)")
     p.add_argument("--arch", default="cnn3", help="mlp, cnn3, cnn5 or cnn7")
     p.add_argument("--batch-norm", action="store_true", help="batch norm after each hidden layer")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per batch")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--compression", default="prune", help="none (plain IBP training), prune, quant or prune+quant")
-    p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"))
-    p.add_argument("--pruning-method", default="global_l1")
+    p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
+                   help="pruning ratios of training are sampled from [A, B]")
+    p.add_argument("--pruning-method", default="global_l1", help="global_l1, local_l1 or global_l2_structured")
     p.add_argument("--bits", type=int, default=8, help="bit width the quantization member targets")
     p.add_argument("--awp-radius", type=float, default=0.5, help="eta: AWP radius in quantization steps")
     p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
@@ -139,21 +222,30 @@ def _add_train(subparsers):
                    help="sabr: small box radius as a fraction of epsilon, in (0, 1] (default 0.4)")
     p.add_argument("--attack-steps", type=int, default=None,
                    help="mtl-ibp and sabr: PGD steps of the attack inside the loss (default 8)")
-    p.add_argument("--warmup-epochs", type=int, default=1, help="epochs of standard training first")
-    p.add_argument("--ramp-epochs", type=int, default=None, help="epsilon ramp length (default: half the remaining epochs)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="epochs of standard training (epsilon 0) first (default 1, or 0 with --epochs 1)")
+    p.add_argument("--ramp-epochs", type=int, default=None,
+                   help="epochs over which epsilon ramps to its target after the warm-up "
+                   "(default: half the remaining epochs, at least 1)")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--validation-samples", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--validation-samples", type=int, default=1000, help="first N test samples as validation data (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization, the batch order and the ratio sampling")
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in DIR (same settings) from its last finished epoch")
+    group.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args):
     import cactus_keras
-    from cactus_keras.experiments import TrainConfig, train
+    from cactus_keras.experiments import TrainConfig
+    from cactus_keras.experiments.training import check_existing, run_state, train
 
+    _check_output_dir(args.output, "--output")
     config = TrainConfig(
         dataset=args.dataset,
         epsilon=args.epsilon,
@@ -181,10 +273,37 @@ def _run_train(args):
         validation_samples=args.validation_samples,
         seed=args.seed,
     )
+    state = run_state(args.output)
+    args.interrupt_message = _train_interrupted
     data = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    model = train(config, data, args.output, verbose=2)
+    if not args.overwrite:
+        # Refused before anything is printed or trained.
+        check_existing(args.output, config, data, resume=args.resume)
+    if state == "unfinished" and args.resume:
+        from cactus_keras.experiments.training import resumed_epoch
+
+        print(f"resuming {args.output} after epoch {resumed_epoch(args.output)} of {config.epochs}")
+    elif state == "finished" and args.resume:
+        print(f"{args.output} holds a finished run with these settings; nothing to resume")
+    model = train(config, data, args.output, verbose=2, resume=args.resume, overwrite=args.overwrite)
     print(f"saved {os.path.join(args.output, 'model.keras')} ({model.network.count_params()} parameters)")
     return 0
+
+
+def _train_interrupted(args):
+    from cactus_keras.experiments.training import resumed_epoch
+
+    done = resumed_epoch(args.output)
+    kept = (f"the backup of epoch {done} is kept in {os.path.join(args.output, 'backup')}"
+            if done else "no epoch had finished, so training restarts at epoch 1")
+    return f"interrupted: {kept}; resume with: {_resume_command(args)}"
+
+
+def _resume_command(args):
+    import shlex
+
+    argv = [a for a in args.argv if a not in ("--resume", "--overwrite")]
+    return shlex.join(["cactus-keras", *argv, "--resume"])
 
 
 def _add_evaluate(subparsers):
@@ -194,17 +313,17 @@ def _add_evaluate(subparsers):
         description="Certify a saved model (CactusModel or plain network) after pruning "
         "at each ratio with each method, and after quantizing its kernels to each bit width.",
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
+    p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
     p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
     p.add_argument("--pruning-method", default="global_l1", help="comma-separated pruning methods")
     p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
     p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
+    p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -217,7 +336,11 @@ def _parse_list(text, convert, flag):
 
 def _run_evaluate(args):
     import cactus_keras
+    from cactus_keras import validation
 
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _check_limit(args.limit, "--limit")
+    _check_output_file(args.json_path, "--json")
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.limit)
@@ -244,15 +367,15 @@ def _add_export(subparsers):
         description="Export a saved model (CactusModel or plain network) to TFLite, "
         "calibrating the int8 ranges on training samples of the dataset.",
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
     p.add_argument("--dataset", default=None,
                    help="calibration data: a dataset name or path (needed for tflite)")
     p.add_argument("--output", required=True, help="path of the .tflite (or .onnx) file")
     p.add_argument("--format", default="tflite", choices=("tflite", "onnx"),
                    help="tflite (default) or onnx (the float network, Keras's ONNX export)")
-    p.add_argument("--calibration-samples", type=int, default=500)
+    p.add_argument("--calibration-samples", type=int, default=500, help="training samples that calibrate the int8 ranges")
     p.add_argument("--float", dest="int8", action="store_false", help="export float32 instead of int8")
-    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.set_defaults(run=_run_export)
 
 
@@ -264,9 +387,11 @@ def _run_export(args):
     if args.dataset is None:
         raise ValueError("--dataset is required for --format tflite: the int8 ranges are "
                          "calibrated on its training images (e.g. --dataset fashion_mnist).")
+    _check_limit(args.calibration_samples, "--calibration-samples")
+    _check_output_file(args.output, "--output")
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    x, _ = _split(dataset, "train", args.calibration_samples)
+    x, _ = _split(dataset, "train", args.calibration_samples, "--calibration-samples")
     path = cactus_keras.export.to_tflite(
         model, args.output, representative_data=x, int8=args.int8,
         num_calibration_samples=args.calibration_samples,
@@ -330,21 +455,30 @@ def _add_verify_tflite(subparsers):
         "integer interval propagation through its int8 arithmetic.",
     )
     p.add_argument("path", help="the .tflite file")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--epsilon", required=True, type=float)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
+    p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--kernels", default="default", help="default (XNNPACK), builtin or reference")
     p.add_argument("--rounding", default="floor_ceil",
                    help="floor_ceil (sound for any round-to-nearest kernel, default) or nearest "
                    "(tighter, uses the rounding error of LiteRT's and XNNPACK's kernels)")
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
+    p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
     p.set_defaults(run=_run_verify_tflite)
 
 
 def _run_verify_tflite(args):
     import cactus_keras.export
+    from cactus_keras import validation
 
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _check_limit(args.limit, "--limit")
+    _check_output_file(args.json_path, "--json")
+    if not os.path.isfile(args.path):
+        raise FileNotFoundError(
+            f"No .tflite file at '{args.path}'" + (" (it is a directory)" if os.path.isdir(args.path) else "")
+            + "; write one with `cactus-keras export`."
+        )
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.limit)
     result = cactus_keras.export.verify_tflite(
@@ -355,11 +489,41 @@ def _run_verify_tflite(args):
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to every option with a default worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings or isinstance(action, argparse._VersionAction)):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
+def _version():
+    from importlib import metadata
+
+    from cactus_keras import __version__
+
+    parts = []
+    for name in ("keras", "tensorflow"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"cactus-keras {__version__}" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cactus-keras",
         description="Certified training that survives pruning and int8 quantization.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_certify(subparsers)
     _add_train(subparsers)
@@ -374,6 +538,8 @@ def build_parser():
     add_experiment(subparsers)
     add_tune(subparsers)
     _add_distribute(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = _HelpFormatter
     return parser
 
 
@@ -413,24 +579,96 @@ def _distributed(args):
         yield
 
 
+# TensorFlow's start-up lines that say nothing to a user of this command.
+_NOISE = ("absl::InitializeLog", "cudart_stub", "cuda_dnn", "cuda_fft", "cuda_blas",
+          "oneDNN custom operations", "computation_placer", "Unable to register",
+          "TF-TRT Warning", "This TensorFlow binary is optimized", "rebuild TensorFlow",
+          "cuInit", "failed call to cuInit", "E0000 00:00:", "W0000 00:00:", "I0000 00:00:")
+
+
+def _quiet_tensorflow_import():
+    """Imports TensorFlow (the Keras backend) with its start-up logging held back:
+    `TF_CPP_MIN_LOG_LEVEL` does not cover what it prints before its logging starts.
+    Lines that are not start-up noise are passed on, as is everything on failure."""
+    import importlib.util
+    import tempfile
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = False
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines()
+                    if failed or not any(n in line for n in _NOISE)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def _translate(message, parser):
+    """An API message in the command's vocabulary: `name` (a parameter) becomes the
+    flag that sets it (--name), `name=True` the switch."""
+    if parser is None:
+        return message
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if not flags:
+            continue
+        flag = flags[0]
+        message = message.replace(f"`{action.dest}=True`", flag)
+        message = message.replace(f"`{action.dest}`", flag)
+    return message
+
+
 def main(argv=None):
-    # TensorFlow's start-up logging drowns the command's own output.
+    # TensorFlow's start-up logging drowns the command's own output; it must be set
+    # before TensorFlow is imported, which happens only once a command runs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    command_parser = parser._subparsers._group_actions[0].choices.get(args.command)
+    prefix = f"cactus-keras {args.command}"
     try:
+        _quiet_tensorflow_import()
         with _distributed(args):
             return args.run(args)
-    except ModuleNotFoundError as exc:
-        # An optional part (TFLite, TF-MOT, TFDS, KerasTuner) without its extra.
+    except KeyboardInterrupt:
+        message = getattr(args, "interrupt_message", None)
+        text = message(args) if callable(message) else "interrupted"
+        print(f"\n{prefix}: {text}", file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        # An optional part (TFLite, TF-MOT, TFDS, KerasTuner) without its extra names it.
         from cactus_keras import extras
 
-        message = extras.message_for(exc)
+        message = extras.message_for(exc) if isinstance(exc, ModuleNotFoundError) else None
         if message is None:
-            raise
-        print(f"cactus-keras {args.command}: error: {message}", file=sys.stderr)
+            message = (f"{_one_line(exc)} (a dependency is missing: reinstall "
+                       "cactus-keras, e.g. pip install cactus-keras)")
+        print(f"{prefix}: error: {message}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"cactus-keras {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+            text = f"{exc.strerror or exc}: '{exc.filename}'"
+        else:
+            text = str(exc)
+        print(f"{prefix}: error: {_translate(text, command_parser)}", file=sys.stderr)
         return 2
 
 

@@ -17,6 +17,23 @@ def check_epsilon(epsilon, name="epsilon"):
     return value
 
 
+def check_epsilon_range(epsilon, input_range, name="epsilon"):
+    """Refuses a radius whose ball covers the whole valid range of every input: then
+    nothing can be certified, and the value is almost surely in the wrong units
+    (for example 8 for 8/255 on images scaled to [0, 1])."""
+    if input_range is None:
+        return epsilon
+    low, high = input_range
+    if epsilon >= high - low:
+        raise ValueError(
+            f"`{name}` {epsilon:g} covers the whole data range [{low:g}, {high:g}]: every "
+            "input would be in the ball, so nothing can be certified. Give the radius in "
+            f"the data's units (images are scaled to [0, 1]: e.g. 0.1, or 8/255 = "
+            f"{8 / 255:.4f})."
+        )
+    return epsilon
+
+
 def check_input_range(input_range):
     if input_range is None:
         return None

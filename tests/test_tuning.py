@@ -162,7 +162,9 @@ def test_cli_search_resume_and_best(tmp_path, capsys):
         (["--targets", "prune:1.5"], "pruning ratio"),
         (["--targets", "int"], "quantize:BITS"),
         (["--standard-weight", "0.5", "0.2"], "low < high"),
-        (["--standard-weight", "0.1", "1.5"], "standard_weight"),
+        (["--standard-weight", "0.1", "1.5"], "--standard-weight must lie in [0, 1]"),
+        (["--standard-weight", "0.1", "0.2", "0.3"], "--standard-weight takes one number"),
+        (["--epsilon", "8"], "covers the whole data range"),
         (["--awp-radius", "0", "2"], "log scale"),
         (["--tuner", "hyperband", "--max-trials", "3"], "--max-trials does not apply"),
         (["--epsilon", "-1"], "epsilon"),
@@ -171,8 +173,8 @@ def test_cli_search_resume_and_best(tmp_path, capsys):
 def test_cli_rejects_bad_input_before_training(tmp_path, capsys, extra, message):
     argv = _tune_argv(tmp_path / "missing.npz", tmp_path / "tune", *extra)
     if "--epsilon" in extra:
-        argv = [a for a in argv if a != "0.01"]
-        argv.remove("--epsilon")
+        at = argv.index("--epsilon")
+        del argv[at:at + 2]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("cactus-keras tune: error:") and message in err
@@ -249,3 +251,77 @@ def test_mtl_ibp_searches_its_alpha_and_the_other_losses_do_not():
         assert "mtl_alpha" not in CactusHyperModel(build, 0.01, "prune:0.5", certified_loss=loss).searched()
     with pytest.raises(ValueError, match="option of certified_loss 'sabr'"):
         CactusHyperModel(build, 0.01, "prune:0.5", sabr_lambda=0.3)
+
+
+def test_cli_fixes_lambda_with_one_number():
+    from cactus_keras.tuning.cli import _hypermodel
+
+    args = cli.build_parser().parse_args(
+        _tune_argv("d.npz", "t", "--targets", "prune:0.5,quantize:8", "--standard-weight", "0.25",
+                   "--awp-radius", "1.5"))
+    space = _hypermodel(args, {}).search_space()
+    assert space["standard_weight"] == 0.25 and space["awp_radius"] == 1.5
+    hp = keras_tuner.HyperParameters()
+    _hypermodel(args, {}).declare(hp)
+    assert hp.values["standard_weight"] == 0.25 and hp.values["awp_radius"] == 1.5
+
+
+def test_a_tuner_that_cannot_start_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    import cactus_keras.tuning.search as search
+
+    data, directory = tmp_path / "tiny.npz", tmp_path / "tune"
+    _write_npz(data)
+
+    def missing(*args, **kwargs):
+        raise ImportError("Please install scikit-learn (sklearn) before using the `BayesianOptimization`.")
+
+    monkeypatch.setattr(search, "make_tuner", missing)
+    assert cli.main(_tune_argv(data, directory, "--tuner", "bayesian")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cactus-keras tune: error: Please install scikit-learn") and "Traceback" not in err
+    assert not (directory / "cactus" / search.SEARCH_FILE).exists()
+
+
+def test_bayesian_tuner_can_be_made(tmp_path):
+    pytest.importorskip("sklearn")
+    tuner = make_tuner(_hypermodel(), "bayesian", objective="mean", max_trials=2,
+                       directory=str(tmp_path / "search"))
+    assert type(tuner).__name__ == "CactusBayesianOptimization"
+
+
+def test_the_objective_is_read_only_at_full_epsilon():
+    from cactus_keras.tuning.objectives import DURING_RAMP, full_epsilon_history
+
+    ramp = {f"{MEAN}{DURING_RAMP}": 0.9, f"{CERTIFIED}{DURING_RAMP}": 0.9, "loss": 1.0}
+    records = [(0, ramp, False), (1, ramp, False),
+               (2, {MEAN: 0.2, CERTIFIED: 0.3, "loss": 0.5}, True),
+               (3, {MEAN: 0.4, CERTIFIED: 0.5, "loss": 0.4}, True)]
+    history = full_epsilon_history(records)
+    assert history.epoch == [2, 3] and history.history[MEAN] == [0.2, 0.4]
+    assert not any(k.endswith(DURING_RAMP) for k in history.history)
+    # A fit that ends before full epsilon reports its last epoch, as measured.
+    history = full_epsilon_history(records[:2])
+    assert history.epoch == [1] and history.history[MEAN] == [0.9]
+
+
+@pytest.mark.slow
+def test_a_trial_reports_its_full_epsilon_epochs_only(tmp_path):
+    x, y = _tiny_data()
+    hypermodel = CactusHyperModel(_tiny_network, epsilon=0.01, targets="prune:0.5", epochs=4,
+                                  standard_weight=0.5)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    seen = []
+
+    class Logs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(dict(logs))
+
+    history = hypermodel.fit(hp, model, x[:64], y[:64], validation_data=(x[64:], y[64:]),
+                             epochs=4, batch_size=32, verbose=0, callbacks=[Logs()])
+    # Schedule of 4 epochs: 1 warm-up, 1 ramp, then 2 at full epsilon.
+    assert hypermodel.schedule(4) == (1, 1)
+    assert history.epoch == [2, 3]
+    assert [MEAN in logs for logs in seen] == [False, False, True, True]
+    assert [CERTIFIED in logs for logs in seen] == [False, False, True, True]
+    assert seen[0]["epsilon"] == 0.0 and seen[3]["epsilon"] == pytest.approx(0.01)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for cactus-keras: Debian's Fashion-MNIST
-# package, a virtual environment in .venv and the package with its test extras.
+# package, a virtual environment in .venv and the package with its test extras, at the
+# versions of constraints.txt.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,6 @@ PY
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# The ranges of pyproject.toml, at the exact versions CI tests (constraints.txt).
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 echo "setup: ready ($(.venv/bin/python -c 'import keras, tensorflow as tf; print(f"Keras {keras.__version__}, TensorFlow {tf.__version__}")' 2>/dev/null))"

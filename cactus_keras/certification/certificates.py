@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from cactus_keras import backend, validation
@@ -70,6 +71,15 @@ class CertificationResult:
         }
 
 
+def network_of(model):
+    """The plain network of a `CactusModel` (any Keras model with a `network` that is a
+    Keras model), else `model` itself: what certificates are computed for."""
+    network = getattr(model, "network", None)
+    if isinstance(model, keras.Model) and isinstance(network, keras.Model):
+        return network
+    return model
+
+
 def _bounded_model(model, bound, input_range):
     """One `BoundedModel` per (model, bound, input range), so that repeated calls
     reuse its compiled predict function instead of tracing a new one."""
@@ -103,7 +113,7 @@ def certify(
     logits or probabilities (a final softmax is skipped: it does not change the arg-max).
 
     Args:
-        model: the Keras model.
+        model: the Keras model, or a `CactusModel` (its `network` is certified).
         x: inputs, shape (samples, *model input shape), in the data space.
         y: integer labels.
         epsilon: L-infinity radius in the data space (normalization inside the model is
@@ -134,6 +144,8 @@ def certify(
     bound = check_bound(bound)
     epsilon = validation.check_epsilon(epsilon)
     input_range = validation.check_input_range(input_range)
+    validation.check_epsilon_range(epsilon, input_range)
+    model = network_of(model)
     graph = parse_network(model)
     x, y = validation.check_data(model, x, y, graph.num_classes)
     if bound in CROWN_BOUNDS:

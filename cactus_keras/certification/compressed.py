@@ -9,7 +9,7 @@ import numpy as np
 
 from cactus_keras import atomic_write, validation
 from cactus_keras.bounds.graph import parse_network
-from cactus_keras.certification.certificates import certify
+from cactus_keras.certification.certificates import certify, network_of
 from cactus_keras.compression.kernels import prunable_kernels
 from cactus_keras.compression.masks import (
     check_pruning_method,
@@ -81,9 +81,16 @@ class CompressionTable:
         return "\n".join(lines)
 
 
-def _network_of(model_or_network):
-    # A CactusModel carries the plain network; anything else is the network itself.
-    return getattr(model_or_network, "network", model_or_network)
+def _working_copy(network):
+    """One clone of `network` per network, kept with it: every row and every later call
+    (each epoch of a tuning trial, each ratio of an experiment) reuses the clone and so
+    its compiled bound computation, instead of tracing a new one per call."""
+    copy = network.__dict__.get("_cactus_working_copy")
+    if copy is None or len(copy.weights) != len(network.weights):
+        copy = keras.models.clone_model(network)
+        # object.__setattr__ keeps Keras from tracking the clone as part of the network.
+        object.__setattr__(network, "_cactus_working_copy", copy)
+    return copy
 
 
 def _compress_into(copy, network, kernels, transform):
@@ -186,7 +193,7 @@ def evaluate_compressed(
     print(table)
     ```
     """
-    network = _network_of(model_or_network)
+    network = network_of(model_or_network)
     epsilon = validation.check_epsilon(epsilon)
     if isinstance(input_range, str) and input_range == "auto":
         input_range = getattr(model_or_network, "input_range", (0.0, 1.0))
@@ -206,8 +213,7 @@ def evaluate_compressed(
     ]
     recalibrated = False
     rows = []
-    # One working copy, so its compiled bound computation is reused for every row.
-    copy = keras.models.clone_model(network)
+    copy = _working_copy(network)
     for level, transform, excluded in settings:
         kernels = prunable_kernels(network, excluded)
         achieved = _compress_into(copy, network, kernels, transform)

@@ -433,6 +433,32 @@ def _read_npz(path):
     return raw, str(path)
 
 
+# Where TensorFlow Datasets downloads from; probed first, so that an offline machine
+# fails in seconds instead of after minutes of download retries.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+PROBE_SECONDS = 5.0
+
+
+def _can_reach(host):
+    import socket
+
+    try:
+        socket.create_connection(host, timeout=PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def _tfds_prepared(tfds_name):
+    """Whether TensorFlow Datasets has the dataset on disk already (no download)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(tfds_name).is_prepared()
+    except Exception:  # noqa: BLE001 - then let tfds.load say what is wrong
+        return False
+
+
 def _read_tfds(tfds_name):
     # Imported lazily: it pulls in TensorFlow and is only a last resort.
     from cactus_keras import extras
@@ -440,6 +466,11 @@ def _read_tfds(tfds_name):
     extras.require("tensorflow_datasets", f"Loading {tfds_name!r} from TensorFlow Datasets")
     import tensorflow_datasets as tfds
 
+    if not _tfds_prepared(tfds_name) and not _can_reach(DOWNLOAD_HOST):
+        raise ConnectionError(
+            f"no network: {DOWNLOAD_HOST[0]} cannot be reached (offline?), so "
+            "nothing was downloaded"
+        )
     splits = tfds.load(
         tfds_name,
         split=["train", "test"],
@@ -554,6 +585,14 @@ def _as_images(array, origin):
         return images
     if np.issubdtype(array.dtype, np.floating):
         images = array.astype(np.float32)
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = np.unravel_index(int(np.argmax(bad)), images.shape)
+            raise DatasetFormatError(
+                f"Images in {origin} hold {int(bad.sum())} NaN or infinite values (first "
+                f"at image {first[0]}, pixel {tuple(int(i) for i in first[1:])}); every "
+                "pixel must be a finite number in [0, 1]."
+            )
         lo, hi = _range(images)
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
             raise DatasetFormatError(

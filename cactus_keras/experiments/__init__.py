@@ -1,13 +1,39 @@
 """Configured runs: one training run (`TrainConfig`, `train`) and whole experiments
-(`cactus-keras experiment CONFIG.toml`): methods side by side, reports and plots."""
+(`cactus-keras experiment CONFIG.toml`): methods side by side, reports and plots.
 
-from cactus_keras.experiments.training import (
-    COMPRESSIONS,
-    TrainConfig,
-    build_model,
-    schedule_callbacks,
-    train,
-)
-from cactus_keras.experiments.config import ConfigError, ExperimentConfig, load_config, parse_config
-from cactus_keras.experiments.methods import METHODS
-from cactus_keras.experiments.runner import run_experiment
+Importing this package imports nothing heavy (the command line reads its argument
+parser from here); the names below load their modules when first used.
+"""
+
+_EXPORTS = {
+    "COMPRESSIONS": "cactus_keras.experiments.training",
+    "TrainConfig": "cactus_keras.experiments.training",
+    "build_model": "cactus_keras.experiments.training",
+    "schedule_callbacks": "cactus_keras.experiments.training",
+    "train": "cactus_keras.experiments.training",
+    "ConfigError": "cactus_keras.experiments.config",
+    "ExperimentConfig": "cactus_keras.experiments.config",
+    "load_config": "cactus_keras.experiments.config",
+    "parse_config": "cactus_keras.experiments.config",
+    "example_config": "cactus_keras.experiments.examples",
+    "example_names": "cactus_keras.experiments.examples",
+    "METHODS": "cactus_keras.experiments.methods",
+    "run_experiment": "cactus_keras.experiments.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cactus_keras.experiments' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 
 def add_parser(subparsers):
+    from cactus_keras.experiments.examples import example_names
+
     p = subparsers.add_parser(
         "experiment",
         help="train and compare methods from a TOML config; write tables and plots",
         description="Train every method of an experiment config (CACTUS and the baselines "
         "ibp-then-compress, ibp-then-finetune, tfmot), certify each over the compression "
         "grid and the int8 file, and write DIR/results.json, results.csv, runs.csv, "
-        "report.md and PNG plots. Finished runs in DIR are not rerun. Configs: "
-        "examples/configs/.",
+        "report.md and PNG plots. Finished runs (and finished steps of an interrupted "
+        "run) in DIR are not rerun. Shipped configs: --example "
+        f"{{{','.join(example_names())}}}.",
     )
-    p.add_argument("config", help="experiment config (.toml)")
-    p.add_argument("--output", required=True, help="output directory (reused to resume)")
+    p.add_argument("config", nargs="?", default=None, help="experiment config (.toml)")
+    p.add_argument("--example", default=None, metavar="NAME",
+                   help="use the shipped example config NAME instead of a file: "
+                   + ", ".join(example_names()))
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory (reused to resume)")
     p.add_argument("--seeds", type=int, default=None, help="runs per method, seeds 0..N-1 (overrides the config)")
     p.add_argument("--check", action="store_true", help="validate the config and the data, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -24,12 +31,22 @@ def add_parser(subparsers):
 
 
 def _run_experiment(args):
-    from cactus_keras.experiments.config import load_config
+    from cactus_keras.experiments.config import example_config, load_config
 
-    config = load_config(args.config, seeds=args.seeds)
-    command = f"cactus-keras experiment {args.config} --output {args.output}"
-    if args.seeds is not None:
-        command += f" --seeds {args.seeds}"
+    if (args.config is None) == (args.example is None):
+        raise ValueError("Give an experiment config (CONFIG.toml) or --example NAME, not "
+                         + ("both." if args.config else "(neither was given)."))
+    path = example_config(args.example) if args.example else args.config
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output '{args.output}' is a file; give a directory (it is "
+                         "created if missing, and reused to resume).")
+    config = load_config(path, seeds=args.seeds)
+    source = ["--example", args.example] if args.example else [args.config]
+    command = shlex.join(["cactus-keras", "experiment", *source, "--output", args.output]
+                         + (["--seeds", str(args.seeds)] if args.seeds is not None else []))
+    args.interrupt_message = lambda _: (
+        f"interrupted: finished runs and steps are kept in {os.path.join(args.output, 'runs')}; "
+        f"resume with: {command}")
     if args.check:
         from cactus_keras.data import load
         from cactus_keras.experiments.runner import _preflight

@@ -44,6 +44,7 @@ import os
 
 from cactus_keras import backend, validation
 from cactus_keras.experiments.errors import ConfigError
+from cactus_keras.experiments.examples import example_config, example_names  # noqa: F401
 from cactus_keras.experiments.evaluation import check_evaluation, check_keys
 from cactus_keras.experiments.methods import make_method
 from cactus_keras.experiments.training import TRAIN_FIELDS, TrainConfig
@@ -131,7 +132,12 @@ def parse_config(data, path=None, seeds=None):
         if key not in experiment:
             raise ConfigError(f"{where} [experiment]: `{key}` is required.")
     try:
-        epsilon = validation.check_epsilon(experiment["epsilon"])
+        value = experiment["epsilon"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # TOML gives "0.1" (quoted) as a string: refused, not read as a number.
+            raise TypeError(f"`epsilon` must be a number (epsilon = 0.1, no quotes), got {value!r}.")
+        epsilon = validation.check_epsilon(value)
+        validation.check_epsilon_range(epsilon, (0.0, 1.0))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where} [experiment]: {exc}") from None
     count = experiment.get("seeds", 1) if seeds is None else seeds
@@ -211,7 +217,11 @@ def load_config(path, seeds=None):
     """Reads and validates an experiment TOML file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"No experiment config at '{path}'; see examples/configs/ for examples."
+            f"No experiment config at '{path}'"
+            + (" (it is a directory)" if os.path.isdir(path) else "")
+            + "; start from a shipped example: `cactus-keras experiment --example NAME` "
+            f"with NAME one of {', '.join(example_names())} (`cactus_keras.experiments."
+            "example_config(NAME)` gives its path)."
         )
     try:
         with open(path, "rb") as f:

@@ -235,7 +235,8 @@ class TrainedMethod(Method):
         if not os.path.exists(os.path.join(ctx.directory, "network.keras")):
             config = self.config.train_config(self.overrides(), seed=ctx.seed)
             ctx.log(f"training {config.epochs} epochs ({config.compression} compression)")
-            train(config, ctx.data, ctx.directory, verbose=ctx.verbose)
+            # An interrupted training continues from its last finished epoch.
+            train(config, ctx.data, ctx.directory, verbose=ctx.verbose, resume=True)
         return keras.saving.load_model(os.path.join(ctx.directory, "network.keras"), compile=False)
 
     def run(self, ctx):

@@ -41,9 +41,20 @@ def certified_vs_pruning(summary, runs, path, title=""):
     return path
 
 
+def point_label(entry):
+    """The compression level of a summary entry, as written next to its point: the
+    pruning ratio, the bit width of fake-quantized kernels, or int8 for the file."""
+    if entry["form"] == "prune":
+        return f"{entry['ratio']:g}"
+    if entry["form"] == "quantize":
+        return f"{entry['bits']}b"
+    return "int8"
+
+
 def clean_vs_certified(summary, runs, path, title=""):
     """Clean against certified accuracy of every (run, compression level): colour is
-    the run, marker the kind of compression."""
+    the run, marker the kind of compression, and the label beside each point its
+    level (pruning ratio, bits of fake-quantized kernels, int8 for the .tflite file)."""
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for e in summary:
@@ -51,6 +62,9 @@ def clean_vs_certified(summary, runs, path, title=""):
                     xerr=e["clean_accuracy_std"], yerr=e["certified_accuracy_std"],
                     marker=FORM_MARKERS[e["form"]], color=colors[e["run"]], linestyle="none",
                     alpha=0.8)
+        ax.annotate(point_label(e), (e["clean_accuracy_mean"], e["certified_accuracy_mean"]),
+                    textcoords="offset points", xytext=(4, 3), fontsize=6,
+                    color=colors[e["run"]])
     handles = [plt.Line2D([], [], color=colors[r], marker="o", linestyle="none",
                           label=f"{r} ({m})") for r, m in runs.items()]
     handles += [plt.Line2D([], [], color="gray", marker=FORM_MARKERS[f], linestyle="none",

@@ -21,6 +21,14 @@ def _spec(config, method, seed):
                       "epsilon": config.epsilon, "test_samples": config.test_samples})
 
 
+def _read_seconds(path):
+    try:
+        with open(path) as f:
+            return float(json.load(f)["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def _preflight(config, data, output):
     """Everything that can fail before training: architectures against the data,
     and runs already in `output` made with other settings."""
@@ -69,7 +77,8 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     Example:
 
     ```python
-    config = cactus_keras.experiments.load_config("examples/configs/fashion_mnist_cpu.toml")
+    path = cactus_keras.experiments.example_config("fashion_mnist_cpu")
+    config = cactus_keras.experiments.load_config(path)
     cactus_keras.experiments.run_experiment(config, "runs/fmnist")
     ```
     """
@@ -115,10 +124,17 @@ def _run(config, output, verbose, progress, command):
         ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
                          directory=directory, source_directories=sources, verbose=verbose,
                          log=lambda text, name=name, seed=seed: tqdm.write(f"[{name} seed {seed}] {text}"))
+        # The time of every call that worked on this run, interrupted ones included.
+        timing = os.path.join(directory, "seconds.json")
+        spent = _read_seconds(timing)
         start = time.perf_counter()
-        rows = method.run(ctx)
+        try:
+            rows = method.run(ctx)
+        except BaseException:
+            write_json(timing, {"seconds": spent + time.perf_counter() - start})
+            raise
         record = {"run": name, "method": method.name, "seed": seed,
-                  "seconds": time.perf_counter() - start,
+                  "seconds": spent + time.perf_counter() - start,
                   "rows": [{"run": name, "method": method.name, "seed": seed, **r} for r in rows]}
         write_json(done, record)
         records.append(record)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import shutil
+import signal
+import threading
 
 import keras
+import numpy as np
 
 from cactus_keras import atomic_write, backend, models, validation
 from cactus_keras.compression.awp import Quantization
@@ -28,9 +34,11 @@ CLIP_NORM = 10.0
 class TrainConfig:
     """Everything that defines a training run (saved as DIR/config.json).
 
-    The schedule: `warmup_epochs` of standard training (epsilon 0, lambda 1), then over
-    `ramp_epochs` epsilon ramps to its target (smoothed ramp) while lambda moves to
-    `standard_weight`, then training at the target.
+    The schedule: `warmup_epochs` of standard training (epsilon 0, lambda 1; default 1,
+    or 0 when `epochs` is 1), then over `ramp_epochs` (default: half the remaining
+    epochs, at least 1) epsilon ramps to its target (smoothed ramp) while lambda moves
+    to `standard_weight`, then training at the target. The ramp must end within
+    `epochs`, so that the last epochs train at the target epsilon.
     """
 
     dataset: str
@@ -52,7 +60,7 @@ class TrainConfig:
     mtl_alpha: float | None = None
     sabr_lambda: float | None = None
     attack_steps: int | None = None
-    warmup_epochs: int = 1
+    warmup_epochs: int | None = None
     ramp_epochs: int | None = None
     ibp_init: bool = False
     limit: int | None = None
@@ -60,7 +68,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _check_field_types(self)
         validation.check_epsilon(self.epsilon)
+        validation.check_epsilon_range(self.epsilon, (0.0, 1.0))
         if self.arch not in models.ARCHITECTURES:
             raise ValueError(
                 f"Unknown arch {self.arch!r}; expected one of {', '.join(models.ARCHITECTURES)}."
@@ -71,23 +81,38 @@ class TrainConfig:
                 f"{', '.join(COMPRESSIONS)}."
             )
         check_pruning_method(self.pruning_method)
+        self.prune_range = tuple(self.prune_range)
         # Building the members validates their arguments before any training.
         self.compression_members()
         for name in ("epochs", "batch_size"):
             validation.check_positive_int(getattr(self, name), name)
+        if self.warmup_epochs is None:
+            self.warmup_epochs = 1 if self.epochs > 1 else 0
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
-                f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with "
-                f"epochs={self.epochs}."
+                f"`warmup_epochs` (epochs of standard training first) must be in [0, "
+                f"`epochs`), got {self.warmup_epochs} with `epochs` {self.epochs}: give "
+                f"more `epochs` or fewer `warmup_epochs` (0 trains with epsilon from the start)."
             )
         if self.ramp_epochs is None:
             self.ramp_epochs = default_ramp_epochs(self.epochs, self.warmup_epochs)
         if self.ramp_epochs < 0:
-            raise ValueError(f"ramp_epochs must be >= 0, got {self.ramp_epochs}.")
+            raise ValueError(f"`ramp_epochs` must be >= 0, got {self.ramp_epochs}.")
+        if self.warmup_epochs + self.ramp_epochs > self.epochs:
+            raise ValueError(
+                f"The epsilon ramp would end after training: `warmup_epochs` "
+                f"{self.warmup_epochs} + `ramp_epochs` {self.ramp_epochs} > `epochs` "
+                f"{self.epochs}, so epsilon would never reach its target. Use `ramp_epochs` "
+                f"<= {self.epochs - self.warmup_epochs} or more `epochs`."
+            )
         if not 0.0 <= self.standard_weight <= 1.0:
-            raise ValueError(f"standard_weight must be in [0, 1], got {self.standard_weight}.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+            raise ValueError(f"`standard_weight` (lambda) must be in [0, 1], got {self.standard_weight}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}.")
+        if self.limit is not None:
+            validation.check_positive_int(self.limit, "limit")
+        if self.validation_samples < 0:
+            raise ValueError(f"`validation_samples` must be >= 0, got {self.validation_samples}.")
         check_certified_loss(self.certified_loss, **self.certified_loss_options())
 
     def certified_loss_options(self):
@@ -98,7 +123,11 @@ class TrainConfig:
     def compression_members(self):
         members = []
         if "prune" in self.compression:
-            members.append(Pruning(ratio=tuple(self.prune_range), pruning_method=self.pruning_method))
+            try:
+                members.append(Pruning(ratio=tuple(self.prune_range), pruning_method=self.pruning_method))
+            except (TypeError, ValueError) as exc:
+                # Pruning calls its range `ratio`; here it is `prune_range`.
+                raise type(exc)(str(exc).replace("`ratio`", "`prune_range`")) from None
         if "quant" in self.compression:
             members.append(Quantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
@@ -107,6 +136,29 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["prune_range"] = list(self.prune_range)
         return data
+
+
+# The type each field takes (None is allowed where the default is None).
+_FIELD_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,),
+                "tuple": (tuple, list)}
+
+
+def _check_field_types(config):
+    """A string "0.1" for a number (as TOML or JSON can give) is refused, not converted."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = str(field.type).split("|")[0].strip()
+        if value is None and "None" in str(field.type):
+            continue
+        expected = _FIELD_TYPES.get(kind)
+        if expected is None:
+            continue
+        wrong = isinstance(value, bool) and kind != "bool"
+        if wrong or not isinstance(value, expected):
+            raise TypeError(
+                f"`{field.name}` must be {'a number' if kind == 'float' else 'an integer' if kind == 'int' else 'a ' + kind}"
+                f", got {value!r} ({type(value).__name__})."
+            )
 
 
 # The fields a config's [training] table (and a method's own options) may set.
@@ -153,11 +205,201 @@ def schedule_callbacks(config):
     return ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
 
 
-def train(config, data, output_dir, verbose=2, callbacks=(), distribute=None):
+RUN_FILES = ("config.json", "model.keras", "network.keras", "training_log.csv", "backup")
+BACKUP = "backup"
+
+
+class RunExistsError(ValueError):
+    """The output directory holds a training run that this call would overwrite."""
+
+
+def run_state(output_dir):
+    """None (no run in `output_dir`), "finished" or "unfinished"."""
+    present = [n for n in RUN_FILES if os.path.exists(os.path.join(output_dir, n))]
+    if not present:
+        return None
+    finished = all(os.path.exists(os.path.join(output_dir, n)) for n in ("model.keras", "network.keras"))
+    if finished and not os.path.exists(os.path.join(output_dir, BACKUP)):
+        return "finished"
+    return "unfinished"
+
+
+def resumed_epoch(output_dir):
+    """Epochs finished and backed up in an unfinished run (0 if none)."""
+    path = os.path.join(output_dir, BACKUP, "training_metadata.json")
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _saved_settings(config, data):
+    return json.loads(json.dumps({**config.to_dict(), "data_source": data.source}))
+
+
+def check_existing(output_dir, config, data, *, resume=False, overwrite=False):
+    """Checks what `train(config, data, output_dir, resume=..., overwrite=...)` would
+    do with a run already in `output_dir`: a RunExistsError if it would overwrite it;
+    else the state of the run it continues (None: it starts afresh)."""
+    return _check_existing(output_dir, _saved_settings(config, data), resume, overwrite)
+
+
+def _check_existing(output_dir, settings, resume, overwrite):
+    """Returns the state of the run in `output_dir` this call continues (None: start)."""
+    state = run_state(output_dir)
+    if state is None:
+        return None
+    if overwrite:
+        for name in RUN_FILES:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        return None
+    saved = None
+    try:
+        with open(os.path.join(output_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        pass
+    differ = [] if saved is None else [
+        f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v
+    ]
+    if not resume:
+        what = f"a {state} training run"
+        if differ:
+            what += f" made with other settings ({'; '.join(differ)})"
+        hint = ("pass `resume=True` to continue it, " if state == "unfinished" and not differ
+                else "")
+        raise RunExistsError(
+            f"{output_dir} holds {what}; {hint}pass `overwrite=True` to replace it, or "
+            "choose another output directory."
+        )
+    if saved is None:
+        raise RunExistsError(
+            f"{output_dir} holds run files but no readable config.json, so it cannot be "
+            "resumed; pass `overwrite=True` to replace it, or choose another output directory."
+        )
+    if differ:
+        raise RunExistsError(
+            f"{output_dir} holds a run made with other settings ({'; '.join(differ)}); "
+            "resuming needs the same settings. Pass `overwrite=True` to replace it, or "
+            "choose another output directory."
+        )
+    return state
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """Batches of `(x, y)` in an order that depends only on `(seed, epoch)`, so that a
+    run resumed at epoch E sees the same batches as an uninterrupted one.
+    `EpochOfBatches` tells it the epoch."""
+
+    def __init__(self, x, y, batch_size, seed):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._order_epoch, self._order = None, None
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        if self._order_epoch != self.epoch:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+            self._order_epoch = self.epoch
+        chosen = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self.x[chosen], self.y[chosen]
+
+
+class EpochOfBatches(keras.callbacks.Callback):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.epoch = epoch
+
+
+class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore` (at each epoch's end, kept after training), with
+    Ctrl-C held back while a backup is written, so that it is never left half-written.
+
+    The non-trainable variables are backed up too: Keras's weights file leaves out the
+    state of seed generators (the ratio sampling), without which a resumed run would
+    draw other pruning ratios than an uninterrupted one.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True,
+                         delete_checkpoint=False)
+        self._states_path = os.path.join(backup_dir, "non_trainable.npz")
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.exists(self._states_path):
+            with np.load(self._states_path) as saved:
+                values = [saved[f"v{i}"] for i in range(len(saved.files))]
+            variables = self.model.non_trainable_variables
+            if len(values) == len(variables) and all(
+                    tuple(v.shape) == a.shape for v, a in zip(variables, values)):
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+
+    def _save_model(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self._save_all()
+        pending = []
+        previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+        try:
+            self._save_all()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if pending:
+            raise KeyboardInterrupt
+
+    def _save_all(self):
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f"v{i}": keras.ops.convert_to_numpy(v.value)
+                            for i, v in enumerate(self.model.non_trainable_variables)})
+        super()._save_model()
+        atomic_write.write_bytes(self._states_path, buffer.getvalue())
+
+
+def _keep_log_rows(path, epochs):
+    """Keeps the header and the rows of the first `epochs` epochs of a CSV log: the
+    epochs a resumed run does not train again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep = lines[:1]
+    for line in lines[1:]:
+        try:
+            if int(line.split(",", 1)[0]) < epochs:
+                keep.append(line)
+        except ValueError:
+            pass
+    atomic_write.write_text(path, "\n".join(keep) + "\n" if len(keep) > 1 else "")
+
+
+def train(config, data, output_dir, verbose=2, callbacks=(), *, resume=False, overwrite=False,
+          distribute=None):
     """Trains `config` on `data` (a `cactus_keras.data.Dataset`) and saves the run.
 
-    Writes `model.keras` (the CactusModel), `network.keras` (the plain network),
-    `training_log.csv` and `config.json` into `output_dir`. Returns the model.
+    Writes `config.json` first, `training_log.csv` and a backup (`backup/`) at the end
+    of each epoch, and at the end `model.keras` (the CactusModel) and `network.keras`
+    (the plain network) into `output_dir`. Returns the model.
+
+    A directory that holds a run is not overwritten: `resume=True` continues an
+    interrupted run with the same settings from its last finished epoch (the batches
+    of each epoch depend only on the seed and the epoch, so the result is that of an
+    uninterrupted run), or returns a finished one; `overwrite=True` replaces it.
 
     `distribute` ("none", "mirrored", "multi-worker" or "data-parallel"; default the
     `backend.distribute_default`, else "none") spreads each batch of
@@ -167,6 +409,12 @@ def train(config, data, output_dir, verbose=2, callbacks=(), distribute=None):
     (`backend.worker_directory(output_dir, "multi-worker")`).
     """
     distribute = backend.check_distribute(backend.resolve_distribute(distribute))
+    if resume and overwrite:
+        raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
+    settings = _saved_settings(config, data)
+    state = _check_existing(output_dir, settings, resume, overwrite)
+    if state == "finished":
+        return keras.saving.load_model(os.path.join(output_dir, "model.keras"), compile=False)
     os.makedirs(output_dir, exist_ok=True)
     x, y = data.x_train, data.y_train
     if config.limit is not None:
@@ -175,24 +423,31 @@ def train(config, data, output_dir, verbose=2, callbacks=(), distribute=None):
     if config.validation_samples:
         n = config.validation_samples
         validation_data = (data.x_test[:n], data.y_test[:n])
-    atomic_write.write_json(os.path.join(output_dir, "config.json"),
-                            {**config.to_dict(), "data_source": data.source,
-                             "distribute": distribute})
+    log_path = os.path.join(output_dir, "training_log.csv")
+    if state == "unfinished":
+        _keep_log_rows(log_path, resumed_epoch(output_dir))
+    else:
+        atomic_write.write_json(os.path.join(output_dir, "config.json"),
+                                {**settings, "distribute": distribute})
     with backend.distribution_scope(distribute):
         model = build_model(config, data.input_shape, data.num_classes, data.input_range)
+        x, y = validation.check_data(model.network, x, y, data.num_classes)
+        batches = ShuffledBatches(x, y, config.batch_size, config.seed)
         model.fit(
-            x,
-            y,
-            batch_size=config.batch_size,
+            batches,
             epochs=config.epochs,
+            shuffle=False,  # the batches shuffle themselves, from (seed, epoch)
             validation_data=validation_data,
             callbacks=[
+                EpochOfBatches(batches),
                 *schedule_callbacks(config),
-                keras.callbacks.CSVLogger(os.path.join(output_dir, "training_log.csv")),
+                InterruptSafeBackup(os.path.join(output_dir, BACKUP)),
+                keras.callbacks.CSVLogger(log_path, append=state == "unfinished"),
                 *callbacks,
             ],
             verbose=verbose,
         )
     model.save(os.path.join(output_dir, "model.keras"))
     model.network.save(os.path.join(output_dir, "network.keras"))
+    shutil.rmtree(os.path.join(output_dir, BACKUP), ignore_errors=True)
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -19,7 +20,11 @@ from cactus_keras.export.integer_intervals import (
 from cactus_keras.export.integer_margins import certify_propagation
 from cactus_keras.export.integer_propagation import IntegerProgram
 from cactus_keras.export.integer_simulation import KernelSimulation
-from cactus_keras.export.model_file import TFLiteFormatError, load_integer_graph
+from cactus_keras.export.model_file import (
+    TFLiteFormatError,
+    UnsupportedOperatorError,
+    load_integer_graph,
+)
 
 KERNELS = ("default", "builtin", "reference")
 # The interpreter's kernels -> the rounding the integer simulation follows.
@@ -197,11 +202,46 @@ class InterpreterRunner:
         return np.array(self.interpreter.get_tensor(self.output_index)).reshape(len(inputs), -1)
 
 
+@contextlib.contextmanager
+def _inconsistent_file_errors(path, name):
+    """The interpreter's own errors while it reads or runs a file that loaded (a
+    zero point its kernels do not support, tensor sizes that do not fit, names that
+    are not text) as a TFLiteFormatError naming the file."""
+    try:
+        yield
+    except (RuntimeError, UnicodeDecodeError) as error:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        raise TFLiteFormatError(
+            f"'{path}' is inconsistent: {name} could not run it "
+            f"({lines[0] if lines else type(error).__name__})."
+        ) from None
+
+
+@contextlib.contextmanager
+def _inconsistent_graph_errors(path):
+    """NumPy's errors while the integer program runs a graph whose tensor shapes do not
+    fit each other (a file that loaded but is inconsistent) as a TFLiteFormatError;
+    the verifier's own errors pass unchanged."""
+    try:
+        yield
+    except (TFLiteFormatError, UnsupportedOperatorError):
+        raise
+    except (ValueError, IndexError) as error:
+        raise TFLiteFormatError(
+            f"'{path}' is inconsistent: its tensors do not fit its ops ({error})."
+        ) from None
+
+
 def _check_x(graph, x, y):
     x = np.asarray(x)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number):
         raise TypeError(f"`x` must be a numeric array, got dtype {x.dtype}.")
     expected = graph.entry_tensor.shape[1:]
+    if any(int(e) < 1 for e in expected):
+        raise TFLiteFormatError(
+            f"'{graph.path}' is inconsistent: its input shape (batch, "
+            f"{', '.join(str(e) for e in expected)}) has a dimension below 1."
+        )
     if x.shape[1:] != expected:
         raise ValueError(
             f"`x` has shape {x.shape}, but '{graph.path}' expects (batch, "
@@ -283,7 +323,8 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     x, y = _check_x(graph, x, y)
     interpreter, name = make_interpreter(graph.path, kernels)
-    run = InterpreterRunner(interpreter)
+    with _inconsistent_file_errors(graph.path, name):
+        run = InterpreterRunner(interpreter)
     program = IntegerProgram(graph)
     simulation = KernelSimulation(SIMULATED_KERNELS[kernels])
     intervals = IntervalArithmetic(rounding)
@@ -293,13 +334,16 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     for start in range(0, len(x), batch_size):
         xb, yb = x[start: start + batch_size], y[start: start + batch_size]
         q = quantize_input(graph, xb)
-        outputs = run(xb if graph.float_input else q)
+        with _inconsistent_file_errors(graph.path, name):
+            outputs = run(xb if graph.float_input else q)
         predicted.append(np.argmax(outputs, axis=1))
         q64 = q.astype(np.int64)
-        point = program.run(simulation, q64, q64, rounding=rounding)
+        with _inconsistent_graph_errors(graph.path):
+            point = program.run(simulation, q64, q64, rounding=rounding)
         simulated.append(np.argmax(point.lower, axis=1))
         lower, upper = input_interval(graph, xb, epsilon, input_range, rounding)
-        bounds = program.run(intervals, lower, upper, rounding=rounding)
+        with _inconsistent_graph_errors(graph.path):
+            bounds = program.run(intervals, lower, upper, rounding=rounding)
         certified.append(certify_propagation(graph, bounds, yb))
         lows.append(bounds.lower)
         highs.append(bounds.upper)

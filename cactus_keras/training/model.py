@@ -130,6 +130,7 @@ class CactusModel(keras.Model):
         self._given_loss_options = {"mtl_alpha": mtl_alpha, "sabr_lambda": sabr_lambda,
                                     "attack_steps": attack_steps}
         self.input_range = validation.check_input_range(input_range)
+        validation.check_epsilon_range(self.epsilon_target, self.input_range)
         self.compression = check_members(compression)
         self.include_full_network = bool(include_full_network)
         if not self.include_full_network and not self.compression:

@@ -32,7 +32,8 @@ class VariableRamp(keras.callbacks.Callback):
     Before `start_epoch` the variable holds `start`; over the next `ramp_epochs` it
     follows the ramp `shape` ("linear" or "smooth"), updated every batch; then it holds
     `end`. `end=None` uses the model's target (`model.<attribute>_target`), so a resumed
-    run ramps to the same value.
+    run ramps to the same value. The value at the end of each epoch is written into
+    the epoch logs under the attribute's name (`epsilon`, `standard_weight`).
     """
 
     def __init__(self, attribute, ramp_epochs, start_epoch=0, start=0.0, end=None, shape="linear"):
@@ -81,6 +82,12 @@ class VariableRamp(keras.callbacks.Callback):
         steps = self.params.get("steps") if self.params else None
         fraction = batch / steps if steps else 0.0
         self._variable().assign(self.value_at(self._epoch + fraction))
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The value of the epoch's last batch goes into the epoch logs (CSVLogger,
+        # History), so a log says at which epsilon and lambda its metrics were measured.
+        if logs is not None:
+            logs[self.attribute] = float(keras.ops.convert_to_numpy(self._variable().value))
 
 
 class EpsilonRamp(VariableRamp):

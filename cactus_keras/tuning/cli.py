@@ -46,10 +46,11 @@ def add_parser(subparsers):
     p.add_argument("--compression", default=None,
                    help="members of the training set (what trains), as in `train`: none, prune, "
                    "quant or prune+quant (default: from --targets)")
-    p.add_argument("--standard-weight", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="lambda range (default 0.0 0.9)")
-    p.add_argument("--awp-radius", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="eta range in quantization steps, log scale (default 0.25 4.0)")
+    p.add_argument("--standard-weight", type=float, nargs="+", default=None, metavar="LAMBDA",
+                   help="lambda: LOW HIGH searches that range, one number fixes it (default 0.0 0.9)")
+    p.add_argument("--awp-radius", type=float, nargs="+", default=None, metavar="ETA",
+                   help="eta in quantization steps: LOW HIGH searches that range (log scale), "
+                   "one number fixes it (default 0.25 4.0)")
     p.add_argument("--certified-loss", default="worst-case",
                    help="worst-case (default), mtl-ibp (its alpha is searched) or sabr, as in `train`")
     p.add_argument("--mtl-alpha", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -121,7 +122,12 @@ def _check_args(args):
     from cactus_keras.tuning.search import check_tuner_name
 
     validation.check_epsilon(args.epsilon, "--epsilon")
+    validation.check_epsilon_range(args.epsilon, (0.0, 1.0), "--epsilon")
     check_tuner_name(args.tuner)
+    for flag, values in (("--standard-weight", args.standard_weight), ("--awp-radius", args.awp_radius)):
+        if values is not None and len(values) not in (1, 2):
+            raise ValueError(f"{flag} takes one number (a fixed value) or two (LOW HIGH, a "
+                             f"range), got {len(values)}: {' '.join(f'{v:g}' for v in values)}.")
     targets = parse_targets(args.targets)
     for name in [o for o in args.objective.split(",") if o.strip()] or [""]:
         check_objective_name(name, targets)
@@ -161,14 +167,19 @@ def _hypermodel(args, shape_holder):
         input_shape, num_classes = shape_holder["input_shape"], shape_holder["num_classes"]
         return models.get(args.arch, input_shape, num_classes, batch_norm=args.batch_norm)
 
+    def space(values, default):
+        if not values:
+            return default
+        return values[0] if len(values) == 1 else tuple(values)
+
     return CactusHyperModel(
         build_network,
         args.epsilon,
         args.targets,
         compression=args.compression,
         epochs=args.epochs,
-        standard_weight=tuple(args.standard_weight) if args.standard_weight else DEFAULT_STANDARD_WEIGHT,
-        awp_radius=tuple(args.awp_radius) if args.awp_radius else DEFAULT_AWP_RADIUS,
+        standard_weight=space(args.standard_weight, DEFAULT_STANDARD_WEIGHT),
+        awp_radius=space(args.awp_radius, DEFAULT_AWP_RADIUS),
         certified_loss=args.certified_loss,
         mtl_alpha=tuple(args.mtl_alpha) if args.mtl_alpha else DEFAULT_MTL_ALPHA,
         sabr_lambda=args.sabr_lambda,
@@ -251,12 +262,17 @@ def _run_tune(args):
         tuner = make_tuner(hypermodel, args.tuner, **tuner_kwargs)
         return _report_best(tuner, args, command, config)
 
+    args.interrupt_message = lambda _: (
+        f"interrupted: finished trials are kept in {project_dir}; resume with: {command}")
     if args.overwrite:
         tuner = make_tuner(hypermodel, args.tuner, overwrite=True, **tuner_kwargs)
         check_resume(project_dir, config)
     else:
-        resumed = check_resume(project_dir, config)
+        # The settings are saved only once the tuner could be made (a tuner that cannot
+        # start, e.g. for a missing dependency, leaves nothing that blocks a retry).
+        resumed = check_resume(project_dir, config, save=False)
         tuner = make_tuner(hypermodel, args.tuner, **tuner_kwargs)
+        check_resume(project_dir, config)
         if resumed and not is_distributed_worker():
             done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
             print(f"resuming the search in {project_dir}: {done} trial(s) finished")

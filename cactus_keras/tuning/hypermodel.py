@@ -20,7 +20,11 @@ from cactus_keras.experiments.training import (
     ramp_callbacks,
 )
 from cactus_keras.training import CactusModel, check_certified_loss, ibp_initialize
-from cactus_keras.tuning.objectives import CompressedCertification, parse_targets
+from cactus_keras.tuning.objectives import (
+    CompressedCertification,
+    full_epsilon_history,
+    parse_targets,
+)
 
 
 # Default search spaces: (low, high) is a range, a list a choice, a number a fixed value.
@@ -125,6 +129,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
     network, and the network compressed to each of `targets`, at the target epsilon:
     the metrics `val_certified_accuracy`, `val_certified_accuracy_compressed` and
     `val_certified_accuracy_mean` that the objectives of `cactus_keras.tuning` name.
+    They are read only in epochs at full epsilon (after the ramp): `fit` returns the
+    history of those epochs, so the tuner's best epoch (and its saved weights) is never
+    a warm-up or ramp epoch.
 
     Args:
         build_network: a function returning a fresh Keras network (logits); it may take
@@ -365,9 +372,12 @@ class CactusHyperModel(keras_tuner.HyperModel):
             )
         epochs = self.epochs or kwargs.get("epochs", 1)
         # Ours first, so KerasTuner's callbacks (which read the objective) see our metrics.
-        kwargs["callbacks"] = [*self.callbacks(validation_data, epochs), *kwargs.get("callbacks", [])]
+        ours = self.callbacks(validation_data, epochs)
+        kwargs["callbacks"] = [*ours, *kwargs.get("callbacks", [])]
         with self._scope():
-            return model.fit(*args, **kwargs)
+            model.fit(*args, **kwargs)
+        # The tuner picks the best epoch among those at full epsilon only.
+        return full_epsilon_history(ours[-1].records)
 
 
 def _min(space):

@@ -23,6 +23,8 @@ COMPRESSED = "val_certified_accuracy_compressed"
 MEAN = "val_certified_accuracy_mean"
 CLEAN = "val_clean_accuracy"
 OBJECTIVES = {"certified": CERTIFIED, "compressed": COMPRESSED, "mean": MEAN}
+# The suffix of an objective's value in an epoch still at a ramped training epsilon.
+DURING_RAMP = "_during_ramp"
 DEFAULT_OBJECTIVE = "mean"
 
 
@@ -208,6 +210,13 @@ class CompressedCertification(keras.callbacks.Callback):
     - `val_certified_accuracy_compressed`: the worst target;
     - `val_certified_accuracy_mean`: the mean of the full and the compressed value.
 
+    The objectives are read only at full epsilon: in an epoch whose training epsilon
+    (`model.epsilon`, at its last batch) is still below the target, the three values
+    above are written as `<name>_during_ramp` instead, and the model's own
+    `val_certified_accuracy` (at the ramped epsilon) is taken out of the logs, so that
+    no tuner picks a warm-up or ramp epoch as the best. `records` keeps each epoch's
+    logs and whether it was at full epsilon (`CactusHyperModel.fit` reports from it).
+
     Add it before other callbacks that read these logs (KerasTuner's, CSVLogger).
 
     Example:
@@ -232,6 +241,7 @@ class CompressedCertification(keras.callbacks.Callback):
         self.bound = bound
         self.batch_size = batch_size
         self.input_range = input_range
+        self.records = []
 
     def measure(self, model):
         """The metrics (a dict) of a CactusModel or network, at this callback's epsilon
@@ -269,8 +279,50 @@ class CompressedCertification(keras.callbacks.Callback):
             logs[MEAN] = 0.5 * (logs[CERTIFIED] + logs[COMPRESSED])
         return logs
 
+    @staticmethod
+    def at_full_epsilon(model):
+        """Whether the model's training epsilon has reached its target (True for a
+        model without an epsilon schedule)."""
+        variable, target = getattr(model, "epsilon", None), getattr(model, "epsilon_target", None)
+        if not isinstance(variable, keras.Variable) or target is None:
+            return True
+        value = float(keras.ops.convert_to_numpy(variable.value))
+        return value >= float(target) * (1.0 - 1e-6)
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        measured = self.measure(self.model)
+        full = self.at_full_epsilon(self.model)
+        if not full:
+            for name in (CERTIFIED, COMPRESSED, MEAN):
+                logs.pop(name, None)
+                if name in measured:
+                    measured[f"{name}{DURING_RAMP}"] = measured.pop(name)
         # The same dict goes on to the callbacks after this one (History included).
-        logs.update(self.measure(self.model))
+        logs.update(measured)
+        self.records.append((epoch, dict(logs), full))
+
+
+def full_epsilon_history(records):
+    """A `keras.callbacks.History` of the epochs at full epsilon among `records`
+    (`CompressedCertification.records`), which a tuner picks the best epoch from.
+
+    A fit that never reaches full epsilon (a Hyperband round shorter than the ramp, or
+    a one-epoch trial) reports its last epoch, with the objectives measured at the
+    target epsilon on the network as it is.
+    """
+    chosen = [(epoch, logs) for epoch, logs, full in records if full]
+    if not chosen and records:
+        epoch, logs, _ = records[-1]
+        logs = dict(logs)
+        for name in (CERTIFIED, COMPRESSED, MEAN):
+            if f"{name}{DURING_RAMP}" in logs:
+                logs[name] = logs[f"{name}{DURING_RAMP}"]
+        chosen = [(epoch, logs)]
+    history = keras.callbacks.History()
+    keys = set.intersection(*(set(logs) for _, logs in chosen)) if chosen else set()
+    history.epoch = [epoch for epoch, _ in chosen]
+    history.history = {k: [logs[k] for _, logs in chosen] for k in sorted(keys)
+                       if not k.endswith(DURING_RAMP)}
+    return history

@@ -116,10 +116,11 @@ def make_tuner(
     return classes["random"](max_trials=max_trials, **common)
 
 
-def check_resume(project_dir, search_config):
+def check_resume(project_dir, search_config, save=True):
     """Writes `search_config` (a JSON-able dict of what defines the search) into the
-    project, or, when it is there already, checks that a resumed search is the same
-    one. Keys that may change between calls (`max_trials`) are not compared."""
+    project (unless `save=False`), or, when it is there already, checks that a resumed
+    search is the same one. Keys that may change between calls (`max_trials`) are not
+    compared. Returns True when the project holds a search."""
     path = os.path.join(project_dir, SEARCH_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -136,8 +137,9 @@ def check_resume(project_dir, search_config):
                 "start over)."
             )
         return True
-    os.makedirs(project_dir, exist_ok=True)
-    write_json(path, search_config)
+    if save:
+        os.makedirs(project_dir, exist_ok=True)
+        write_json(path, search_config)
     return False
 
 
