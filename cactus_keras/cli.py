@@ -642,7 +642,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    command_parser = parser._subparsers._group_actions[0].choices.get(args.command)
+    try:  # argparse keeps the subcommands' parsers in private attributes
+        command_parser = parser._subparsers._group_actions[0].choices.get(args.command)
+    except AttributeError:
+        command_parser = None
     prefix = f"cactus-keras {args.command}"
     try:
         _quiet_tensorflow_import()

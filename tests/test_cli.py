@@ -132,9 +132,9 @@ def test_train_then_evaluate(saved, capsys):
         (["--epsilon", "5"], "covers the whole data range"),
         (["--compression", "quant", "--bits", "9"], "2 to 8"),
         (["--compression", "prune+quant", "--awp-radius", "-1"], "eta"),
-        (["--certified-loss", "pgd"], "Unknown `certified_loss`"),
-        (["--certified-loss", "mtl-ibp", "--mtl-alpha", "1.5"], "`mtl_alpha`"),
-        (["--certified-loss", "sabr", "--attack-steps", "0"], "attack_steps"),
+        (["--certified-loss", "pgd"], "Unknown --certified-loss 'pgd'"),
+        (["--certified-loss", "mtl-ibp", "--mtl-alpha", "1.5"], "--mtl-alpha"),
+        (["--certified-loss", "sabr", "--attack-steps", "0"], "--attack-steps"),
         (["--sabr-lambda", "0.3"], "option of certified_loss 'sabr'"),
     ],
 )
