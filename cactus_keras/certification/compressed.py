@@ -214,8 +214,13 @@ def evaluate_compressed(
     recalibrated = False
     rows = []
     copy = _working_copy(network)
+    # The kernels depend only on whether the output layer is excluded: read the graph
+    # once per case, not once per row.
+    kernels_of = {}
     for level, transform, excluded in settings:
-        kernels = prunable_kernels(network, excluded)
+        if excluded not in kernels_of:
+            kernels_of[excluded] = prunable_kernels(network, excluded)
+        kernels = kernels_of[excluded]
         achieved = _compress_into(copy, network, kernels, transform)
         if recalibrate_batchnorm is not None:
             recalibrated = set_batchnorm_statistics(copy, recalibrate_batchnorm) or recalibrated

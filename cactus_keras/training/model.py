@@ -259,10 +259,10 @@ class CactusModel(keras.Model):
                              seed_generator=self.seed_generator, training=training,
                              loss=loss, state=self._member_states[index])
 
-    def compressed_kernels(self, training=False):
-        """`{member name: (kernel variables, compressed values)}` at this step."""
+    def compressed_kernels(self, training=False, evaluate=None):
+        """`{member name: (kernel variables, compressed values)}` at this step.
+        `evaluate` (this step's evaluator) gives adversarial members their loss."""
         found = {}
-        evaluate = None
         for index, (member, kernels) in enumerate(zip(self.compression, self._member_kernels)):
             for name in member.names():
                 context = self._member_context(member, index, name, kernels, evaluate, training)
@@ -275,11 +275,8 @@ class CactusModel(keras.Model):
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         evaluate = self._evaluator(x, labels, training)
         results = [evaluate(None)] if self.include_full_network else []
-        for index, (member, kernels) in enumerate(zip(self.compression, self._member_kernels)):
-            for name in member.names():
-                context = self._member_context(member, index, name, kernels, evaluate, training)
-                values = member.compress([k.value for k in kernels], context)
-                results.append(dataclasses.replace(evaluate(self._mapping(kernels, values)), name=name))
+        for name, (kernels, values) in self.compressed_kernels(training, evaluate).items():
+            results.append(dataclasses.replace(evaluate(self._mapping(kernels, values)), name=name))
         return results
 
     def apply_compression(self, name=None):
