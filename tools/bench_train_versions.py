@@ -9,6 +9,11 @@ and the ratios current / baseline are printed (1.00x: no change).
 
     python tools/bench_train_versions.py --baseline ba2ba31
     python tools/bench_train_versions.py --baseline ba2ba31 --rounds 15 --json out.json
+
+Several processes (`--processes`, 4 by default) each build both versions (alternately
+the baseline first) and time them interleaved: the same graph runs up to 10% faster or
+slower from one process to the next, so the ratio is taken within each process and the
+median over processes is reported.
 """
 
 import argparse
@@ -87,6 +92,34 @@ def build_steps(package, arch, x, y):
     return steps
 
 
+def measure(args, first):
+    """Median seconds per step of every (version, step), both versions built in this
+    process, `first` built (and so allocated) first."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.batch_size, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, args.batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        packages = {"baseline": import_baseline(args.baseline, folder), "current": cactus_keras}
+        names = [first] + [v for v in packages if v != first]
+        versions = {v: build_steps(packages[v], args.arch, x, y) for v in names}
+        for steps in versions.values():
+            for fn in steps.values():
+                for _ in range(3):
+                    fn()
+        samples = {(v, s): [] for v in ("baseline", "current") for s in versions[v]}
+        order = list(samples)
+        for round_index in range(args.rounds):
+            # Alternate the order each round, so neither version is always timed first
+            # (right after the other's step, with its caches and clocks as it left them).
+            for (version, step) in (order if round_index % 2 == 0 else order[::-1]):
+                fn = versions[version][step]
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                samples[(version, step)].append((time.perf_counter() - start) / args.steps)
+    return {f"{v}|{s}": statistics.median(t) for (v, s), t in samples.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare with")
@@ -94,44 +127,57 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="separate processes, alternately building the baseline first")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--child", choices=("baseline", "current"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        with open(args.child_output, "w") as f:
+            json.dump(measure(args, args.child), f)
+        return
 
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (args.batch_size, 28, 28, 1)).astype("float32")
-    y = rng.integers(0, 10, args.batch_size)
+    # One process is not enough: the same two graphs differ by up to 10% from one
+    # process to the next (allocation and thread-pool layout), in either direction.
+    # Each process measures both versions interleaved; the ratio is taken per process
+    # and the median over processes is reported.
+    per_process = []
     with tempfile.TemporaryDirectory() as folder:
-        baseline = import_baseline(args.baseline, folder)
-        versions = {"baseline": build_steps(baseline, args.arch, x, y),
-                    "current": build_steps(cactus_keras, args.arch, x, y)}
-        for steps in versions.values():
-            for fn in steps.values():
-                for _ in range(3):
-                    fn()
-        samples = {(v, s): [] for v, steps in versions.items() for s in steps}
-        for _ in range(args.rounds):
-            for (version, step) in samples:
-                fn = versions[version][step]
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                samples[(version, step)].append((time.perf_counter() - start) / args.steps)
-    median = {key: statistics.median(v) for key, v in samples.items()}
+        for index in range(args.processes):
+            first = "baseline" if index % 2 == 0 else "current"
+            out = os.path.join(folder, f"{index}.json")
+            command = [sys.executable, os.path.abspath(__file__), "--baseline", args.baseline,
+                       "--arch", args.arch, "--batch-size", str(args.batch_size),
+                       "--rounds", str(args.rounds), "--steps", str(args.steps),
+                       "--child", first, "--child-output", out]
+            subprocess.run(command, check=True)
+            with open(out) as f:
+                per_process.append((first, json.load(f)))
+    steps = [key.split("|", 1)[1] for key in per_process[0][1] if key.startswith("current|")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (f"bench_train_versions: current checkout vs {args.baseline}, {args.arch}, batch "
               f"{args.batch_size}, backend {keras.backend.backend()}, {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, median of {args.rounds} interleaved rounds of "
-              f"{args.steps} steps, load average at the end {load:.2f}")
+              f"{os.cpu_count()} CPUs, {args.processes} processes (built first alternating), "
+              f"each the median of {args.rounds} interleaved rounds of {args.steps} steps "
+              f"(order alternating), load average at the end {load:.2f}")
     print(header)
-    print(f"  {'step':<26} {'baseline ms':>12} {'current ms':>11} {'current/baseline':>17}")
-    result = {"header": header, "steps": {}}
-    for step in versions["current"]:
-        b, c = median[("baseline", step)], median[("current", step)]
-        print(f"  {step:<26} {1000 * b:12.2f} {1000 * c:11.2f} {c / b:16.3f}x")
-        result["steps"][step] = {"baseline_ms": 1000 * b, "current_ms": 1000 * c, "ratio": c / b}
-    for version in versions:
+    print(f"  {'step':<26} {'baseline ms':>12} {'current ms':>11} {'current/baseline':>17}"
+          "   per process")
+    result = {"header": header, "steps": {}, "processes": [p for _, p in per_process]}
+    for step in steps:
+        b = statistics.median(p[f"baseline|{step}"] for _, p in per_process)
+        c = statistics.median(p[f"current|{step}"] for _, p in per_process)
+        ratios = [p[f"current|{step}"] / p[f"baseline|{step}"] for _, p in per_process]
+        ratio = statistics.median(ratios)
+        listed = " ".join(f"{r:.3f}" for r in ratios)
+        print(f"  {step:<26} {1000 * b:12.2f} {1000 * c:11.2f} {ratio:16.3f}x   {listed}")
+        result["steps"][step] = {"baseline_ms": 1000 * b, "current_ms": 1000 * c,
+                                 "ratio": ratio, "ratios_per_process": ratios}
+    for version in ("baseline", "current"):
         for step in ("cactus (full + 1 pruned)", "cactus (full + AWP)"):
-            ratio = median[(version, step)] / median[(version, "ibp")]
+            ratio = statistics.median(p[f"{version}|{step}"] / p[f"{version}|ibp"]
+                                      for _, p in per_process)
             print(f"  {version:<9} {step} / ibp step: {ratio:.3f}x")
             result.setdefault("step_over_ibp", {}).setdefault(version, {})[step] = ratio
     if args.json:
