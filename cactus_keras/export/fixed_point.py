@@ -106,7 +106,9 @@ def requantization_fits(acc_lower, acc_upper, shift):
     its left shift (a multiplier >= 1) does not overflow int32. Elsewhere the output
     can be anything in the activation range. Returns True when it holds everywhere,
     else a bool array."""
-    largest = max(largest_magnitude(acc_lower), largest_magnitude(acc_upper))
+    largest = largest_magnitude(acc_lower)
+    if acc_upper is not acc_lower:  # a point: one pass is enough
+        largest = max(largest, largest_magnitude(acc_upper))
     if largest * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
         return True  # everywhere (the common case: one check, no elementwise pass)
     magnitude = np.maximum(np.abs(acc_lower), np.abs(acc_upper))

@@ -42,6 +42,7 @@ import numpy as np
 from cactus_keras.export.fixed_point import (
     INT8_MAX,
     INT8_MIN,
+    INT32_MAX,
     ceil_div,
     fixed_point_error,
     largest_magnitude,
@@ -108,18 +109,31 @@ def round_bounds(v_lower, v_upper, rounding, error=0.5, slack=0.0):
 
 
 def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
-               rounding="floor_ceil", quantized_multiplier=None):
+               rounding="floor_ceil", quantized_multiplier=None, overwrite=False):
     """Maps int32 accumulator bounds to int8 output bounds: the real values a*M, b*M
     rounded with `round_bounds` (floor/ceil, or the fixed-point rounding error for
     "nearest"), plus zp, clamped to [act_min, act_max]. Accumulators outside int32, or
     a left shift (M >= 1) that would overflow, give the whole range [act_min, act_max].
-    `quantized_multiplier`: `quantize_multiplier(multiplier)` when already known."""
+    `quantized_multiplier`: `quantize_multiplier(multiplier)` when already known.
+    `overwrite`: the accumulators are float64 arrays of the caller's own that may be
+    overwritten (saves two large temporaries)."""
     multiplier = np.asarray(multiplier, np.float64)
     _, shift = quantized_multiplier or quantize_multiplier(multiplier)
-    ok = requantization_fits(acc_lower, acc_upper, shift)
-    v_lower = np.multiply(acc_lower, multiplier, dtype=np.float64)
-    v_upper = np.multiply(acc_upper, multiplier, dtype=np.float64)
-    largest = max(largest_magnitude(v_lower), largest_magnitude(v_upper))
+    # lower <= upper: the largest magnitude of both is max(max upper, -min lower).
+    largest_acc = max(float(np.max(acc_upper, initial=0)), -float(np.min(acc_lower, initial=0)))
+    if largest_acc * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
+        ok = True  # the common case: no elementwise check
+    else:
+        ok = requantization_fits(acc_lower, acc_upper, shift)
+    if (overwrite and acc_lower is not acc_upper and acc_lower.dtype == np.float64
+            and acc_upper.dtype == np.float64):
+        v_lower = np.multiply(acc_lower, multiplier, out=acc_lower)
+        v_upper = np.multiply(acc_upper, multiplier, out=acc_upper)
+    else:
+        v_lower = np.multiply(acc_lower, multiplier, dtype=np.float64)
+        v_upper = np.multiply(acc_upper, multiplier, dtype=np.float64)
+    # |a * M| <= max|a| * max M: the tolerance check needs no pass over the values.
+    largest = largest_acc * float(np.max(np.abs(multiplier), initial=0))
     if rounding == "floor_ceil" and RELATIVE_TOLERANCE * largest < 0.25:
         # The common case of `round_bounds` (no tolerance excess anywhere), fused: the
         # floor/ceil, the zero point and the clamp in place, clamped before the cast so
@@ -188,8 +202,10 @@ class IntervalArithmetic:
 
     def requantize(self, accumulator, requantization):
         r = requantization
+        # The rules hand over accumulators of their own (fresh arrays): overwritten.
         return requantize(*accumulator, r.multiplier, r.zero_point, *r.activation,
-                          rounding=self.rounding, quantized_multiplier=r.quantized)
+                          rounding=self.rounding, quantized_multiplier=r.quantized,
+                          overwrite=True)
 
     def add(self, a, b, add):
         (a_lo, a_hi), (b_lo, b_hi) = a, b

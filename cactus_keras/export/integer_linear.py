@@ -10,9 +10,9 @@ in int32.
 
 Where the bound allows, the product runs in float32 (twice the speed of float64), split
 along the depth into chunks whose partial sums stay below 2**24; the chunks are added
-in float64. Convolutions are lowered to one matrix product per block of samples
-(im2col: every kernel window of the padded input becomes a row), the form BLAS is fast
-at. The maps return float64 arrays holding the exact integers.
+in float64. Convolutions are lowered to matrix products per block of samples
+(im2col: every kernel window of the padded input becomes a row, in channels-last order;
+the depth split into groups of whole kernel taps), the form BLAS is fast at. The maps return float64 arrays holding the exact integers.
 
 Example:
 
@@ -122,28 +122,21 @@ class _ExactProduct:
             start = low
         return chunks
 
-    def product(self, rows, x_bound, absolute, transposed=False):
+    def product(self, rows, x_bound, absolute):
         """rows (M, depth) of integers with |rows| <= x_bound -> exact (M, units), float32
-        where one chunk covers the depth (the caller widens it), else float64.
-
-        `transposed`: rows are given as (depth, M), so that every depth chunk is a
-        contiguous block that BLAS reads as it is (no copy)."""
+        where one chunk covers the depth (the caller widens it), else float64."""
         chunks = self.plan(x_bound)
         weights = self.absolute if absolute else self.matrix
         if chunks is None:
-            rows = np.asarray(rows, np.float64)
-            return (rows.T if transposed else rows) @ weights[np.float64]
+            return np.asarray(rows, np.float64) @ weights[np.float64]
         rows = np.asarray(rows, np.float32)
         w = weights[np.float32]
         if len(chunks) == 1:
-            return (rows.T if transposed else rows) @ w
+            return rows @ w
         out = None
         for start, end in chunks:
-            if transposed:
-                part = rows[start:end].T @ w[start:end]
-            else:
-                # A contiguous copy: BLAS runs at half speed on a strided column slice.
-                part = np.ascontiguousarray(rows[:, start:end]) @ w[start:end]
+            # A contiguous copy: BLAS runs at half speed on a strided column slice.
+            part = np.ascontiguousarray(rows[:, start:end]) @ w[start:end]
             if out is None:
                 out = part.astype(np.float64)
             else:
@@ -164,38 +157,80 @@ class FullyConnected(_ExactProduct):
 
 class Convolution(_ExactProduct):
     """2-D convolution (NHWC, zero padding of the centred input) with integer weights
-    (out_channels, kh, kw, channels), as im2col matrix products."""
+    (out_channels, kh, kw, channels), as im2col matrix products.
+
+    The kernel windows of a block of samples are written as rows (N * out_h * out_w,
+    kh * kw * C) in the input's own channels-last order (each tap is one strided copy
+    of C contiguous values per position, no transposition), then multiplied with the
+    (kh * kw * C, out_channels) weights. The taps are grouped so that each group's
+    float32 sums stay exact (the bound of `_ExactProduct`, per group of whole taps);
+    each group is its own product and the groups are added in float64.
+    """
 
     def __init__(self, weights, strides, dilations, out_hw, pads, op_label):
         out_channels, kh, kw, channels = weights.shape
         super().__init__(np.asarray(weights).reshape(out_channels, -1).T, op_label)
         self.kernel = (kh, kw)
+        self.channels = channels
         self.geometry = (strides, dilations, out_hw, pads)
         self.out_channels = out_channels
+        # tap_cumulative[t, n] = sum over taps < t of sum_c |w_(t, c), n|: the column
+        # sums of any group of consecutive taps.
+        self.tap_cumulative = self.cumulative[::channels]
+        self._tap_plans = {}
 
-    def columns(self, x):
-        """The kernel windows, transposed: (kh * kw * C, N * out_h * out_w), one
-        contiguous block of C rows per tap, in the weights' (kh, kw, C) depth order."""
-        (kh, kw), (strides, dilations, out_hw, pads) = self.kernel, self.geometry
-        n, channels = x.shape[0], x.shape[-1]
-        cols = np.empty((kh, kw, channels, n) + tuple(out_hw), x.dtype)
-        for i, j, view in taps(x, kh, kw, strides, dilations, out_hw, pads, 0):
-            cols[i, j] = view.transpose(3, 0, 1, 2)
-        return cols.reshape(kh * kw * channels, -1)
+    def tap_groups(self, x_bound):
+        """Consecutive taps [(start, end)] (in the weights' (kh, kw) order) whose
+        float32 sums are exact for |x| <= x_bound, or None where a single tap is not
+        (then the product runs in float64)."""
+        self.check(x_bound)
+        # Plans are cached per power of two of the bound (the bound is rounded up).
+        bound = 2.0 ** np.ceil(np.log2(max(float(x_bound), 1.0)))
+        if bound not in self._tap_plans:
+            limit = FLOAT32_EXACT / bound
+            count = self.kernel[0] * self.kernel[1]
+            groups, start = [], 0
+            while start < count:
+                end = start
+                while end < count and (self.tap_cumulative[end + 1]
+                                       - self.tap_cumulative[start]).max() < limit:
+                    end += 1
+                if end == start:
+                    groups = None
+                    break
+                groups.append((start, end))
+                start = end
+            self._tap_plans[bound] = groups
+        return self._tap_plans[bound]
 
     def __call__(self, x, absolute=False):
         """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
         x = np.asarray(x, np.float32)  # integers below 2**24: exact
-        bound = largest_magnitude(x)
-        out_hw = tuple(self.geometry[2])
-        rows_per_sample = int(np.prod(out_hw)) * self.cumulative.shape[0]
-        chunk = max(1, BLOCK_ELEMENTS // max(rows_per_sample, 1))
-        out = np.empty((x.shape[0],) + out_hw + (self.out_channels,), np.float64)
-        for start in range(0, x.shape[0], chunk):
-            block = self.product(self.columns(x[start: start + chunk]), bound, absolute,
-                                 transposed=True)
-            out[start: start + chunk] = block.reshape((-1,) + out_hw + (self.out_channels,))
-        return out
+        groups = self.tap_groups(largest_magnitude(x))
+        dtype = np.float32 if groups is not None else np.float64
+        taps_count = self.kernel[0] * self.kernel[1]
+        groups = groups or [(0, taps_count)]
+        weights = (self.absolute if absolute else self.matrix)[dtype]
+        (kh, kw), (strides, dilations, out_hw, pads) = self.kernel, self.geometry
+        channels = self.channels
+        positions = int(np.prod(out_hw))
+        chunk = max(1, BLOCK_ELEMENTS // max(positions * channels * taps_count, 1))
+        out = np.empty((x.shape[0], positions, self.out_channels), np.float64)
+        for first in range(0, x.shape[0], chunk):
+            views = [view for _, _, view in taps(x[first: first + chunk].astype(dtype, copy=False),
+                                                 kh, kw, strides, dilations, out_hw, pads, 0)]
+            n = views[0].shape[0]
+            for index, (start, end) in enumerate(groups):
+                cols = np.empty((n,) + tuple(out_hw) + ((end - start) * channels,), dtype)
+                for t in range(start, end):
+                    cols[..., (t - start) * channels: (t - start + 1) * channels] = views[t]
+                part = cols.reshape(n * positions, -1) @ weights[start * channels: end * channels]
+                part = part.reshape(n, positions, self.out_channels)
+                if index == 0:
+                    out[first: first + n] = part
+                else:
+                    out[first: first + n] += part
+        return out.reshape((x.shape[0],) + tuple(out_hw) + (self.out_channels,))
 
 
 class DepthwiseConvolution(_ExactProduct):

@@ -1,0 +1,68 @@
+"""The exact integer convolution of the int8 verifier against a plain int64 reference:
+every stride, dilation and padding, one or several float32 tap groups, and float64."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cactus_keras.export import integer_linear
+
+
+def reference(x, w, strides, dilations, out_hw, pads):
+    """sum over taps of the padded input's windows times the tap's weights, in int64."""
+    (sh, sw), (dh, dw), (oh, ow) = strides, dilations, out_hw
+    (top, bottom), (left, right) = pads
+    padded = np.pad(np.asarray(x, np.int64), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out = np.zeros((x.shape[0], oh, ow, w.shape[0]), np.int64)
+    for i in range(w.shape[1]):
+        for j in range(w.shape[2]):
+            view = padded[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                          j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+            out += np.einsum("nhwc,oc->nhwo", view, w[:, i, j, :])
+    return out
+
+
+def convolution(w, size, stride, dilation, padding):
+    kh = w.shape[1]
+    oh, top, bottom = integer_linear.window(size, kh, stride, dilation, padding, "test")
+    geometry = ((stride, stride), (dilation, dilation), (oh, oh), ((top, bottom), (top, bottom)))
+    return integer_linear.Convolution(w, *geometry, "test"), geometry
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,channels,padding", [
+    c for c in itertools.product([1, 2, 3, 4], [1, 2, 3], [1, 2], [1, 8], [0, 1])
+    if not (c[1] > 1 and c[2] > 1)])
+def test_convolution_is_exact(kernel, stride, dilation, channels, padding):
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + dilation + channels)
+    w = rng.integers(-127, 128, (5, kernel, kernel, channels))
+    x = rng.integers(-255, 256, (3, 9, 9, channels))
+    conv, geometry = convolution(w, 9, stride, dilation, padding)
+    expected = reference(x, w, *geometry)
+    assert np.array_equal(conv(x.astype(np.float32)), expected)
+    assert np.array_equal(conv(x.astype(np.float32), absolute=True),
+                          reference(x, np.abs(w), *geometry))
+
+
+def test_tap_groups_keep_float32_sums_exact():
+    rng = np.random.default_rng(0)
+    # Extreme weights and inputs: float32 sums of all 9 taps would pass 2**24.
+    w = rng.choice([-127, 127], (6, 3, 3, 128))
+    x = rng.choice([-510, 510], (2, 9, 9, 128))
+    conv, geometry = convolution(w, 9, 1, 1, 0)
+    groups = conv.tap_groups(510)
+    assert groups is not None and len(groups) > 1
+    limit = integer_linear.FLOAT32_EXACT / 512
+    for start, end in groups:
+        assert np.abs(w[:, :, :, :].reshape(6, 9, 128)[:, start:end]).sum(axis=(1, 2)).max() < limit
+    assert np.array_equal(conv(x.astype(np.float32)), reference(x, w, *geometry))
+
+
+def test_a_tap_too_large_for_float32_runs_in_float64():
+    w = np.full((2, 3, 3, 4096), 127)
+    x = np.full((1, 4, 4, 4096), 255)
+    conv, geometry = convolution(w, 4, 1, 1, 0)
+    assert conv.tap_groups(255) is None
+    out = conv(x.astype(np.float32))
+    assert out.dtype == np.float64
+    assert np.array_equal(out, reference(x, w, *geometry))
