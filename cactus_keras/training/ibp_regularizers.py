@@ -14,7 +14,9 @@ to the loss while epsilon ramps up, both read off the pre-activation interval bo
   larger of `mean(c * active)` and `-mean(c * inactive)`, `r_var` the same of
   `sum((c - mu)^2 * active)` and `sum((c - mu)^2 * inactive)`: it grows when one side
   dominates (dead or linear ReLUs). A layer with a ratio 0/0 (no active and no
-  inactive unit, say) adds nothing, as in the reference code.
+  inactive unit, say) adds nothing, as in the reference code. A layer with active
+  but no inactive units has the ratio's value of the paper (0, the largest term); the
+  reference code divides by -0.0 there, gets -inf and skips the layer.
 
 The regulariser is the mean over ReLU layers of the sum of both (tau = 0.5). Its weight
 `ibp_regularization` (Shi et al.: 0.5) is multiplied by `1 - epsilon / epsilon_target`
