@@ -84,7 +84,8 @@ class CactusModel(keras.Model):
             then `apply_compression()`).
         seed: seed of the ratio sampling.
         ibp_regularization: weight of Shi et al.'s (2021) IBP regularisers (bound
-            tightness and ReLU balance) of the full network's pre-activation bounds,
+            tightness and ReLU balance) of the full network's pre-activation bounds
+            (over the box its certified loss bounds: SABR's small box for "sabr"),
             decaying as `1 - epsilon / epsilon_target` over the epsilon ramp and off
             outside it (`training.ibp_regularizers`); Shi et al. use 0.5. Default 0
             (off). Metric `loss_ibp_regularization` (the term as added to the loss).
