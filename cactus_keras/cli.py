@@ -204,6 +204,14 @@ def _add_train(subparsers):
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--batch-size", type=int, default=128, help="samples per batch")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr-schedule", default="constant",
+                   help="learning-rate schedule: constant, step (x --lr-decay-factor after each "
+                   "of --lr-decay-epochs) or cosine")
+    p.add_argument("--lr-decay-epochs", type=int, nargs="+", default=None, metavar="E",
+                   help="step: decay after these many epochs, each in [1, epochs - 1] "
+                   "(default: about 70%% and 85%% of --epochs)")
+    p.add_argument("--lr-decay-factor", type=float, default=None,
+                   help="step: the learning rate is multiplied by this, in (0, 1] (default 0.2)")
     p.add_argument("--compression", default="prune", help="none (plain IBP training), prune, quant or prune+quant")
     p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
                    help="pruning ratios of training are sampled from [A, B]")
@@ -228,6 +236,11 @@ def _add_train(subparsers):
                    help="epochs over which epsilon ramps to its target after the warm-up "
                    "(default: half the remaining epochs, at least 1)")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
+    p.add_argument("--ibp-regularization", type=float, default=0.0,
+                   help="weight of Shi et al.'s IBP regularisers (bound tightness, ReLU "
+                   "balance) during the epsilon ramp, decaying with it (Shi et al.: 0.5; 0: off)")
+    p.add_argument("--l1-regularization", type=float, default=0.0,
+                   help="weight of the L1 norm of the Dense and Conv kernels (CTRAIN: 1e-6; 0: off)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--validation-samples", type=int, default=1000, help="first N test samples as validation data (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization, the batch order and the ratio sampling")
@@ -254,6 +267,9 @@ def _run_train(args):
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
+        lr_decay_epochs=None if args.lr_decay_epochs is None else tuple(args.lr_decay_epochs),
+        lr_decay_factor=args.lr_decay_factor,
         compression=args.compression,
         prune_range=tuple(args.prune_range),
         pruning_method=args.pruning_method,
@@ -269,6 +285,8 @@ def _run_train(args):
         warmup_epochs=args.warmup_epochs,
         ramp_epochs=args.ramp_epochs,
         ibp_init=args.ibp_init,
+        ibp_regularization=args.ibp_regularization,
+        l1_regularization=args.l1_regularization,
         limit=args.limit,
         validation_samples=args.validation_samples,
         seed=args.seed,

@@ -56,7 +56,8 @@ def margin_specification(labels, num_classes, dtype="float32"):
     return ops.expand_dims(one_hot, 1) - ops.expand_dims(eye, 0)
 
 
-def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training=False):
+def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training=False,
+                        return_interval=False):
     """Lower bounds of z_y - z_j for every class j, shape (batch, num_classes).
 
     The entry of the label itself is 0. The last affine layers are folded into the
@@ -66,7 +67,9 @@ def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training
     "best" is the larger of "ibp" and "alpha-crown" per margin (so also >= "crown"),
     at the cost of both. `clean` and `training` are passed to the forward
     pass (see `interval_pass`); with `clean` given the clean logits are returned too,
-    as `(margin_lower, logits)`.
+    as `(margin_lower, logits)`. With `return_interval` ("ibp", "crown-ibp" and
+    "crown" only) the `IntervalPass` the bounds were computed from (a box per value,
+    e.g. the pre-activation boxes) is appended to what is returned.
 
     Example:
 
@@ -77,12 +80,18 @@ def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training
     ```
     """
     check_bound(bound)
+    if return_interval and bound not in ("ibp", "crown-ibp", "crown"):
+        raise ValueError(
+            f"`return_interval` needs a bound computed from one interval pass (ibp, "
+            f"crown-ibp or crown), got bound {bound!r}."
+        )
     spec = margin_specification(labels, graph.num_classes, box.lower.dtype)
     tail = affine_tail(graph)
     logits = None
+    interval = None
 
     def lower_bound(relax, refine):
-        nonlocal logits
+        nonlocal logits, interval
         interval = interval_pass(
             graph, box, clean=clean, training=training, skip=tail, refine=refine
         )
@@ -102,7 +111,8 @@ def margin_lower_bounds(graph, box, labels, bound="ibp", *, clean=None, training
         result = alpha_crown_lower_bounds(graph, box, spec)
         if bound == "best":
             result = ops.maximum(ibp, result)
-    return result if clean is None else (result, logits)
+    found = (result,) + (() if clean is None else (logits,)) + ((interval,) if return_interval else ())
+    return found[0] if len(found) == 1 else found
 
 
 class BoundedModel(keras.Model):

@@ -159,6 +159,14 @@ class ReLULayerRule(MonotoneRule):
         return relu_free_lower_slopes(lower, upper) if self._is_plain_relu() else None
 
 
+def is_relu(rule):
+    """True for the rule of a plain ReLU: `activation="relu"` fused into a layer,
+    `Activation("relu")`, or `ReLU()` with its default arguments."""
+    if isinstance(rule, ActivationFunctionRule):
+        return rule.activation == "relu"
+    return isinstance(rule, ReLULayerRule) and rule._is_plain_relu()
+
+
 register_rule(
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,

@@ -19,9 +19,12 @@ from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.training import (
     CactusModel,
+    EpochLearningRate,
     EpsilonRamp,
     StandardWeightRamp,
     check_certified_loss,
+    check_lr_schedule,
+    check_regularization,
     ibp_initialize,
 )
 
@@ -39,6 +42,12 @@ class TrainConfig:
     epochs, at least 1) epsilon ramps to its target (smoothed ramp) while lambda moves
     to `standard_weight`, then training at the target. The ramp must end within
     `epochs`, so that the last epochs train at the target epsilon.
+
+    The learning rate follows `lr_schedule`: "constant" (default), "step" (multiplied
+    by `lr_decay_factor`, default 0.2, after each of `lr_decay_epochs`, default about
+    70% and 85% of `epochs`, as Shi et al. 2021 and CTBench) or "cosine"
+    (`training.EpochLearningRate`). `ibp_regularization` (Shi et al.'s regularisers
+    during the ramp) and `l1_regularization` are `CactusModel`'s options.
     """
 
     dataset: str
@@ -48,6 +57,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_decay_epochs: tuple | None = None
+    lr_decay_factor: float | None = None
     compression: str = "prune"
     prune_range: tuple = (0.25, 0.75)
     pruning_method: str = "global_l1"
@@ -63,6 +75,8 @@ class TrainConfig:
     warmup_epochs: int | None = None
     ramp_epochs: int | None = None
     ibp_init: bool = False
+    ibp_regularization: float = 0.0
+    l1_regularization: float = 0.0
     limit: int | None = None
     validation_samples: int = 1000
     seed: int = 0
@@ -109,6 +123,21 @@ class TrainConfig:
             raise ValueError(f"`standard_weight` (lambda) must be in [0, 1], got {self.standard_weight}.")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}.")
+        # The step schedule's default epochs are resolved here, so config.json says
+        # which epochs the rate decayed at.
+        decay_epochs, decay_factor = check_lr_schedule(
+            self.lr_schedule, self.epochs, self.lr_decay_epochs, self.lr_decay_factor)
+        if self.lr_schedule == "step":
+            self.lr_decay_epochs, self.lr_decay_factor = decay_epochs, decay_factor
+        check_regularization(self.ibp_regularization, "ibp_regularization",
+                             "the weight of Shi et al.'s IBP regularisers")
+        check_regularization(self.l1_regularization, "l1_regularization",
+                             "the weight of the kernels' L1 norm")
+        if self.ibp_regularization and self.ramp_epochs == 0:
+            raise ValueError(
+                "`ibp_regularization` acts only while epsilon ramps up, and `ramp_epochs` "
+                "is 0: give `ramp_epochs` >= 1 or set `ibp_regularization` to 0."
+            )
         if self.limit is not None:
             validation.check_positive_int(self.limit, "limit")
         if self.validation_samples < 0:
@@ -135,6 +164,8 @@ class TrainConfig:
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["prune_range"] = list(self.prune_range)
+        if self.lr_decay_epochs is not None:
+            data["lr_decay_epochs"] = list(self.lr_decay_epochs)
         return data
 
 
@@ -182,7 +213,10 @@ def build_model(config, input_shape, num_classes, input_range=(0.0, 1.0)):
         seed=config.seed,
         certified_loss=config.certified_loss,
         **config.certified_loss_options(),
+        ibp_regularization=config.ibp_regularization,
+        l1_regularization=config.l1_regularization,
     )
+    # The learning rate of each epoch is set by `schedule_callbacks`.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=CLIP_NORM))
     return model
 
@@ -202,7 +236,13 @@ def ramp_callbacks(warmup_epochs, ramp_epochs):
 
 
 def schedule_callbacks(config):
-    return ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
+    """The run's ramps, and its learning-rate schedule unless it is constant."""
+    callbacks = ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
+    if config.lr_schedule != "constant":
+        callbacks.append(EpochLearningRate(
+            config.lr_schedule, config.epochs, config.learning_rate,
+            config.lr_decay_epochs, config.lr_decay_factor))
+    return callbacks
 
 
 RUN_FILES = ("config.json", "model.keras", "network.keras", "training_log.csv", "backup")

@@ -11,11 +11,14 @@ from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS
 
 
 def ibp_initialize(network, seed=None):
-    """Re-initializes Dense and Conv kernels as N(0, sigma^2), sigma = sqrt(2 pi) / fan_in,
-    and their biases to zero.
+    """Re-initializes the Dense and Conv kernels before the output layer as
+    N(0, sigma^2), sigma = sqrt(2 pi) / fan_in, as Shi et al. (2021) do.
 
     With this variance the interval widths of a ReLU network neither explode nor vanish
-    with depth at initialization, which is what makes short IBP schedules train.
+    with depth at initialization, which is what makes short IBP schedules train. As in
+    Shi et al.'s code (and CTRAIN's), the output layer's kernel and all biases keep
+    their own initialization (Keras's default biases are zeros); batch norm is not
+    touched.
 
     Example:
 
@@ -25,17 +28,16 @@ def ibp_initialize(network, seed=None):
     ```
     """
     rng = np.random.default_rng(seed)
-    count = 0
-    for layer in parse_network(network).layers():
-        if not isinstance(layer, AFFINE_KERNEL_LAYERS):
-            continue
+    layers = [layer for layer in parse_network(network).layers()
+              if isinstance(layer, AFFINE_KERNEL_LAYERS)]
+    if len(layers) < 2:
+        raise ValueError(
+            f"Network '{network.name}' has no Dense or Conv layer before its output layer "
+            "to initialize (IBP initialization leaves the output layer as it is)."
+        )
+    for layer in layers[:-1]:
         kernel = layer.kernel
         fan_in = int(np.prod(kernel.shape[:-1]))
         sigma = math.sqrt(2 * math.pi) / fan_in
         kernel.assign(rng.normal(0.0, sigma, kernel.shape).astype(kernel.dtype))
-        if layer.bias is not None:
-            layer.bias.assign(np.zeros(layer.bias.shape, layer.bias.dtype))
-        count += 1
-    if count == 0:
-        raise ValueError(f"Network '{network.name}' has no Dense or Conv layer to initialize.")
     return network

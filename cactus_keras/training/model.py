@@ -13,7 +13,7 @@ from cactus_keras.bounds.margins import input_box, margin_lower_bounds
 from cactus_keras.bounds.propagation import forward_pass
 from cactus_keras.bounds.rules import Box
 from cactus_keras.compression.member import MemberContext, check_members
-from cactus_keras.training import certified_losses, losses
+from cactus_keras.training import certified_losses, ibp_regularizers, losses
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 
 # Bound methods of the certified loss (full CROWN is for certification only).
@@ -33,6 +33,9 @@ class MemberResult:
     certified_loss: object
     logits: object
     margin_lower: object
+    # Shi et al.'s IBP regulariser of this network's bound pass (a scalar, unweighted),
+    # computed for the full network when `ibp_regularization` > 0, else None.
+    ibp_regularization: object = None
 
 
 def _metric_name(kind, member_name):
@@ -80,6 +83,14 @@ class CactusModel(keras.Model):
             the members alone (certified fine-tuning of a fixed compressed network,
             then `apply_compression()`).
         seed: seed of the ratio sampling.
+        ibp_regularization: weight of Shi et al.'s (2021) IBP regularisers (bound
+            tightness and ReLU balance) of the full network's pre-activation bounds
+            (over the box its certified loss bounds: SABR's small box for "sabr"),
+            decaying as `1 - epsilon / epsilon_target` over the epsilon ramp and off
+            outside it (`training.ibp_regularizers`); Shi et al. use 0.5. Default 0
+            (off). Metric `loss_ibp_regularization` (the term as added to the loss).
+        l1_regularization: weight of the L1 norm of the Dense and Conv kernels added
+            to the loss (CTRAIN: 1e-6). Default 0 (off). Metric `loss_l1_regularization`.
 
     Example:
 
@@ -106,6 +117,8 @@ class CactusModel(keras.Model):
         mtl_alpha=None,
         sabr_lambda=None,
         attack_steps=None,
+        ibp_regularization=0.0,
+        l1_regularization=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -140,6 +153,7 @@ class CactusModel(keras.Model):
                 "[cactus_keras.FixedMaskPruning(0.7)])."
             )
         self.seed = seed
+        self._check_regularization(ibp_regularization, l1_regularization)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.epsilon = self.add_variable(
             (), initializer=keras.initializers.Constant(self.epsilon_target),
@@ -173,9 +187,38 @@ class CactusModel(keras.Model):
             for kind in ("clean_accuracy", "certified_accuracy"):
                 metric = _metric_name(kind, name)
                 self._trackers[metric] = keras.metrics.Mean(name=metric)
+        for metric in self._regularization_metrics():
+            self._trackers[metric] = keras.metrics.Mean(name=metric)
         # The network is built, so the model is: callbacks such as BackupAndRestore
         # need a built model before fit.
         self.build((None, *self.graph.input_shape))
+
+    def _check_regularization(self, ibp_regularization, l1_regularization):
+        self.ibp_regularization = ibp_regularizers.check_regularization(
+            ibp_regularization, "ibp_regularization", "the weight of Shi et al.'s IBP regularisers")
+        self.l1_regularization = ibp_regularizers.check_regularization(
+            l1_regularization, "l1_regularization", "the weight of the kernels' L1 norm")
+        self._relu_inputs = ibp_regularizers.relu_input_values(self.graph)
+        if self.ibp_regularization and not self._relu_inputs:
+            raise ValueError(
+                f"`ibp_regularization` regularises the bounds of ReLU pre-activations, and "
+                f"network '{self.network.name}' has no ReLU; set it to 0."
+            )
+        if self.ibp_regularization and not self.include_full_network:
+            raise ValueError(
+                "`ibp_regularization` regularises the full network's bounds during the "
+                "epsilon ramp, and `include_full_network=False` trains no full network; "
+                "set it to 0."
+            )
+        self._l1_kernels = (ibp_regularizers.regularized_kernels(self.network)
+                            if self.l1_regularization else [])
+
+    def _regularization_metrics(self):
+        """Metric names of the regularisers that are on (each the term as added to
+        the loss)."""
+        return [name for name, weight in (("loss_ibp_regularization", self.ibp_regularization),
+                                          ("loss_l1_regularization", self.l1_regularization))
+                if weight]
 
     def _check_arrays(self, x, y):
         # Arrays can be checked before tracing; datasets are the user's to keep valid.
@@ -234,18 +277,23 @@ class CactusModel(keras.Model):
             noise = keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=self.seed_generator)
 
         def evaluate(mapping):
+            regularization = None
             if mapping is None:
-                certified, margins, logits = self._certified_terms(
+                certified, margins, logits, interval = self._certified_terms(
                     box, epsilon, labels, x, training, noise)
+                if self.ibp_regularization:
+                    regularization = ibp_regularizers.ibp_regularizer(
+                        interval, self._relu_inputs, self.graph.input)
             else:
                 # The attack runs in the scope too: a member's attack attacks it.
                 with keras.StatelessScope(state_mapping=mapping):
-                    certified, margins, logits = self._certified_terms(
+                    certified, margins, logits, _ = self._certified_terms(
                         box, epsilon, labels, x, training, noise)
             standard = losses.standard_loss(labels, logits)
             return MemberResult(name=None, loss=weight * standard + (1.0 - weight) * certified,
                                 standard_loss=standard, certified_loss=certified,
-                                logits=logits, margin_lower=margins)
+                                logits=logits, margin_lower=margins,
+                                ibp_regularization=regularization)
 
         return evaluate
 
@@ -327,14 +375,33 @@ class CactusModel(keras.Model):
         if training:
             self.train_steps.assign(self.train_steps.value + 1)
         # Every replica adds the same regularization terms; Keras sums the replicas.
+        # (Shi et al.'s terms are statistics of each replica's part of the batch.)
         replicas = backend.replica_count()
+        for name, term in self._regularization_terms(results).items():
+            self._trackers[name].update_state(term)
+            total = total + term / replicas
         for extra in self.losses:
             total = total + ops.sum(extra) / replicas
         return total
 
+    def _regularization_terms(self, results):
+        """`{metric name: term}` of the regularisers that are on, each weighted as it
+        is added to the loss."""
+        terms = {}
+        if self.ibp_regularization:
+            decay = ibp_regularizers.ramp_decay(self.epsilon.value, self.epsilon_target)
+            terms["loss_ibp_regularization"] = (
+                self.ibp_regularization * decay * results[0].ibp_regularization)
+        if self.l1_regularization:
+            terms["loss_l1_regularization"] = self.l1_regularization * ibp_regularizers.l1_norm(
+                [kernel.value for kernel in self._l1_kernels])
+        return terms
+
     def _bounds(self, box, labels, x, training):
+        """`(margin lower bounds, clean logits, the interval pass)`."""
         return margin_lower_bounds(
-            self.graph, box, labels, self.bound, clean=x, training=training
+            self.graph, box, labels, self.bound, clean=x, training=training,
+            return_interval=True,
         )
 
     def _attack(self, x, labels, lower, upper, noise, training):
@@ -351,27 +418,28 @@ class CactusModel(keras.Model):
 
     def _certified_terms(self, box, epsilon, labels, x, training, noise):
         """`(per-sample L_cert, margin lower bounds over the epsilon ball, clean
-        logits)` of the network at the current variable values."""
+        logits, the interval pass of the box L_cert bounds)` of the network at the
+        current variable values."""
         if self.certified_loss == "sabr":
             radius = certified_losses.sabr_radius(box, epsilon,
                                                   self.loss_options["sabr_lambda"])
             lower, upper = certified_losses.centre_region(box, radius)
             centre, _ = self._attack(x, labels, lower, upper, noise, training)
             small = certified_losses.sabr_box(box, radius, centre)
-            small_margins, logits = self._bounds(small, labels, x, training)
+            small_margins, logits, interval = self._bounds(small, labels, x, training)
             # The small box proves nothing about the ball: the metrics use the ball's.
-            margins, _ = self._bounds(Box(*map(ops.stop_gradient, box)), labels,
-                                      ops.stop_gradient(x), training)
+            margins, _, _ = self._bounds(Box(*map(ops.stop_gradient, box)), labels,
+                                         ops.stop_gradient(x), training)
             return (losses.certified_loss(labels, small_margins),
-                    ops.stop_gradient(margins), logits)
-        margins, logits = self._bounds(box, labels, x, training)
+                    ops.stop_gradient(margins), logits, interval)
+        margins, logits, interval = self._bounds(box, labels, x, training)
         worst_case = losses.certified_loss(labels, margins)
         if self.certified_loss == "worst-case":
-            return worst_case, margins, logits
+            return worst_case, margins, logits, interval
         point, forward = self._attack(x, labels, box.lower, box.upper, noise, training)
         adversarial = losses.standard_loss(labels, forward(point))
         alpha = self.loss_options["mtl_alpha"]
-        return alpha * worst_case + (1.0 - alpha) * adversarial, margins, logits
+        return alpha * worst_case + (1.0 - alpha) * adversarial, margins, logits, interval
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         compiled = keras_internals.compiled_metrics(self)
@@ -393,6 +461,8 @@ class CactusModel(keras.Model):
                 "seed": self.seed,
                 "certified_loss": self.certified_loss,
                 **self._given_loss_options,
+                "ibp_regularization": self.ibp_regularization,
+                "l1_regularization": self.l1_regularization,
             }
         )
         return config

@@ -1,10 +1,13 @@
-"""Schedules of certified training as callbacks writing non-trainable variables.
+"""Schedules of certified training as callbacks writing variables.
 
-The variables live in the model (`model.epsilon`, `model.standard_weight`), so
+The ramps write non-trainable variables of the model (`model.epsilon`,
+`model.standard_weight`), and `EpochLearningRate` the optimizer's learning rate, so
 compiled train steps read them and never retrace when a schedule changes them.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 
@@ -111,3 +114,134 @@ class StandardWeightRamp(VariableRamp):
 
     def __init__(self, ramp_epochs, start_epoch=0, shape="linear", start=1.0, end=None):
         super().__init__("standard_weight", ramp_epochs, start_epoch, start, end, shape)
+
+
+# Learning-rate schedules (API `lr_schedule`, TOML `lr_schedule`, CLI `--lr-schedule`).
+LR_SCHEDULES = ("constant", "step", "cosine")
+# Shi et al. (2021) and CTBench decay the learning rate x0.2 at about 70% and 85% of
+# training; the step schedule's defaults.
+DEFAULT_LR_DECAY_AT = (0.7, 0.85)
+DEFAULT_LR_DECAY_FACTOR = 0.2
+
+
+def default_lr_decay_epochs(epochs):
+    """The step schedule's decay epochs when none are given: about 70% and 85% of
+    `epochs` (rounded half up; those at 0 or `epochs` or repeated dropped)."""
+    found = []
+    for fraction in DEFAULT_LR_DECAY_AT:
+        epoch = int(fraction * epochs + 0.5)
+        if 1 <= epoch < epochs and epoch not in found:
+            found.append(epoch)
+    return tuple(found)
+
+
+def check_lr_schedule(lr_schedule, epochs, lr_decay_epochs=None, lr_decay_factor=None):
+    """Validates a learning-rate schedule; returns `(lr_decay_epochs, lr_decay_factor)`
+    with the step schedule's defaults filled in ((), None for the others).
+
+    A decay epoch k means: after k epochs the learning rate is multiplied by
+    `lr_decay_factor` (PyTorch's MultiStepLR milestones), so k must lie in
+    [1, epochs - 1]. The step options are errors with another schedule (they would be
+    silently ignored).
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"Unknown `lr_schedule` {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)} "
+            "('constant'; 'step': multiplied by `lr_decay_factor` at `lr_decay_epochs`; "
+            "'cosine': cosine decay to 0 over the epochs)."
+        )
+    if lr_schedule != "step":
+        for name, value in (("lr_decay_epochs", lr_decay_epochs), ("lr_decay_factor", lr_decay_factor)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` is an option of the 'step' `lr_schedule`, not of "
+                    f"{lr_schedule!r}; remove it or use `lr_schedule` 'step'."
+                )
+        return (), None
+    if lr_decay_factor is None:
+        lr_decay_factor = DEFAULT_LR_DECAY_FACTOR
+    ok = isinstance(lr_decay_factor, (int, float)) and not isinstance(lr_decay_factor, bool)
+    if not ok or not 0 < lr_decay_factor <= 1:
+        raise ValueError(
+            "`lr_decay_factor` (the learning rate is multiplied by it at each decay epoch) "
+            f"must be a number in (0, 1], got {lr_decay_factor!r}."
+        )
+    if lr_decay_epochs is None:
+        return default_lr_decay_epochs(epochs), float(lr_decay_factor)
+    given = lr_decay_epochs
+    if isinstance(given, int) and not isinstance(given, bool):
+        given = (given,)
+    valid = isinstance(given, (list, tuple)) and all(
+        isinstance(e, int) and not isinstance(e, bool) for e in given)
+    if valid:
+        given = tuple(given)
+        valid = all(1 <= e < epochs for e in given) and list(given) == sorted(set(given))
+    if not valid:
+        raise ValueError(
+            "`lr_decay_epochs` must be increasing whole numbers of epochs in [1, epochs - 1] "
+            f"= [1, {epochs - 1}] (the learning rate decays after that many epochs), got "
+            f"{lr_decay_epochs!r}."
+        )
+    return given, float(lr_decay_factor)
+
+
+def learning_rate_at(epoch, learning_rate, lr_schedule, epochs, lr_decay_epochs=(),
+                     lr_decay_factor=None):
+    """The learning rate of (0-based) `epoch`: `learning_rate` times the schedule's
+    factor. "step": `lr_decay_factor` to the number of decay epochs <= `epoch`;
+    "cosine": `(1 + cos(pi * epoch / epochs)) / 2`."""
+    if lr_schedule == "step":
+        return learning_rate * lr_decay_factor ** sum(1 for e in lr_decay_epochs if e <= epoch)
+    if lr_schedule == "cosine":
+        return learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return learning_rate
+
+
+class EpochLearningRate(keras.callbacks.LearningRateScheduler):
+    """Sets the optimizer's learning rate at the start of every epoch from the epoch
+    alone (`learning_rate_at`), and writes it into the epoch logs (`learning_rate`).
+
+    The rate depends on the epoch number, not on the optimizer's state or on earlier
+    calls, so a run resumed at epoch E (`keras.callbacks.BackupAndRestore`, `cactus-keras
+    train --resume`) trains each epoch at the rate of an uninterrupted run. It works on
+    every backend: the rate is a variable of the optimizer, assigned between epochs.
+
+    Args:
+        lr_schedule: "constant", "step" or "cosine".
+        epochs: the epochs of the whole run (cosine's period; checks the decay epochs).
+        learning_rate: the initial learning rate (of epoch 0).
+        lr_decay_epochs: step: after how many epochs the rate is multiplied by
+            `lr_decay_factor` (default: about 70% and 85% of `epochs`).
+        lr_decay_factor: step: the factor, in (0, 1] (default 0.2).
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(x, y, epochs=20, callbacks=[
+        cactus_keras.EpochLearningRate("step", epochs=20, learning_rate=1e-3,
+                                       lr_decay_epochs=(14, 17), lr_decay_factor=0.2)])
+    ```
+    """
+
+    def __init__(self, lr_schedule, epochs, learning_rate, lr_decay_epochs=None,
+                 lr_decay_factor=None, verbose=0):
+        epochs = int(epochs)
+        if epochs < 1:
+            raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+        ok = isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool)
+        if not ok or not learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be a number > 0, got {learning_rate!r}.")
+        decay_epochs, decay_factor = check_lr_schedule(lr_schedule, epochs, lr_decay_epochs,
+                                                       lr_decay_factor)
+        self.lr_schedule = lr_schedule
+        self.epochs = epochs
+        self.learning_rate = float(learning_rate)
+        self.lr_decay_epochs = decay_epochs
+        self.lr_decay_factor = decay_factor
+        super().__init__(self.rate, verbose=verbose)
+
+    def rate(self, epoch, current=None):
+        """The learning rate of `epoch` (`current`, the optimizer's, is not used)."""
+        return float(learning_rate_at(epoch, self.learning_rate, self.lr_schedule, self.epochs,
+                                      self.lr_decay_epochs, self.lr_decay_factor))
