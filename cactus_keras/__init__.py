@@ -40,6 +40,7 @@ _EXPORTS = {
     "register_member": "cactus_keras.compression",
     "CactusModel": "cactus_keras.training",
     "EpsilonRamp": "cactus_keras.training",
+    "MemberWeightRamp": "cactus_keras.training",
     "StandardWeightRamp": "cactus_keras.training",
 }
 _SUBPACKAGES = ("attacks", "bounds", "certification", "compression", "data", "models",
