@@ -358,3 +358,35 @@ def test_bad_cli_flags_exit_2_naming_the_flag(tmp_path, capsys, argv, message):
     assert code == 2 and len(err.splitlines()) == 1, err
     assert __import__("re").search(message, err), err
     assert "--bits" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_a_member_set_and_resumes_only_with_the_same_set(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 24)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x, y_test=y)
+    run = tmp_path / "run"
+    common = ["train", "--dataset", str(data), "--epsilon", "0.05", "--arch", "mlp",
+              "--epochs", "2", "--batch-size", "12", "--validation-samples", "0",
+              "--output", str(run)]
+    members = ["--member", "pruning:ratio=0.5-0.95", "--member",
+               "pruning:ratio=0.1-0.6,pruning_method=global_l2_structured",
+               "--member", "quantization:bits=4", "--member-weight", "0.5",
+               "--member-weight-ramp", "epsilon", "--member-batch-fraction", "0.5"]
+    assert cli.main(common + members) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert [t["name"] for t in saved["compression"]] == [
+        "pruned_global_l1", "pruned_global_l2_structured", "quantized"]
+    assert (saved["member_weight"], saved["member_weight_ramp"],
+            saved["member_batch_fraction"]) == (0.5, "epsilon", 0.5)
+    header = (run / "training_log.csv").read_text().splitlines()[0].split(",")
+    assert {"member_weight", "certified_accuracy_pruned_global_l2_structured",
+            "clean_accuracy_quantized"} <= set(header)
+    capsys.readouterr()
+    assert cli.main(common + members + ["--resume"]) == 0
+    assert "finished run with these settings" in capsys.readouterr().out
+    other = [m.replace("bits=4", "bits=8") for m in members]
+    assert cli.main(common + other + ["--resume"]) == 2
+    assert "compression: saved" in capsys.readouterr().err
