@@ -41,6 +41,7 @@ _EXPORTS = {
     "CactusModel": "cactus_keras.training",
     "EpsilonRamp": "cactus_keras.training",
     "EpochLearningRate": "cactus_keras.training",
+    "MemberWeightRamp": "cactus_keras.training",
     "StandardWeightRamp": "cactus_keras.training",
 }
 _SUBPACKAGES = ("attacks", "bounds", "certification", "compression", "data", "models",

@@ -212,7 +212,17 @@ def _add_train(subparsers):
                    "(default: about 70%% and 85%% of --epochs)")
     p.add_argument("--lr-decay-factor", type=float, default=None,
                    help="step: the learning rate is multiplied by this, in (0, 1] (default 0.2)")
-    p.add_argument("--compression", default="prune", help="none (plain IBP training), prune, quant or prune+quant")
+    p.add_argument("--compression", default=None,
+                   help="none (plain IBP training), prune, quant or prune+quant (default: prune); "
+                   "--member gives any other set")
+    p.add_argument("--member", dest="members", action="append", default=None,
+                   metavar="KIND:KEY=VALUE,...",
+                   help="a member of the compression set with its own settings, repeatable "
+                   "(replaces --compression and its flags --prune-range, --pruning-method, "
+                   "--bits, --awp-radius, --awp-steps): e.g. --member "
+                   "pruning:ratio=0.5-0.95,pruning_method=global_l1 --member "
+                   "quantization:bits=4,awp_radius=0.5; KIND is pruning, quantization or "
+                   "another registered kind, KEY its settings (A-B is a range)")
     p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
                    help="pruning ratios of training are sampled from [A, B]")
     p.add_argument("--pruning-method", default="global_l1", help="global_l1, local_l1 or global_l2_structured")
@@ -220,6 +230,14 @@ def _add_train(subparsers):
     p.add_argument("--awp-radius", type=float, default=0.5, help="eta: AWP radius in quantization steps")
     p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
+    p.add_argument("--member-weight", type=float, default=1.0,
+                   help="weight of each compressed member relative to the full network")
+    p.add_argument("--member-weight-ramp", default="none",
+                   help="none (constant --member-weight) or epsilon (the weight follows the "
+                   "epsilon ramp: 0 in the warm-up)")
+    p.add_argument("--member-batch-fraction", type=float, default=1.0,
+                   help="in (0, 1]: each compressed member trains on its own slice of this "
+                   "share of each batch (the full network on all of it)")
     p.add_argument("--bound", default="ibp", help="bound method of the certified loss: ibp or crown-ibp")
     p.add_argument("--certified-loss", default="worst-case",
                    help="worst-case (default: cross-entropy on the margin lower bounds), mtl-ibp "
@@ -259,6 +277,16 @@ def _run_train(args):
     from cactus_keras.experiments.training import check_existing, run_state, train
 
     _check_output_dir(args.output, "--output")
+    if args.members:
+        if args.compression is not None:
+            raise ValueError(
+                "--compression and --member both give the compression set; use one "
+                "(--member replaces --compression, e.g. --member "
+                "pruning:ratio=0.5-0.95 --member quantization:bits=4)."
+            )
+        compression = member_tables(args.members)
+    else:
+        compression = "prune" if args.compression is None else args.compression
     config = TrainConfig(
         dataset=args.dataset,
         epsilon=args.epsilon,
@@ -270,12 +298,15 @@ def _run_train(args):
         lr_schedule=args.lr_schedule,
         lr_decay_epochs=None if args.lr_decay_epochs is None else tuple(args.lr_decay_epochs),
         lr_decay_factor=args.lr_decay_factor,
-        compression=args.compression,
+        compression=compression,
         prune_range=tuple(args.prune_range),
         pruning_method=args.pruning_method,
         bits=args.bits,
         awp_radius=args.awp_radius,
         awp_steps=args.awp_steps,
+        member_weight=args.member_weight,
+        member_weight_ramp=args.member_weight_ramp,
+        member_batch_fraction=args.member_batch_fraction,
         standard_weight=args.standard_weight,
         bound=args.bound,
         certified_loss=args.certified_loss,
@@ -306,6 +337,68 @@ def _run_train(args):
     model = train(config, data, args.output, verbose=2, resume=args.resume, overwrite=args.overwrite)
     print(f"saved {os.path.join(args.output, 'model.keras')} ({model.network.count_params()} parameters)")
     return 0
+
+
+MEMBER_EXAMPLE = "--member pruning:ratio=0.5-0.95,pruning_method=global_l1"
+_RANGE = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*"
+
+
+def _member_value(text):
+    """A --member value: true/false, none, an int, a float, a range A-B, else a string."""
+    import re
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    found = re.fullmatch(_RANGE, text)
+    if found:
+        return [float(found.group(1)), float(found.group(2))]
+    return text.strip()
+
+
+def parse_member(text):
+    """The table of one `--member KIND[:KEY=VALUE,...]`, e.g.
+    `pruning:ratio=0.5-0.95,pruning_method=global_l1` ->
+    `{"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"}`."""
+    kind, _, rest = text.partition(":")
+    table = {"kind": kind.strip()}
+    syntax = (f"--member {text!r}: expected KIND:KEY=VALUE,KEY=VALUE (a range as A-B), "
+              f"e.g. {MEMBER_EXAMPLE}")
+    if not table["kind"]:
+        raise ValueError(f"{syntax}; the KIND is missing.")
+    for item in rest.split(",") if rest.strip() else []:
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not key.isidentifier() or not value.strip():
+            raise ValueError(f"{syntax}; {item.strip()!r} is not KEY=VALUE.")
+        if key in table:
+            raise ValueError(f"{syntax}; {key} is given twice.")
+        table[key] = _member_value(value)
+    return table
+
+
+def member_tables(texts):
+    """The tables of the `--member` flags, checked and named as a set (every setting
+    filled in). Errors name the flag: a member's settings are its KEYs, not flags."""
+    import re
+
+    from cactus_keras.compression import member_table, members_from_tables
+
+    tables = [parse_member(t) for t in texts]
+    try:
+        members = members_from_tables(tables, key="--member",
+                                      labels=[f"--member {t!r}" for t in texts])
+    except (TypeError, ValueError) as exc:
+        # Backticked names would read as flags (`bits` -> --bits): they are KEYs here.
+        raise type(exc)(re.sub(r"`([\w-]+)`", r"\1", str(exc))) from None
+    return [member_table(m) for m in members]
 
 
 def _train_interrupted(args):

@@ -6,10 +6,16 @@ on TensorFlow, two host devices on JAX) and the cluster (TF_CONFIG) must be set 
 the backend starts:
 
     python tests/distributed_steps.py OUTPUT_DIR KIND [KIND ...] [--logical-cpus 2]
+        [--member-batch-fraction F [--interleave R]]
 
 writes OUTPUT_DIR/KIND.npz for each KIND (none, mirrored, multi-worker or data-parallel;
 one process runs several, which saves a backend start each); the backend is
 KERAS_BACKEND's.
+
+`--member-batch-fraction F` trains the members on batch slices. Under `tf.distribute`
+each replica slices its own part of the batch, so `--interleave R` reorders each global
+batch of the one-device run ("none") so that its slices hold the samples of the R
+replicas' slices: block k of every replica's part, replica after replica.
 """
 
 import argparse
@@ -25,6 +31,8 @@ def main():
     parser.add_argument("output")
     parser.add_argument("distribute", nargs="+")
     parser.add_argument("--logical-cpus", type=int, default=0)
+    parser.add_argument("--member-batch-fraction", type=float, default=1.0)
+    parser.add_argument("--interleave", type=int, default=0)
     args = parser.parse_args()
     if args.logical_cpus:
         import tensorflow as tf
@@ -34,10 +42,23 @@ def main():
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     for distribute in args.distribute:
-        _steps(distribute, os.path.join(args.output, f"{distribute}.npz"))
+        _steps(distribute, os.path.join(args.output, f"{distribute}.npz"),
+               args.member_batch_fraction, args.interleave if distribute == "none" else 0)
 
 
-def _steps(distribute, output):
+def interleaved(replicas, fraction):
+    """The order of one global batch in which one device's slices are the union of the
+    replicas' slices (contiguous parts of GLOBAL_BATCH // replicas samples each)."""
+    import numpy as np
+
+    local = GLOBAL_BATCH // replicas
+    size = round(fraction * local)
+    assert local % size == 0 and round(fraction * GLOBAL_BATCH) == replicas * size
+    return np.concatenate([np.arange(r * local + k * size, r * local + (k + 1) * size)
+                           for k in range(local // size) for r in range(replicas)])
+
+
+def _steps(distribute, output, fraction=1.0, interleave=0):
     import keras
     import numpy as np
 
@@ -48,6 +69,10 @@ def _steps(distribute, output):
     x = rng.uniform(0.0, 1.0, (SAMPLES, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 10, SAMPLES)
     sample_weight = rng.uniform(0.2, 2.0, SAMPLES).astype("float32")
+    if interleave:
+        order = np.concatenate([start + interleaved(interleave, fraction)
+                                for start in range(0, SAMPLES, GLOBAL_BATCH)])
+        x, y, sample_weight = x[order], y[order], sample_weight[order]
     with backend.distribution_scope(distribute):
         replicas = _replicas(distribute)
         keras.utils.set_random_seed(0)
@@ -61,7 +86,7 @@ def _steps(distribute, output):
         # A sampled pruning ratio: every replica draws the same one from the model's
         # seed generator, whose state they share.
         model = cactus_keras.CactusModel(
-            net, epsilon=0.05, standard_weight=0.3, seed=1,
+            net, epsilon=0.05, standard_weight=0.3, seed=1, member_batch_fraction=fraction,
             compression=[cactus_keras.Pruning(ratio=(0.25, 0.75)),
                          cactus_keras.Quantization(bits=4, awp_radius=1.0)])
         model.compile(optimizer=keras.optimizers.SGD(0.5))

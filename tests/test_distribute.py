@@ -110,6 +110,43 @@ def test_jax_data_parallel_two_devices_equals_one_device(tmp_path):
     _assert_same(one, parallel, replicas=2)
 
 
+# ----- members on batch slices (member_batch_fraction) -----
+
+@pytest.mark.slow
+def test_mirrored_members_on_batch_slices_equal_one_device_on_the_same_samples(tmp_path):
+    # Each replica slices its own half of the batch: one device on batches reordered
+    # so that its slices hold the replicas' slices gives the same loss, metrics, weights.
+    one, mirrored = _run(tmp_path, ["none", "mirrored"], "--logical-cpus", "2",
+                         "--member-batch-fraction", "0.5", "--interleave", "2")
+    _assert_same(one, mirrored, replicas=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                    reason="JAX is not installed (pip install 'cactus-keras[test]')")
+def test_jax_data_parallel_members_on_batch_slices_equal_one_device(tmp_path):
+    # A JAX step sees the global batch and slices it as one device does.
+    env = dict(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    one, parallel = _run(tmp_path, ["none", "data-parallel"], "--member-batch-fraction", "0.5",
+                         **env)
+    _assert_same(one, parallel, replicas=2)
+
+
+def test_interleaved_order_puts_the_replicas_slices_into_one_devices_slices():
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from distributed_steps import interleaved
+
+    from cactus_keras.training import member_slice
+
+    order = interleaved(2, 0.5)
+    assert order.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]
+    for step in range(3):
+        for position in range(2):
+            one = set(order[np.asarray(member_slice(16, 0.5, position, step))].tolist())
+            local = np.asarray(member_slice(8, 0.5, position, step))
+            assert one == set(local.tolist()) | set((local + 8).tolist())
+
+
 # ----- choosing the engine -----
 
 def test_unknown_distribute_names_the_choices():

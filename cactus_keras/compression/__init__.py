@@ -3,7 +3,8 @@
 Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
 (`fake_quantize`). Members (`CompressionMember` subclasses): `Pruning`,
 `Quantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
-user registers with `register_member`.
+user registers with `register_member`. `members_from_tables` builds a set from plain
+tables (`{"kind": "pruning", "ratio": [0.5, 0.95]}`), as TOML configs and the CLI do.
 """
 
 from cactus_keras.compression.awp import Quantization
@@ -13,10 +14,12 @@ from cactus_keras.compression.masks import PRUNING_METHODS, magnitude_masks, spa
 from cactus_keras.compression.member import (
     CompressionMember,
     MemberContext,
+    member_class,
     member_from_config,
     member_kinds,
     register_member,
 )
+from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.compression.quantization import fake_quantize, quantization_scale
 from cactus_keras.compression.ratio_schedules import ConstantRatio, PolynomialRatio

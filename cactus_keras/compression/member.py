@@ -167,6 +167,11 @@ def member_kinds():
     return sorted(_REGISTRY)
 
 
+def member_class(kind):
+    """The member class registered under `kind`, or None."""
+    return _REGISTRY.get(kind) if isinstance(kind, str) else None
+
+
 def member_from_config(config):
     """A member from `{"kind": KIND, **settings}` (as in a TOML table)."""
     config = dict(config)

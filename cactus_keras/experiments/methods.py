@@ -234,7 +234,7 @@ class TrainedMethod(Method):
 
         if not os.path.exists(os.path.join(ctx.directory, "network.keras")):
             config = self.config.train_config(self.overrides(), seed=ctx.seed)
-            ctx.log(f"training {config.epochs} epochs ({config.compression} compression)")
+            ctx.log(f"training {config.epochs} epochs ({config.compression_names()} compression)")
             # An interrupted training continues from its last finished epoch.
             train(config, ctx.data, ctx.directory, verbose=ctx.verbose, resume=True)
         return keras.saving.load_model(os.path.join(ctx.directory, "network.keras"), compile=False)
@@ -265,10 +265,11 @@ class Cactus(TrainedMethod):
         return overrides
 
     def check_compression(self, compression):
-        if compression == "none":
+        if compression in ("none", []):
             raise ConfigError(
-                f"{self.where}: a cactus run needs compression prune, quant or "
-                "prune+quant; for plain IBP training use method = \"ibp-then-compress\"."
+                f"{self.where}: a cactus run needs compression prune, quant, "
+                "prune+quant or a list of member tables; for plain IBP training use "
+                "method = \"ibp-then-compress\"."
             )
 
 

@@ -16,19 +16,26 @@ import numpy as np
 from cactus_keras import atomic_write, backend, models, validation
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
+from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.training import (
     CactusModel,
     EpochLearningRate,
     EpsilonRamp,
+    MemberWeightRamp,
     StandardWeightRamp,
     check_certified_loss,
     check_lr_schedule,
     check_regularization,
     ibp_initialize,
 )
+from cactus_keras.training.batch_slices import check_member_batch_fraction
+from cactus_keras.training.model import check_member_weight
 
+# The short forms of `compression`; a list of member tables gives any set.
 COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
+# "epsilon": the members' weight follows the epsilon ramp (MemberWeightRamp).
+MEMBER_WEIGHT_RAMPS = ("none", "epsilon")
 # Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
 CLIP_NORM = 10.0
 
@@ -48,6 +55,26 @@ class TrainConfig:
     70% and 85% of `epochs`, as Shi et al. 2021 and CTBench) or "cosine"
     (`training.EpochLearningRate`). `ibp_regularization` (Shi et al.'s regularisers
     during the ramp) and `l1_regularization` are `CactusModel`'s options.
+    The compression set: `compression` is a short form ("none", "prune", "quant",
+    "prune+quant", set by `prune_range`, `pruning_method`, `bits`, `awp_radius`,
+    `awp_steps`), or a list of member tables, each `{"kind": KIND, **settings}` with its
+    own settings (`cactus_keras.compression.members_from_tables`, which names the
+    unnamed members); the short-form fields are then unused. A list is stored with
+    every setting and name filled in, so config.json says exactly which set trained.
+    `member_weight` is the weight of each compressed network relative to the full
+    network, `member_weight_ramp` "epsilon" makes it follow the epsilon ramp, and
+    `member_batch_fraction` < 1 trains each compressed network on a slice of each batch
+    (see `CactusModel`).
+
+    Example:
+
+    ```python
+    TrainConfig(dataset="fashion_mnist", epsilon=0.1, compression=[
+        {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
+        {"kind": "pruning", "ratio": [0.1, 0.6], "pruning_method": "global_l2_structured"},
+        {"kind": "quantization", "bits": 8}, {"kind": "quantization", "bits": 4}],
+        member_weight=1.0, member_weight_ramp="epsilon", member_batch_fraction=0.25)
+    ```
     """
 
     dataset: str
@@ -60,12 +87,15 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_decay_epochs: tuple | None = None
     lr_decay_factor: float | None = None
-    compression: str = "prune"
+    compression: str | list = "prune"
     prune_range: tuple = (0.25, 0.75)
     pruning_method: str = "global_l1"
     bits: int = 8
     awp_radius: float = 0.5
     awp_steps: int = 1
+    member_weight: float = 1.0
+    member_weight_ramp: str = "none"
+    member_batch_fraction: float = 1.0
     standard_weight: float = 0.5
     bound: str = "ibp"
     certified_loss: str = "worst-case"
@@ -89,15 +119,26 @@ class TrainConfig:
             raise ValueError(
                 f"Unknown arch {self.arch!r}; expected one of {', '.join(models.ARCHITECTURES)}."
             )
-        if self.compression not in COMPRESSIONS:
+        if isinstance(self.compression, str) and self.compression not in COMPRESSIONS:
             raise ValueError(
                 f"Unknown compression {self.compression!r}; expected one of "
-                f"{', '.join(COMPRESSIONS)}."
+                f"{', '.join(COMPRESSIONS)}, or a list of member tables such as "
+                '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "quantization", bits = 4}].'
             )
         check_pruning_method(self.pruning_method)
         self.prune_range = tuple(self.prune_range)
         # Building the members validates their arguments before any training.
-        self.compression_members()
+        members = self.compression_members()
+        if not isinstance(self.compression, str):
+            self.compression = [member_table(m) for m in members]
+        check_member_weight(self.member_weight)
+        if self.member_weight_ramp not in MEMBER_WEIGHT_RAMPS:
+            raise ValueError(
+                f"Unknown `member_weight_ramp` {self.member_weight_ramp!r}; expected one of "
+                f"{', '.join(MEMBER_WEIGHT_RAMPS)} (epsilon: the members' weight follows "
+                "the epsilon ramp)."
+            )
+        check_member_batch_fraction(self.member_batch_fraction)
         for name in ("epochs", "batch_size"):
             validation.check_positive_int(getattr(self, name), name)
         if self.warmup_epochs is None:
@@ -150,6 +191,9 @@ class TrainConfig:
                 "attack_steps": self.attack_steps}
 
     def compression_members(self):
+        """The members of the set (new objects each call)."""
+        if not isinstance(self.compression, str):
+            return members_from_tables(self.compression, key="compression")
         members = []
         if "prune" in self.compression:
             try:
@@ -161,6 +205,12 @@ class TrainConfig:
             members.append(Quantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
 
+    def compression_names(self):
+        """The short form, or the names of the members (for logs)."""
+        if isinstance(self.compression, str):
+            return self.compression
+        return ", ".join(n for m in self.compression_members() for n in m.names()) or "no"
+
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["prune_range"] = list(self.prune_range)
@@ -171,19 +221,22 @@ class TrainConfig:
 
 # The type each field takes (None is allowed where the default is None).
 _FIELD_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,),
-                "tuple": (tuple, list)}
+                "tuple": (tuple, list), "list": (list, tuple)}
 
 
 def _check_field_types(config):
     """A string "0.1" for a number (as TOML or JSON can give) is refused, not converted."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        kind = str(field.type).split("|")[0].strip()
-        if value is None and "None" in str(field.type):
+        kinds = [k.strip() for k in str(field.type).split("|")]
+        kind = kinds[0]
+        if value is None and "None" in kinds:
             continue
-        expected = _FIELD_TYPES.get(kind)
-        if expected is None:
+        if any(k not in _FIELD_TYPES for k in kinds if k != "None"):
             continue
+        expected = tuple(t for k in kinds if k != "None" for t in _FIELD_TYPES[k])
+        if kind == "str" and "list" in kinds:
+            kind = "str or list"
         wrong = isinstance(value, bool) and kind != "bool"
         if wrong or not isinstance(value, expected):
             raise TypeError(
@@ -215,6 +268,8 @@ def build_model(config, input_shape, num_classes, input_range=(0.0, 1.0)):
         **config.certified_loss_options(),
         ibp_regularization=config.ibp_regularization,
         l1_regularization=config.l1_regularization,
+        member_weight=config.member_weight,
+        member_batch_fraction=config.member_batch_fraction,
     )
     # The learning rate of each epoch is set by `schedule_callbacks`.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=CLIP_NORM))
@@ -242,6 +297,11 @@ def schedule_callbacks(config):
         callbacks.append(EpochLearningRate(
             config.lr_schedule, config.epochs, config.learning_rate,
             config.lr_decay_epochs, config.lr_decay_factor))
+    callbacks = ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
+    if config.member_weight_ramp == "epsilon":
+        # The epsilon ramp's epochs and shape: the weight is proportional to epsilon.
+        callbacks.append(MemberWeightRamp(config.ramp_epochs, start_epoch=config.warmup_epochs,
+                                          shape="smooth"))
     return callbacks
 
 

@@ -14,6 +14,8 @@ from cactus_keras.bounds.propagation import forward_pass
 from cactus_keras.bounds.rules import Box
 from cactus_keras.compression.member import MemberContext, check_members
 from cactus_keras.training import certified_losses, ibp_regularizers, losses
+from cactus_keras.training import certified_losses, losses
+from cactus_keras.training.batch_slices import check_member_batch_fraction, member_slice
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 
 # Bound methods of the certified loss (full CROWN is for certification only).
@@ -24,7 +26,9 @@ TRAINING_BOUNDS = ("ibp", "crown-ibp")
 class MemberResult:
     """One network of the compression set at one batch (per-sample tensors).
 
-    `name` is the member's name, None for the full network.
+    `name` is the member's name, None for the full network. `indices` are the positions
+    in the batch of the samples the tensors are over (a member on a batch slice,
+    `member_batch_fraction < 1`), None for the whole batch.
     """
 
     name: str | None
@@ -36,6 +40,7 @@ class MemberResult:
     # Shi et al.'s IBP regulariser of this network's bound pass (a scalar, unweighted),
     # computed for the full network when `ibp_regularization` > 0, else None.
     ibp_regularization: object = None
+    indices: object = None
 
 
 def _metric_name(kind, member_name):
@@ -46,10 +51,14 @@ def _metric_name(kind, member_name):
 class CactusModel(keras.Model):
     """Trains `network` to be certifiably robust, also after compression.
 
-    Each batch the loss is the mean over the compression set (the full network and the
-    members that `compression` adds) of
+    Each batch the loss is the weighted mean over the compression set (the full network
+    and the members that `compression` adds) of each network's
 
-        standard_weight * L_std(member(x), y) + (1 - standard_weight) * L_cert(member, x, y)
+        L = standard_weight * L_std(member(x), y) + (1 - standard_weight) * L_cert(member, x, y)
+
+    the full network weighing 1 and each compressed network `member_weight` w:
+    `(L_full + w * sum_m L_m) / (1 + w * M)` for M compressed networks (w = 1: the plain
+    mean over the set; w = 0: the full network alone, as plain certified training).
 
     where L_cert is the member's `certified_loss`: by default ("worst-case") the
     cross-entropy on the negated lower bounds of the logit margins over the epsilon
@@ -91,6 +100,16 @@ class CactusModel(keras.Model):
             (off). Metric `loss_ibp_regularization` (the term as added to the loss).
         l1_regularization: weight of the L1 norm of the Dense and Conv kernels added
             to the loss (CTRAIN: 1e-6). Default 0 (off). Metric `loss_l1_regularization`.
+        member_weight: w >= 0, the weight of each compressed network relative to the
+            full network (default 1); `model.member_weight` is a variable, so
+            `MemberWeightRamp` can bring the members in during training. Ignored with
+            `include_full_network=False` (the members' plain mean).
+        member_batch_fraction: in (0, 1]; below 1 each compressed network is trained on
+            its own slice of `round(fraction * batch)` samples of each batch (rotating
+            with the step; `cactus_keras.training.batch_slices`), the full network on
+            all of it: a cheaper set. Its loss and metrics are over its slice (weighted
+            mean by `sample_weight`). Evaluation (`evaluate`, validation) uses the
+            whole batch for every network.
 
     Example:
 
@@ -119,6 +138,8 @@ class CactusModel(keras.Model):
         attack_steps=None,
         ibp_regularization=0.0,
         l1_regularization=0.0,
+        member_weight=1.0,
+        member_batch_fraction=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -154,6 +175,8 @@ class CactusModel(keras.Model):
             )
         self.seed = seed
         self._check_regularization(ibp_regularization, l1_regularization)
+        self.member_weight_target = check_member_weight(member_weight)
+        self.member_batch_fraction = check_member_batch_fraction(member_batch_fraction)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.epsilon = self.add_variable(
             (), initializer=keras.initializers.Constant(self.epsilon_target),
@@ -165,6 +188,10 @@ class CactusModel(keras.Model):
         )
         self.train_steps = self.add_variable(
             (), dtype="int32", initializer="zeros", trainable=False, name="train_steps"
+        )
+        self.member_weight = self.add_variable(
+            (), initializer=keras.initializers.Constant(self.member_weight_target),
+            trainable=False, name="member_weight",
         )
         # Member state is created here: a built model accepts no new variables.
         self._member_kernels = []
@@ -262,19 +289,26 @@ class CactusModel(keras.Model):
         replaced = {id(k): v for k, v in zip(kernels, values)}
         return [(v, replaced.get(id(v), v.value)) for v in self.network.variables]
 
-    def _evaluator(self, x, labels, training):
+    def _attack_noise(self, x):
+        # The attack's random start, drawn outside the members' scopes: a seed generator
+        # inside a member's StatelessScope would not advance. All members start from
+        # the same point (a member on a batch slice from its samples' points).
+        if self.certified_loss == "worst-case":
+            return None
+        return keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=self.seed_generator)
+
+    def _evaluator(self, x, labels, training, noise=None, indices=None):
         """`evaluate(mapping)` -> the `MemberResult` of the network at the variable
-        values of `mapping` (None: the network's own values)."""
+        values of `mapping` (None: the network's own values), on the samples at
+        `indices` of the batch (None: all of them)."""
+        if indices is not None:
+            x, labels = ops.take(x, indices, axis=0), ops.take(labels, indices, axis=0)
+            noise = None if noise is None else ops.take(noise, indices, axis=0)
         # Model variables are read here, outside the members' scopes: on JAX a nested
         # StatelessScope sees only the network variables of its own mapping.
         epsilon = self.epsilon.value
         box = input_box(x, epsilon, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
-        # The attack's random start, drawn here: a seed generator inside a member's
-        # StatelessScope would not advance. All members start from the same point.
-        noise = None
-        if self.certified_loss != "worst-case":
-            noise = keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=self.seed_generator)
 
         def evaluate(mapping):
             regularization = None
@@ -293,7 +327,7 @@ class CactusModel(keras.Model):
             return MemberResult(name=None, loss=weight * standard + (1.0 - weight) * certified,
                                 standard_loss=standard, certified_loss=certified,
                                 logits=logits, margin_lower=margins,
-                                ibp_regularization=regularization)
+                                ibp_regularization=regularization, indices=indices)
 
         return evaluate
 
@@ -310,21 +344,48 @@ class CactusModel(keras.Model):
     def compressed_kernels(self, training=False, evaluate=None):
         """`{member name: (kernel variables, compressed values)}` at this step.
         `evaluate` (this step's evaluator) gives adversarial members their loss."""
+        return self._compressed(training, lambda name: evaluate)
+
+    def _compressed(self, training, evaluator_of):
         found = {}
         for index, (member, kernels) in enumerate(zip(self.compression, self._member_kernels)):
             for name in member.names():
-                context = self._member_context(member, index, name, kernels, evaluate, training)
+                context = self._member_context(member, index, name, kernels,
+                                               evaluator_of(name), training)
                 found[name] = (kernels, member.compress([k.value for k in kernels], context))
         return found
+
+    def member_slices(self, batch_size, training=True):
+        """`{member name: positions in the batch}` of this step's batch slices (see
+        `member_batch_fraction`), or None when every member sees the whole batch."""
+        if not training or self.member_batch_fraction == 1.0:
+            return None
+        names = [n for m in self.compression for n in m.names()]
+        step = self.train_steps.value
+        return {name: member_slice(batch_size, self.member_batch_fraction, position, step)
+                for position, name in enumerate(names)}
 
     def member_results(self, x, y, training=True):
         """A `MemberResult` per network of the compression set (the full network first,
         named None, unless `include_full_network=False`)."""
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
-        evaluate = self._evaluator(x, labels, training)
+        noise = self._attack_noise(x)
+        evaluate = self._evaluator(x, labels, training, noise)
         results = [evaluate(None)] if self.include_full_network else []
-        for name, (kernels, values) in self.compressed_kernels(training, evaluate).items():
-            results.append(dataclasses.replace(evaluate(self._mapping(kernels, values)), name=name))
+        batch_size = x.shape[0] if x.shape[0] is not None else ops.shape(x)[0]
+        slices = self.member_slices(batch_size, training)
+        if slices is None:
+            evaluators = {}
+        else:
+            evaluators = {name: self._evaluator(x, labels, training, noise, indices)
+                          for name, indices in slices.items()}
+
+        def evaluator_of(name):
+            return evaluators.get(name, evaluate)
+
+        for name, (kernels, values) in self._compressed(training, evaluator_of).items():
+            result = evaluator_of(name)(self._mapping(kernels, values))
+            results.append(dataclasses.replace(result, name=name))
         return results
 
     def apply_compression(self, name=None):
@@ -357,21 +418,20 @@ class CactusModel(keras.Model):
         """
         labels = ops.cast(ops.reshape(y, (-1,)), "int32")
         results = self.member_results(x, labels, training)
-        total = 0.0
-        for result in results:
-            total = total + replica_share_of_mean(result.loss, sample_weight)
-        total = total / len(results)
+        weight = None if sample_weight is None else ops.reshape(sample_weight, (-1,))
+        total = self._set_loss(results, weight)
         # Metrics are updated outside the member scopes, whose updates are discarded.
         # Mean trackers sum their totals and counts over replicas: global-batch values.
         for result in results:
-            correct = ops.cast(ops.argmax(result.logits, axis=-1) == labels, "float32")
-            proven = ops.cast(losses.certified_mask(labels, result.margin_lower), "float32")
+            own_labels = _on_samples(labels, result.indices)
+            correct = ops.cast(ops.argmax(result.logits, axis=-1) == own_labels, "float32")
+            proven = ops.cast(losses.certified_mask(own_labels, result.margin_lower), "float32")
             self._trackers[_metric_name("clean_accuracy", result.name)].update_state(correct)
             self._trackers[_metric_name("certified_accuracy", result.name)].update_state(proven)
         # The loss parts are weighted as the loss is.
-        weight = None if sample_weight is None else ops.reshape(sample_weight, (-1,))
-        self._trackers["loss_standard"].update_state(results[0].standard_loss, weight)
-        self._trackers["loss_certified"].update_state(results[0].certified_loss, weight)
+        first_weight = _on_samples(weight, results[0].indices)
+        self._trackers["loss_standard"].update_state(results[0].standard_loss, first_weight)
+        self._trackers["loss_certified"].update_state(results[0].certified_loss, first_weight)
         if training:
             self.train_steps.assign(self.train_steps.value + 1)
         # Every replica adds the same regularization terms; Keras sums the replicas.
@@ -396,6 +456,20 @@ class CactusModel(keras.Model):
             terms["loss_l1_regularization"] = self.l1_regularization * ibp_regularizers.l1_norm(
                 [kernel.value for kernel in self._l1_kernels])
         return terms
+
+    def _set_loss(self, results, sample_weight):
+        """The weighted mean over the set of each network's (weighted) mean loss over
+        its samples: the full network weighs 1, each compressed network `member_weight`
+        (1 each when the set has no full network)."""
+        member_weight = self.member_weight.value if self.include_full_network else 1.0
+        total, norm = 0.0, 0.0
+        for result in results:
+            # The same sum in the same order as the plain mean: at w = 1 it is that mean.
+            share = replica_share_of_mean(result.loss, _on_samples(sample_weight, result.indices))
+            weight = 1.0 if result.name is None else ops.cast(member_weight, share.dtype)
+            total = total + weight * share
+            norm = norm + weight
+        return total / norm
 
     def _bounds(self, box, labels, x, training):
         """`(margin lower bounds, clean logits, the interval pass)`."""
@@ -441,6 +515,17 @@ class CactusModel(keras.Model):
         alpha = self.loss_options["mtl_alpha"]
         return alpha * worst_case + (1.0 - alpha) * adversarial, margins, logits, interval
 
+    def load_own_variables(self, store):
+        # Models saved before `member_weight` existed have one variable fewer: load
+        # the others in their order and keep the weight at its configured value.
+        own = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(own) - 1:
+            kept = [v for v in own if v is not self.member_weight]
+            for i, variable in enumerate(kept):
+                variable.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         compiled = keras_internals.compiled_metrics(self)
         if compiled is not None:
@@ -463,6 +548,8 @@ class CactusModel(keras.Model):
                 **self._given_loss_options,
                 "ibp_regularization": self.ibp_regularization,
                 "l1_regularization": self.l1_regularization,
+                "member_weight": self.member_weight_target,
+                "member_batch_fraction": self.member_batch_fraction,
             }
         )
         return config
@@ -475,6 +562,28 @@ class CactusModel(keras.Model):
             keras.saving.deserialize_keras_object(m) for m in config.get("compression", [])
         ]
         return cls(**config)
+
+
+def check_member_weight(member_weight):
+    if isinstance(member_weight, bool):
+        raise TypeError(f"`member_weight` must be a number >= 0, got {member_weight!r}.")
+    try:
+        value = float(member_weight)
+    except (TypeError, ValueError):
+        raise TypeError(f"`member_weight` must be a number >= 0, got {member_weight!r}.") from None
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError(
+            f"`member_weight` (the weight of each compressed network relative to the full "
+            f"network) must be a finite number >= 0, got {member_weight!r}."
+        )
+    return value
+
+
+def _on_samples(values, indices):
+    """`values` (per sample, or None) at the positions `indices` (None: all)."""
+    if values is None or indices is None:
+        return values
+    return ops.take(values, indices, axis=0)
 
 
 def replica_share_of_mean(values, sample_weight=None):

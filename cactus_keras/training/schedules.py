@@ -1,7 +1,8 @@
 """Schedules of certified training as callbacks writing variables.
 
 The ramps write non-trainable variables of the model (`model.epsilon`,
-`model.standard_weight`), and `EpochLearningRate` the optimizer's learning rate, so
+`model.standard_weight`, `model.member_weight`), and `EpochLearningRate` the
+optimizer's learning rate, so
 compiled train steps read them and never retrace when a schedule changes them.
 """
 
@@ -114,6 +115,30 @@ class StandardWeightRamp(VariableRamp):
 
     def __init__(self, ramp_epochs, start_epoch=0, shape="linear", start=1.0, end=None):
         super().__init__("standard_weight", ramp_epochs, start_epoch, start, end, shape)
+
+
+class MemberWeightRamp(VariableRamp):
+    """Moves the weight of the compressed members (`model.member_weight`) from `start`
+    (0: the full network alone) to the model's `member_weight`: a curriculum in which
+    the members come in as training goes on.
+
+    With the epsilon ramp's epochs and shape (the defaults: "smooth"), the weight is
+    proportional to the training epsilon, `w(t) = member_weight * epsilon(t) / epsilon`:
+    the members count as much as the certified loss does, and not at all in the
+    warm-up.
+
+    Example:
+
+    ```python
+    model = cactus_keras.CactusModel(net, 0.1, compression=[cactus_keras.Pruning((0.5, 0.95))],
+                                     member_weight=1.0)
+    model.fit(x, y, epochs=10, callbacks=[cactus_keras.EpsilonRamp(5, start_epoch=1),
+                                          cactus_keras.MemberWeightRamp(5, start_epoch=1)])
+    ```
+    """
+
+    def __init__(self, ramp_epochs, start_epoch=0, shape="smooth", start=0.0, end=None):
+        super().__init__("member_weight", ramp_epochs, start_epoch, start, end, shape)
 
 
 # Learning-rate schedules (API `lr_schedule`, TOML `lr_schedule`, CLI `--lr-schedule`).
