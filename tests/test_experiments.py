@@ -1,6 +1,8 @@
 """`cactus-keras experiment`: the whole pipeline on tiny data, resuming, bad configs."""
 
+import contextlib
 import glob
+import io
 import json
 import os
 
@@ -9,9 +11,10 @@ import numpy as np
 import pytest
 
 import cactus_keras
-from cactus_keras import cli
+from cactus_keras import atomic_write, cli
 from cactus_keras.compression import prunable_kernels
 from cactus_keras.experiments import ConfigError, load_config, parse_config, run_experiment
+from cactus_keras.experiments import runner
 from cactus_keras.experiments import training as training_module
 from cactus_keras.experiments.report import summarize
 
@@ -51,12 +54,20 @@ validation_samples = 0
 standard_weight = 0.5
 
 [evaluation]
-prune_ratios = [0.0, 0.5, 0.7]
 bits = [8, 4]
 calibration_samples = 32
 headline_ratio = 0.7
+[evaluation.pruning]
+global_l1 = [0.5, 0.7]
+local_l1 = [0.7]
+global_l2_structured = [0.5]
 {methods}
 """
+
+# The fixture's grid: each pruning method at its own ratios, two bit widths, the file.
+GRID = [("prune", "global_l1", 0.5, None), ("prune", "global_l1", 0.7, None),
+        ("prune", "local_l1", 0.7, None), ("prune", "global_l2_structured", 0.5, None),
+        ("quantize", None, None, 8), ("quantize", None, None, 4), ("tflite", None, None, 8)]
 
 
 ALL_METHODS = """
@@ -68,8 +79,6 @@ compression = "prune+quant"
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
 epochs = 1
-prune_ratios = [0.7]
-bits = [8]
 [methods.tfmot]
 method = "tfmot"
 source = "cactus"
@@ -88,13 +97,18 @@ def _write(tmp_path, text, name="config.toml"):
 def experiment(tmp_path_factory):
     directory = tmp_path_factory.mktemp("experiment")
     data = _tiny_data(directory / "tiny.npz")
-    config_path = _write(directory, _config_text(data, ALL_METHODS))
+    # The config names another dataset: --dataset replaces it (never loaded).
+    config_path = _write(directory, _config_text("mnist", ALL_METHODS))
     output = str(directory / "out")
-    code = cli.main(["experiment", config_path, "--output", output, "--no-progress"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["experiment", config_path, "--output", output, "--no-progress",
+                         "--dataset", data])
     assert code == 0
     with open(os.path.join(output, "results.json")) as f:
         results = json.load(f)
-    return {"config": config_path, "output": output, "results": results, "data": data}
+    return {"config": config_path, "output": output, "results": results, "data": data,
+            "printed": printed.getvalue(), "dataset_args": ["--dataset", data]}
 
 
 def _rows(results, run):
@@ -110,29 +124,30 @@ def test_pipeline_writes_every_output(experiment):
         with open(os.path.join(output, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
     report = open(os.path.join(output, "report.md")).read()
-    assert "## Headline" in report and "| pruned 0.7 | cactus | tfmot (tfmot)" in report
-    assert "| int8 .tflite | cactus | ibp (ibp-then-compress)" in report
+    assert "## Headline" in report and "| cactus | int8 .tflite |" in report
+    for method in ("global_l1", "local_l1", "global_l2_structured", "TF-MOT, per layer"):
+        assert f"## Pruning: {method}" in report
     csv_lines = open(os.path.join(output, "results.csv")).read().strip().splitlines()
     assert len(csv_lines) == 1 + len(experiment["results"]["summary"])
 
 
 def test_each_method_reports_its_levels(experiment):
     results = experiment["results"]
-    levels = lambda run: sorted(  # noqa: E731
-        (r["form"], r["ratio"] if r["ratio"] is not None else -1, r["bits"] or 0)
-        for r in _rows(results, run)
-    )
-    grid = [("prune", 0.0, 0), ("prune", 0.5, 0), ("prune", 0.7, 0),
-            ("quantize", -1, 4), ("quantize", -1, 8), ("tflite", -1, 8)]
-    assert levels("ibp") == grid
-    assert levels("cactus") == grid
-    assert levels("ibp-finetune") == [("prune", 0.7, 0), ("quantize", -1, 8), ("tflite", -1, 8)]
-    assert levels("tfmot") == [("prune", 0.7, 0), ("tflite", -1, 8)]
+    levels = lambda run: [  # noqa: E731
+        (r["form"], r["pruning_method"], r["ratio"], r["bits"]) for r in _rows(results, run)]
+    uncompressed = ("prune", None, 0.0, None)
+    # Every trained run: the uncompressed network, then the grid in its order.
+    assert levels("ibp") == [uncompressed] + GRID
+    assert levels("cactus") == [uncompressed] + GRID
+    # Fine-tuning: one fine-tuned network per compressed level, the int8 file from the
+    # 8-bit one.
+    assert levels("ibp-finetune") == GRID[:5] + [GRID[6], GRID[5]]
+    assert levels("tfmot") == [("prune", "tfmot_constant_sparsity", 0.7, None), ("tflite", None, None, 8)]
     for record in results["runs"]:
         for r in record["rows"]:
             # Certified samples are correctly classified samples.
             assert 0.0 <= r["certified_accuracy"] <= r["clean_accuracy"] <= 1.0
-            if r["form"] == "prune" and r["ratio"]:
+            if r["form"] == "prune" and r["ratio"] and r["pruning_method"] != "global_l2_structured":
                 assert r["sparsity"] == pytest.approx(r["ratio"], abs=0.01)
             if r["form"] == "tflite":
                 assert r["simulation_agreement"] >= 0.95
@@ -143,11 +158,12 @@ def test_rows_match_an_independent_certification(experiment):
     output, results = experiment["output"], experiment["results"]
     data = cactus_keras.data.load(experiment["data"])
     run_dir = os.path.join(output, "runs", "ibp-finetune", "seed0")
-    pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_0.7.keras"))
+    pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l1_0.7.keras"))
     kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
     assert sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.7, abs=0.01)
     result = cactus_keras.certify(pruned, data.x_test, data.y_test, 0.01)
-    (row,) = [r for r in _rows(results, "ibp-finetune") if r["form"] == "prune"]
+    (row,) = [r for r in _rows(results, "ibp-finetune") if r["form"] == "prune"
+              and r["pruning_method"] == "global_l1" and r["ratio"] == 0.7]
     assert row["certified_accuracy"] == pytest.approx(result.certified_accuracy)
     assert row["clean_accuracy"] == pytest.approx(result.clean_accuracy)
     network = keras.saving.load_model(os.path.join(output, "runs", "ibp", "seed0", "network.keras"))
@@ -178,7 +194,8 @@ def test_resume_does_not_retrain(experiment, monkeypatch):
     before = os.path.getmtime(os.path.join(output, "runs", "cactus", "seed0", "network.keras"))
     # An interrupted run: its result is gone, its finished steps are not.
     os.remove(os.path.join(output, "runs", "tfmot", "seed0", "result.json"))
-    assert cli.main(["experiment", experiment["config"], "--output", output, "--no-progress"]) == 0
+    assert cli.main(["experiment", experiment["config"], "--output", output, "--no-progress",
+                     *experiment["dataset_args"]]) == 0
     assert os.path.getmtime(os.path.join(output, "runs", "cactus", "seed0", "network.keras")) == before
     with open(os.path.join(output, "results.json")) as f:
         again = json.load(f)
@@ -189,7 +206,8 @@ def test_changed_settings_in_an_old_output_are_an_error(experiment, tmp_path):
     text = open(experiment["config"]).read().replace("epochs = 3", "epochs = 4")
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError, match="other settings"):
-        run_experiment(load_config(path), experiment["output"], progress=False)
+        run_experiment(load_config(path, dataset=experiment["data"]), experiment["output"],
+                       progress=False)
 
 
 @pytest.mark.slow
@@ -352,3 +370,223 @@ def test_run_fingerprints_follow_what_changes_results(tmp_path):
     weight = specs(base.replace("standard_weight = 0.5", "standard_weight = 0.3"))
     assert weight["ibp-finetune"] != original["ibp-finetune"]
     assert weight["tfmot"] != original["tfmot"]
+
+
+# ----- the evaluation grid, fine-tuning at every level, the headline, --dataset -----
+
+def test_default_grid_has_exactly_the_listed_levels():
+    from cactus_keras.experiments.evaluation import check_evaluation, grid_levels
+
+    unstructured = [0.5, 0.7, 0.8, 0.9, 0.95]
+    expected = ([("prune", "global_l1", r, None) for r in unstructured]
+                + [("prune", "local_l1", r, None) for r in unstructured]
+                + [("prune", "global_l2_structured", r, None) for r in (0.3, 0.5, 0.7)]
+                + [("quantize", None, None, 8), ("quantize", None, None, 4), ("tflite", None, None, 8)])
+    assert [tuple(level) for level in grid_levels(check_evaluation({}))] == expected
+    config = parse_config({"experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
+                           "methods": {"i": {"method": "ibp-then-compress"},
+                                       "f": {"method": "ibp-then-finetune", "source": "i"}}})
+    assert [tuple(level) for level in grid_levels(config.evaluation)] == expected
+    # Fine-tuning defaults to every compressed level (the int8 file comes from 8 bits).
+    assert [tuple(level) for level in config.methods["f"].levels()] == expected[:-1]
+
+
+def test_pruning_grid_forms_and_errors(tmp_path, no_training):
+    from cactus_keras.experiments.evaluation import check_evaluation
+
+    # The one-method shorthand; ratio 0 is always there and is not a pruned level.
+    assert check_evaluation({"prune_ratios": [0.0, 0.9, 0.5], "pruning_method": "local_l1"})[
+        "pruning"] == {"local_l1": [0.5, 0.9]}
+    assert check_evaluation({"prune_ratios": [0.7]})["pruning"] == {"global_l1": [0.7]}
+    assert check_evaluation({"pruning": {"global_l2_structured": [0.3]}})["pruning"] == {
+        "global_l2_structured": [0.3]}
+    assert check_evaluation({"pruning": {}})["pruning"] == {}
+    cases = [
+        ({"pruning": {"global_l1": [0.5]}, "prune_ratios": [0.5]}, "not both"),
+        ({"pruning": {"global_l2": [0.5]}}, "unknown pruning method\\(s\\) 'global_l2'"),
+        ({"pruning": {"local_l1": [1.2]}}, "`pruning.local_l1` must be in"),
+        ({"pruning": [0.5]}, "`pruning` must be a table"),
+        ({"pruning_method": "l1"}, "Unknown `pruning_method` 'l1'"),
+    ]
+    for table, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            check_evaluation(table, "[evaluation]")
+    base = _config_text("unused.npz", '[methods.i]\nmethod = "ibp-then-compress"\n'
+                        '[methods.f]\nmethod = "ibp-then-finetune"\nsource = "i"\n{own}')
+    levels = lambda own: [tuple(level) for level in load_config(  # noqa: E731
+        _write(tmp_path, base.replace("{own}", own))).methods["f"].levels()]
+    assert levels('pruning = { local_l1 = [0.9] }\nbits = [4]\n') == [
+        ("prune", "local_l1", 0.9, None), ("quantize", None, None, 4)]
+    # Bare ratios: at every pruning method of the grid.
+    assert levels("prune_ratios = [0.6]\nbits = []\n") == [
+        ("prune", m, 0.6, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
+    with pytest.raises(ConfigError, match="\\[methods.f\\]: give either `pruning`"):
+        levels("prune_ratios = [0.6]\npruning = { local_l1 = [0.9] }\n")
+
+
+def test_several_pruning_methods_match_evaluate_compressed(experiment):
+    """Each pruning method's rows are those of an independent `evaluate_compressed`."""
+    output, results = experiment["output"], experiment["results"]
+    data = cactus_keras.data.load(experiment["data"])
+    for run in ("ibp", "cactus"):
+        network = keras.saving.load_model(os.path.join(output, "runs", run, "seed0", "network.keras"))
+        rows = _rows(results, run)
+        for method, ratios in (("global_l1", [0.5, 0.7]), ("local_l1", [0.7]),
+                               ("global_l2_structured", [0.5])):
+            table = cactus_keras.evaluate_compressed(network, data.x_test, data.y_test, 0.01,
+                                                     pruning=ratios, pruning_method=method)
+            for expected in table.rows:
+                (found,) = [r for r in rows if r["form"] == "prune" and r["pruning_method"] == method
+                            and r["ratio"] == expected["ratio"]]
+                for key in ("clean_accuracy", "certified_accuracy", "sparsity"):
+                    assert found[key] == pytest.approx(expected[key])
+
+
+def test_finetuning_makes_one_network_per_level(experiment):
+    run_dir = os.path.join(experiment["output"], "runs", "ibp-finetune", "seed0")
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "*.keras")))
+    assert names == ["pruned_global_l1_0.5.keras", "pruned_global_l1_0.7.keras",
+                     "pruned_global_l2_structured_0.5.keras", "pruned_local_l1_0.7.keras",
+                     "quantized_4bit.keras", "quantized_8bit.keras"]
+    rows = _rows(experiment["results"], "ibp-finetune")
+    assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"]) for r in rows))
+    # The structured fine-tuned network keeps its mask: whole units are zero.
+    pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l2_structured_0.5.keras"))
+    kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
+    units = np.concatenate([np.abs(k.reshape(-1, k.shape[-1])).sum(axis=0) for k in kernels[:-1]])
+    assert (units == 0).mean() == pytest.approx(0.5, abs=0.05)
+
+
+def _headline_lines(text):
+    return [line for line in text.splitlines() if line.startswith("| cactus |")]
+
+
+def test_headline_lists_every_level_with_the_tables_numbers(experiment):
+    from cactus_keras.experiments.report import round_down, round_up
+
+    results, output = experiment["results"], experiment["output"]
+    report = open(os.path.join(output, "report.md")).read()
+    section = report.split("## Headline")[1].split("\n## ")[0]
+    lines = _headline_lines(section)
+    labels = ["uncompressed (cost)", "global_l1 0.5", "global_l1 0.7", "local_l1 0.7",
+              "global_l2_structured 0.5", "8-bit kernels", "4-bit kernels", "int8 .tflite"]
+    assert [line.split(" | ")[1] for line in lines] == labels
+    # The main job prints the same headline.
+    assert _headline_lines(experiment["printed"]) == lines
+    summary = results["summary"]
+    keys = [("prune", None, 0.0, None)] + GRID
+
+    def entry(run, form, method, ratio, bits):
+        for e in summary:
+            if e["run"] != run or e["form"] != form:
+                continue
+            if form == "prune" and e["ratio"] == ratio and (ratio == 0.0 or e["pruning_method"] == method):
+                return e
+            if form != "prune" and e["bits"] == bits:
+                return e
+        return None
+
+    for line, key in zip(lines, keys):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        mine = entry("cactus", *key)["certified_accuracy_mean"]
+        # tfmot starts from the CACTUS network: not a baseline.
+        candidates = [e for e in (entry(run, *key) for run in ("ibp", "ibp-finetune")) if e]
+        best = max(candidates, key=lambda e: e["certified_accuracy_mean"])
+        assert cells[3] == f"{best['run']} ({best['method']})"
+        assert cells[2] == f"{round_down(mine):.4f}"
+        assert cells[4] == f"{round_up(best['certified_accuracy_mean']):.4f}"
+        assert cells[5] == f"{round_down(mine - best['certified_accuracy_mean']):+.4f}"
+        assert cells[6] == "one seed"
+    assert "one seed, so no spread" in section
+
+
+def _synthetic_rows(values):
+    """Rows of runs c (cactus), i (ibp), f (finetune of i), t (tfmot of i) from
+    {(run, level key): [certified per seed]}."""
+    rows = []
+    for (run, form, method, ratio, bits), per_seed in values.items():
+        name = {"c": "cactus", "i": "ibp-then-compress", "f": "ibp-then-finetune", "t": "tfmot"}[run[0]]
+        for seed, value in enumerate(per_seed):
+            rows.append({"run": run, "method": name, "seed": seed, "form": form,
+                         "pruning_method": method, "ratio": ratio, "bits": bits, "samples": 100,
+                         "clean_accuracy": 1.0, "certified_accuracy": value, "sparsity": 0.0})
+    return rows
+
+
+def test_headline_best_baseline_spread_and_rounding():
+    from cactus_keras.experiments.report import headline, headline_markdown, round_down
+
+    config = parse_config({
+        "experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
+        "evaluation": {"pruning": {"local_l1": [0.7]}, "bits": [8], "tflite": False},
+        "methods": {"c": {"method": "cactus"}, "i": {"method": "ibp-then-compress"},
+                    "f": {"method": "ibp-then-finetune", "source": "i"},
+                    "t": {"method": "tfmot", "source": "i"}}})
+    rows = _synthetic_rows({
+        ("c", "prune", None, 0.0, None): [0.50, 0.52, 0.54],
+        ("i", "prune", None, 0.0, None): [0.51, 0.53, 0.55],
+        ("c", "prune", "local_l1", 0.7, None): [0.40, 0.41, 0.45],
+        ("i", "prune", "local_l1", 0.7, None): [0.10, 0.10, 0.10],
+        ("f", "prune", "local_l1", 0.7, None): [0.30, 0.30, 0.33],
+        # TF-MOT's per-layer pruning is the best baseline at local_l1 0.7.
+        ("t", "prune", "tfmot_constant_sparsity", 0.7, None): [0.35, 0.36, 0.37],
+        ("c", "quantize", None, None, 8): [0.50001, 0.50001, 0.50001],
+        ("i", "quantize", None, None, 8): [0.50000, 0.50000, 0.50000],
+    })
+    entries = headline(config, rows, summarize(rows))
+    assert [e["level"] for e in entries] == ["uncompressed (cost)", "local_l1 0.7", "8-bit kernels"]
+    assert [e["baseline_run"] for e in entries] == ["i", "t", "i"]
+    assert entries[0]["difference"] == pytest.approx(-0.01)
+    assert entries[1]["differences"] == pytest.approx([0.05, 0.05, 0.08])
+    lines = [line for line in headline_markdown(entries, ["i", "f", "t"], 3) if line.startswith("| c |")]
+    assert lines[0].endswith(f"| {round_down(-0.01):+.4f} | ± {np.std([0.01] * 3, ddof=1):.4f} |")
+    assert f"± {np.std([0.05, 0.05, 0.08], ddof=1):.4f}" in lines[1]
+    # +0.00001 is not rounded up into a win: printed as +0.0000, never +0.0001.
+    assert "| +0.0000 |" in lines[2] and "| 0.5000 | i (ibp-then-compress) | 0.5000 |" in lines[2]
+    two = headline(config, [r for r in rows if r["seed"] < 2], summarize([r for r in rows if r["seed"] < 2]))
+    (line,) = [x for x in headline_markdown(two, ["i"], 2) if "local_l1 0.7" in x]
+    assert line.endswith("| +0.0500..+0.0500 |")
+
+
+def test_dataset_flag_is_recorded_and_in_the_fingerprint(experiment, tmp_path, capsys):
+    output, data = experiment["output"], experiment["data"]
+    report = open(os.path.join(output, "report.md")).read()
+    assert f"dataset `{data}` given in place of the config's `mnist`" in report
+    assert f"--dataset {data}" in report
+    results = experiment["results"]
+    assert results["config"]["dataset"] == data and results["config"]["config_dataset"] == "mnist"
+    spec = json.load(open(os.path.join(output, "runs", "ibp", "seed0", "spec.json")))
+    assert spec["dataset"] == data
+    assert spec["data_digest"] == runner.data_digest(cactus_keras.data.load(data))
+    # Another dataset in the same output: refused before any training, not mixed in.
+    other = _tiny_data(tmp_path / "other.npz", seed=1)
+    argv = ["experiment", experiment["config"], "--output", output, "--no-progress"]
+    assert cli.main(argv + ["--dataset", other]) == 2
+    assert "holds a run made with other data" in capsys.readouterr().err
+
+
+def test_same_path_with_other_content_is_refused(tmp_path):
+    path = _tiny_data(tmp_path / "data.npz")
+    config = load_config(_write(tmp_path, _config_text(path, '[methods.ibp]\nmethod = "ibp-then-compress"\n')))
+    before = cactus_keras.data.load(path)
+    spec = runner._spec(config, config.methods["ibp"], 0, runner.data_digest(before))
+    atomic_write.write_json(str(tmp_path / "out" / "runs" / "ibp" / "seed0" / "spec.json"), spec)
+    runner._preflight(config, before, str(tmp_path / "out"))  # the same data: accepted
+    _tiny_data(tmp_path / "data.npz", seed=1)
+    with pytest.raises(ConfigError, match="other data"):
+        runner._preflight(config, cactus_keras.data.load(path), str(tmp_path / "out"))
+
+
+def test_bad_dataset_flag_is_one_line_naming_it(tmp_path, no_training, capsys):
+    config = _write(tmp_path, _config_text("fashion_mnist", '[methods.ibp]\nmethod = "ibp-then-compress"\n'))
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, x_train=np.zeros((4, 6, 6, 1)), y_train=np.zeros(4))
+    for value, expected in [(str(tmp_path / "missing.npz"), "No such file"),
+                            ("fashion_mnistt", "Unknown dataset 'fashion_mnistt'"),
+                            (bad, "missing arrays x_test, y_test")]:
+        argv = ["experiment", config, "--output", str(tmp_path / "out"), "--dataset", value]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"cactus-keras experiment: error: --dataset '{value}'") and expected in err
+        assert not os.path.exists(tmp_path / "out" / "runs")

@@ -82,7 +82,7 @@ def main():
             model.compile(optimizer="adam")
             batch = method.setting("batch_size")
             step = seconds_per_step(model, batch, input_shape, num_classes, args.steps)
-            levels = len(method.setting("prune_ratios")) + len(method.setting("bits"))
+            levels = len(method.levels())
             steps = -(-size // batch) * method.setting("epochs") * levels
         else:
             print(f"  {name:<16} {method.name}: not estimated (standard-loss fine-tuning, small)")

@@ -15,7 +15,8 @@ def add_parser(subparsers):
         description="Train every method of an experiment config (CACTUS and the baselines "
         "ibp-then-compress, ibp-then-finetune, tfmot), certify each over the compression "
         "grid and the int8 file, and write DIR/results.json, results.csv, runs.csv, "
-        "report.md and PNG plots. Finished runs (and finished steps of an interrupted "
+        "report.md and PNG plots; print the headline (every compressed level: CACTUS "
+        "against the best baseline). Finished runs (and finished steps of an interrupted "
         "run) in DIR are not rerun. Shipped configs: --example "
         f"{{{','.join(example_names())}}}.",
     )
@@ -25,6 +26,10 @@ def add_parser(subparsers):
                    + ", ".join(example_names()))
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (reused to resume)")
     p.add_argument("--seeds", type=int, default=None, help="runs per method, seeds 0..N-1 (overrides the config)")
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH",
+                   help="run on this dataset instead of the config's: mnist, fashion_mnist, "
+                   "cifar10, or a path to a directory of IDX files (or CIFAR-10 batches) or "
+                   "to an .npz with x_train, y_train, x_test, y_test")
     p.add_argument("--check", action="store_true", help="validate the config and the data, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_experiment)
@@ -40,18 +45,20 @@ def _run_experiment(args):
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output '{args.output}' is a file; give a directory (it is "
                          "created if missing, and reused to resume).")
-    config = load_config(path, seeds=args.seeds)
+    config = load_config(path, seeds=args.seeds, dataset=args.dataset)
     source = ["--example", args.example] if args.example else [args.config]
     command = shlex.join(["cactus-keras", "experiment", *source, "--output", args.output]
-                         + (["--seeds", str(args.seeds)] if args.seeds is not None else []))
+                         + (["--seeds", str(args.seeds)] if args.seeds is not None else [])
+                         + (["--dataset", args.dataset] if args.dataset is not None else []))
     args.interrupt_message = lambda _: (
         f"interrupted: finished runs and steps are kept in {os.path.join(args.output, 'runs')}; "
         f"resume with: {command}")
+    from cactus_keras.experiments.runner import load_data
+
+    data = load_data(config)
     if args.check:
-        from cactus_keras.data import load
         from cactus_keras.experiments.runner import _preflight
 
-        data = load(config.dataset, download=config.download)
         _preflight(config, data, args.output)
         print(f"{config.name}: {data.name} ({data.source}), epsilon {config.epsilon:g}, "
               f"{config.seeds} seed(s)")
@@ -60,7 +67,11 @@ def _run_experiment(args):
         return 0
     from cactus_keras.experiments.runner import run_experiment
 
-    report = run_experiment(config, args.output, progress=not args.no_progress, command=command)
+    report = run_experiment(config, args.output, progress=not args.no_progress, command=command,
+                            data=data)
+    from cactus_keras.experiments.report import read_headline
+
+    print(read_headline(args.output))
     print(f"report: {report}")
     print(f"plots:  {os.path.join(args.output, 'certified_vs_pruning.png')}, "
           f"{os.path.join(args.output, 'clean_vs_certified.png')}")

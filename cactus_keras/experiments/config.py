@@ -16,13 +16,15 @@ arch = "cnn3"
 epochs = 10
 certified_loss = "worst-case"  # or "mtl-ibp" (mtl_alpha, attack_steps), "sabr" (sabr_lambda, attack_steps)
 
-[evaluation]
-prune_ratios = [0.0, 0.5, 0.7, 0.9]
-pruning_method = "global_l1"
+[evaluation]                   # the grid; the uncompressed network is always in it
 bits = [8, 4]                  # fake-quantized kernels
 tflite = true                  # also export int8 .tflite and certify the file itself
 bound = "ibp"                  # or crown-ibp, crown, alpha-crown, best
 bound_samples = 1000           # the grid certifies the first N test samples (default: all)
+[evaluation.pruning]           # pruning method -> its ratios (default: this grid);
+global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]   # shorthand for one method:
+local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]    # prune_ratios = [...] (+ pruning_method)
+global_l2_structured = [0.3, 0.5, 0.7]
 
 [methods.ibp]                  # one table per run name; `method` picks the method
 method = "ibp-then-compress"
@@ -31,7 +33,7 @@ method = "cactus"
 compression = "prune+quant"    # TrainConfig fields override [training]
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
-source = "ibp"                 # the run whose networks it fine-tunes
+source = "ibp"                 # the run whose networks it fine-tunes, at every level
 [methods.cactus-set]           # any set: a list of member tables, each with its settings
 method = "cactus"
 compression = [{kind = "pruning", ratio = [0.5, 0.95], pruning_method = "global_l1"},
@@ -40,6 +42,9 @@ member_weight = 1.0            # each member's weight relative to the full netwo
 member_weight_ramp = "epsilon" # the weight follows the epsilon ramp ("none": constant)
 member_batch_fraction = 0.25   # each member trains on its own quarter of each batch
 ```
+
+`cactus-keras experiment CONFIG --dataset NAME|PATH` (`load_config(path, dataset=)`)
+replaces [experiment] `dataset`; the report says so and the runs' fingerprints hold it.
 
 See `cactus_keras.experiments.methods` for each method's options.
 """
@@ -82,6 +87,8 @@ class ExperimentConfig:
     path: str | None = None
     # How training runs are spread over devices (not part of any run's results).
     distribute: str = "none"
+    # The config file's own dataset when `dataset` was overridden (--dataset), else None.
+    config_dataset: str | None = None
 
     def train_config(self, overrides, seed):
         """The TrainConfig of a trained run: [training], then the run's overrides."""
@@ -119,6 +126,7 @@ class ExperimentConfig:
             "training": self.training,
             "evaluation": self.evaluation,
             "methods": {name: m.spec() for name, m in self.methods.items()},
+            **({"config_dataset": self.config_dataset} if self.config_dataset is not None else {}),
         }
 
 
@@ -129,15 +137,20 @@ def _table(data, key, where):
     return value
 
 
-def parse_config(data, path=None, seeds=None):
-    """An `ExperimentConfig` from the dict of a TOML file; raises `ConfigError`."""
+def parse_config(data, path=None, seeds=None, dataset=None):
+    """An `ExperimentConfig` from the dict of a TOML file; raises `ConfigError`.
+
+    `seeds` and `dataset` (a dataset name or path) override [experiment]."""
     where = path or "config"
     check_keys(data, {"experiment", "training", "evaluation", "methods"}, where)
     experiment = _table(data, "experiment", where)
     check_keys(experiment, EXPERIMENT_KEYS, f"{where} [experiment]")
     for key in ("dataset", "epsilon"):
-        if key not in experiment:
-            raise ConfigError(f"{where} [experiment]: `{key}` is required.")
+        if key not in experiment and not (key == "dataset" and dataset is not None):
+            # No backticks: the command line would read `dataset` as its --dataset flag.
+            raise ConfigError(f"{where} [experiment]: key {key!r} is required.")
+    if dataset is not None and (not isinstance(dataset, (str, os.PathLike)) or not os.fspath(dataset)):
+        raise ConfigError(f"`dataset` must be a dataset name or a path, got {dataset!r}.")
     try:
         value = experiment["epsilon"]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -174,7 +187,7 @@ def parse_config(data, path=None, seeds=None):
     config = ExperimentConfig(
         name=str(name),
         description=str(experiment.get("description", "")),
-        dataset=str(experiment["dataset"]),
+        dataset=os.fspath(dataset) if dataset is not None else str(experiment["dataset"]),
         epsilon=epsilon,
         seeds=count,
         training=dict(training),
@@ -184,6 +197,7 @@ def parse_config(data, path=None, seeds=None):
         download=bool(experiment.get("download", True)),
         path=path,
         distribute=distribute,
+        config_dataset=(str(experiment.get("dataset")) if dataset is not None else None),
     )
     for run_name, options in methods_table.items():
         if not isinstance(options, dict):
@@ -220,8 +234,9 @@ def _check_optional_modules(config, where):
                 )
 
 
-def load_config(path, seeds=None):
-    """Reads and validates an experiment TOML file."""
+def load_config(path, seeds=None, dataset=None):
+    """Reads and validates an experiment TOML file; `seeds` and `dataset` (a name or a
+    path, as [experiment] `dataset`) override the file's."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No experiment config at '{path}'"
@@ -235,4 +250,4 @@ def load_config(path, seeds=None):
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, path=path, seeds=seeds)
+    return parse_config(data, path=path, seeds=seeds, dataset=dataset)

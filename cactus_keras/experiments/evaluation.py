@@ -1,17 +1,44 @@
 """The [evaluation] table of an experiment config: the grid every network is certified
-over after training, its defaults and its checks."""
+over after training, its defaults and its checks.
+
+The grid is the uncompressed network (always), each pruning method at its own ratios,
+each bit width of fake-quantized kernels and, with `tflite = true`, the exported int8
+file:
+
+```toml
+[evaluation]
+bits = [8, 4]
+tflite = true
+[evaluation.pruning]               # pruning method -> its ratios
+global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
+local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
+global_l2_structured = [0.3, 0.5, 0.7]
+```
+
+`prune_ratios = [...]` with `pruning_method = "..."` (default "global_l1") is the
+one-method shorthand of `[evaluation.pruning]`.
+"""
 
 from __future__ import annotations
 
+import collections
+
 from cactus_keras import validation
 from cactus_keras.bounds.margins import check_bound
-from cactus_keras.compression.masks import check_pruning_method, check_ratio
+from cactus_keras.compression.masks import PRUNING_METHODS, check_pruning_method, check_ratio
 from cactus_keras.compression.quantization import check_bits
 from cactus_keras.experiments.errors import ConfigError
 
+# Where compression costs an IBP-trained network: unstructured pruning at 0.5 and 0.7
+# usually costs nothing, 0.9 and beyond does, structured pruning and 4 bits do early.
+DEFAULT_PRUNING = {
+    "global_l1": [0.5, 0.7, 0.8, 0.9, 0.95],
+    "local_l1": [0.5, 0.7, 0.8, 0.9, 0.95],
+    "global_l2_structured": [0.3, 0.5, 0.7],
+}
+
 EVALUATION_DEFAULTS = {
-    "prune_ratios": [0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95],
-    "pruning_method": "global_l1",
+    "pruning": DEFAULT_PRUNING,
     "bits": [8, 4],
     "tflite": True,
     "calibration_samples": 500,
@@ -19,9 +46,35 @@ EVALUATION_DEFAULTS = {
     # How many of the test samples (the first N) `bound` certifies in the grid; None: all.
     # CROWN and alpha-CROWN cost far more per sample than IBP.
     "bound_samples": None,
-    # The pruning ratio the report's headline compares methods at.
-    "headline_ratio": 0.7,
 }
+# The one-method shorthand of `pruning`, and a key of older configs that is read and
+# ignored (the headline now lists every level of the grid, not one pruning ratio).
+SHORTHAND_KEYS = ("prune_ratios", "pruning_method")
+IGNORED_KEYS = ("headline_ratio",)
+
+
+class Level(collections.namedtuple("Level", "form pruning_method ratio bits")):
+    """One compressed level of the grid: ("prune", method, ratio, None),
+    ("quantize", None, None, bits) or ("tflite", None, None, 8)."""
+
+    __slots__ = ()
+
+    @property
+    def label(self):
+        if self.form == "prune":
+            return f"{self.pruning_method} {self.ratio:g}"
+        if self.form == "quantize":
+            return f"{self.bits}-bit kernels"
+        return "int8 .tflite"
+
+    def matches(self, row):
+        """Whether a result row (or summary entry) is at this level."""
+        if row["form"] != self.form:
+            return False
+        if self.form == "prune":
+            return (row["pruning_method"] == self.pruning_method
+                    and abs(row["ratio"] - self.ratio) < 1e-9)
+        return row["bits"] == self.bits
 
 
 def check_keys(table, allowed, where):
@@ -34,15 +87,69 @@ def check_keys(table, allowed, where):
         )
 
 
-def check_evaluation(evaluation, where="[evaluation]"):
-    """Validates an evaluation table (filled with defaults) and returns it."""
-    check_keys(evaluation, EVALUATION_DEFAULTS, where)
-    filled = {**EVALUATION_DEFAULTS, **evaluation}
+def _ratios(values, name):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"`{name}` must be a list of ratios in [0, 1), got {values!r}.")
+    ratios = set()
+    for value in values:
+        if isinstance(value, bool):
+            raise ConfigError(f"`{name}` must hold numbers in [0, 1), got {value!r}.")
+        ratios.add(check_ratio(value, name))
+    # Ratio 0, the uncompressed network, is evaluated once for the whole grid.
+    return sorted(r for r in ratios if r > 0)
+
+
+def parse_pruning(table, where):
+    """The pruning part of a grid from `table`'s `pruning` or its shorthand
+    `prune_ratios` (+ `pruning_method`): a dict pruning method -> sorted ratios > 0,
+    or None when `table` says nothing about pruning."""
+    shorthand = [k for k in SHORTHAND_KEYS if k in table]
+    if "pruning" in table and shorthand:
+        raise ConfigError(
+            f"{where}: give either `pruning` (a table: pruning method -> ratios) or its "
+            f"one-method shorthand {' and '.join(f'`{k}`' for k in shorthand)}, not both; "
+            "move the ratios into `pruning`."
+        )
     try:
-        filled["prune_ratios"] = [check_ratio(r, "prune_ratios") for r in filled["prune_ratios"]]
-        filled["headline_ratio"] = check_ratio(filled["headline_ratio"], "headline_ratio")
-        check_pruning_method(filled["pruning_method"])
-        filled["bits"] = [check_bits(b) for b in filled["bits"]]
+        if shorthand:
+            method = check_pruning_method(table.get("pruning_method", "global_l1"))
+            ratios = table.get("prune_ratios", DEFAULT_PRUNING[method])
+            return {method: _ratios(ratios, "prune_ratios")}
+        if "pruning" not in table:
+            return None
+        pruning = table["pruning"]
+        if not isinstance(pruning, dict):
+            raise ConfigError(
+                f"`pruning` must be a table of pruning method -> ratios, e.g. "
+                f"pruning = {{ global_l1 = [0.5, 0.9] }}, got {pruning!r}.")
+        unknown = [m for m in pruning if m not in PRUNING_METHODS]
+        if unknown:
+            raise ConfigError(
+                f"unknown pruning method(s) {', '.join(map(repr, unknown))} in `pruning`; "
+                f"expected some of {', '.join(PRUNING_METHODS)}.")
+        return {m: _ratios(r, f"pruning.{m}") for m, r in pruning.items()}
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_bits_list(values, name="bits"):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"`{name}` must be a list of bit widths, e.g. [8, 4], got {values!r}.")
+    return sorted({check_bits(b) for b in values}, reverse=True)
+
+
+def check_evaluation(evaluation, where="[evaluation]"):
+    """Validates an evaluation table and returns it filled with the defaults, the
+    pruning grid as `pruning` (method -> ratios > 0) whichever form it was given in."""
+    check_keys(evaluation, set(EVALUATION_DEFAULTS) | set(SHORTHAND_KEYS) | set(IGNORED_KEYS),
+               where)
+    pruning = parse_pruning(evaluation, where)
+    given = {k: v for k, v in evaluation.items()
+             if k in EVALUATION_DEFAULTS and k != "pruning"}
+    filled = {**EVALUATION_DEFAULTS, **given,
+              "pruning": {m: list(r) for m, r in (DEFAULT_PRUNING if pruning is None else pruning).items()}}
+    try:
+        filled["bits"] = check_bits_list(filled["bits"])
         check_bound(filled["bound"])
         if filled["bound_samples"] is not None:
             validation.check_positive_int(filled["bound_samples"], "bound_samples")
@@ -52,3 +159,14 @@ def check_evaluation(evaluation, where="[evaluation]"):
     if not isinstance(filled["tflite"], bool):
         raise ConfigError(f"{where}: `tflite` must be true or false, got {filled['tflite']!r}.")
     return filled
+
+
+def grid_levels(evaluation):
+    """Every compressed level of a checked evaluation grid, in report order: each
+    pruning method at each of its ratios, each bit width, then the int8 file."""
+    levels = [Level("prune", m, r, None) for m, ratios in evaluation["pruning"].items()
+              for r in ratios]
+    levels += [Level("quantize", None, None, b) for b in evaluation["bits"]]
+    if evaluation["tflite"]:
+        levels.append(Level("tflite", None, None, 8))
+    return levels

@@ -31,7 +31,7 @@ import numpy as np
 
 from cactus_keras import atomic_write, backend, validation
 from cactus_keras.experiments.errors import ConfigError
-from cactus_keras.experiments.evaluation import check_evaluation
+from cactus_keras.experiments.evaluation import Level, check_bits_list, parse_pruning
 from cactus_keras.experiments.training import TRAIN_FIELDS
 
 COMPRESSED_FORMS = ("prune", "quantize", "tflite")
@@ -100,23 +100,35 @@ def row(form, *, ratio=None, bits=None, sparsity=0.0, clean_accuracy, certified_
 
 # ----- evaluation steps shared by the methods -----
 
-def grid_rows(network, ctx, ratios, bits):
-    """Rows of `evaluate_compressed` over pruning `ratios` and quantization `bits`."""
+def grid_rows(network, ctx, pruning, bits, uncompressed=True):
+    """Rows of `evaluate_compressed`: the uncompressed network (ratio 0, no pruning
+    method; unless `uncompressed=False`), each pruning method of `pruning` (method ->
+    ratios) at its ratios, then each bit width of `bits`."""
     from cactus_keras.certification.compressed import evaluate_compressed
 
     evaluation = ctx.config.evaluation
     n = evaluation.get("bound_samples") or len(ctx.x_test)
-    table = evaluate_compressed(
-        network, ctx.x_test[:n], ctx.y_test[:n], ctx.config.epsilon, pruning=ratios,
-        pruning_method=evaluation["pruning_method"], bits=bits, bound=evaluation["bound"],
-        input_range=ctx.input_range,
-    )
+
+    def evaluate(ratios, method="global_l1", widths=()):
+        return evaluate_compressed(
+            network, ctx.x_test[:n], ctx.y_test[:n], ctx.config.epsilon, pruning=ratios,
+            pruning_method=method, bits=widths, bound=evaluation["bound"],
+            input_range=ctx.input_range).rows
+
+    found = evaluate([0.0]) if uncompressed else []
+    for method, ratios in pruning.items():
+        if ratios:
+            found += evaluate(ratios, method)
+    if bits:
+        found += evaluate([], widths=bits)
     rows = []
-    for r in table.rows:
+    for r in found:
         common = dict(sparsity=r["sparsity"], clean_accuracy=r["clean_accuracy"],
                       certified_accuracy=r["certified_accuracy"], samples=r["samples"])
         if r["form"] == "prune":
-            rows.append(row("prune", ratio=r["ratio"], pruning_method=r["pruning_method"], **common))
+            # Ratio 0 is no pruning at all, whatever method evaluated it.
+            method = r["pruning_method"] if r["ratio"] > 0 else None
+            rows.append(row("prune", ratio=r["ratio"], pruning_method=method, **common))
         else:
             rows.append(row("quantize", bits=r["bits"], **common))
     return rows
@@ -186,8 +198,7 @@ class Method:
         return {"method": self.name, **self.settings, "evaluation": self.evaluation_spec()}
 
     def evaluation_spec(self):
-        # The headline ratio only picks the report's comparison, not any result.
-        return {k: v for k, v in self.config.evaluation.items() if k != "headline_ratio"}
+        return dict(self.config.evaluation)
 
     def describe(self):
         """The options this run sets itself (for the report)."""
@@ -244,7 +255,7 @@ class TrainedMethod(Method):
         evaluation = self.config.evaluation
         ctx.log("certifying the compression grid")
         rows = ctx.cached("grid", lambda: grid_rows(
-            network, ctx, evaluation["prune_ratios"], evaluation["bits"]))
+            network, ctx, evaluation["pruning"], evaluation["bits"]))
         if evaluation["tflite"]:
             ctx.log("exporting and verifying the int8 .tflite file")
             rows = rows + [ctx.cached("tflite", lambda: export_row(network, ctx, "network"))]
@@ -295,13 +306,12 @@ class _FromSource(Method):
     """A method that starts from the network of another run (`source`)."""
 
     allows_zero_learning_rate = False
+    # Options whose unset value is resolved from the evaluation grid by `levels_of_grid`.
+    level_options = ()
 
     def check(self):
         if not isinstance(self.settings["source"], str):
             raise ConfigError(f"{self.where}: `source` must be a run name, got {self.settings['source']!r}.")
-        evaluation = {k: self.settings[k] for k in ("prune_ratios", "bits") if k in self.settings
-                      and self.settings[k] is not None}
-        check_evaluation(evaluation, self.where)
         for key in ("epochs", "batch_size"):
             if self.settings.get(key) is not None:
                 try:
@@ -314,6 +324,11 @@ class _FromSource(Method):
                 or not (rate > 0 or rate == lowest)):
             allowed = ">= 0 (0: compress without training)" if lowest is not None else "> 0"
             raise ConfigError(f"{self.where}: `learning_rate` must be {allowed}, got {rate!r}.")
+        self.levels_settings = self.levels_of_grid()
+
+    def levels_of_grid(self):
+        """The level options (`level_options`), the run's own or the grid's."""
+        return {}
 
     def sources(self):
         return [self.settings["source"]]
@@ -321,7 +336,8 @@ class _FromSource(Method):
     def spec(self):
         # Unset options fall back to the experiment's values, and the results depend on
         # the source run: both are part of what defines this run.
-        resolved = {k: self.setting(k) for k in self.options if k != "source"}
+        resolved = {k: self.setting(k) for k in self.options
+                    if k != "source" and (k in self.levels_settings or k not in self.level_options)}
         source = self.config.methods.get(self.settings["source"])
         return {**super().spec(), "resolved": resolved,
                 "training_limit": self.config.train_config({}, seed=0).limit,
@@ -329,13 +345,11 @@ class _FromSource(Method):
 
     def setting(self, key):
         """The method's own value, else the experiment's ([training] or [evaluation])."""
+        if key in self.levels_settings:
+            return self.levels_settings[key]
         value = self.settings.get(key)
         if value is not None:
             return value
-        if key in ("prune_ratios", "bits", "tflite"):
-            value = self.config.evaluation[key]
-            # Fine-tuning the unpruned network is not this baseline; ratio 0 is the source's.
-            return [r for r in value if r > 0] if key == "prune_ratios" else value
         return self.config.train_config({}, seed=0).to_dict()[key]
 
     def train_data(self, ctx):
@@ -348,11 +362,46 @@ class _FromSource(Method):
 class IBPThenFinetune(_FromSource):
     """Compress the source run's network once, then certified fine-tuning of the
     compressed network alone for a few epochs: fixed mask for pruning, fake
-    quantization with a straight-through estimator for quantization."""
+    quantization with a straight-through estimator for quantization.
+
+    By default it fine-tunes a copy at every compressed level of the evaluation grid
+    (each pruning method at each of its ratios, each bit width; the int8 file is
+    exported from the 8-bit one), so it costs `epochs` x levels epochs. `pruning`
+    (method -> ratios), `prune_ratios` (those ratios at each pruning method of the
+    grid), `bits` and `tflite` choose other levels.
+    """
 
     name = "ibp-then-finetune"
     options = {"source": "ibp", "epochs": 2, "learning_rate": 1e-4, "batch_size": None,
-               "standard_weight": None, "prune_ratios": None, "bits": None, "tflite": None}
+               "standard_weight": None, "pruning": None, "prune_ratios": None, "bits": None,
+               "tflite": None}
+    level_options = ("pruning", "prune_ratios", "bits", "tflite")
+
+    def levels_of_grid(self):
+        evaluation = self.config.evaluation
+        own = {k: self.settings[k] for k in ("pruning", "prune_ratios")
+               if self.settings[k] is not None}
+        if "prune_ratios" in own and "pruning" not in own:
+            # Bare ratios: at every pruning method the grid evaluates.
+            parse_pruning({"prune_ratios": own["prune_ratios"]}, self.where)
+            own = {"pruning": {m: own["prune_ratios"] for m in evaluation["pruning"]}}
+        pruning = parse_pruning(own, self.where)
+        bits = self.settings["bits"]
+        tflite = self.settings["tflite"]
+        if tflite is not None and not isinstance(tflite, bool):
+            raise ConfigError(f"{self.where}: `tflite` must be true or false, got {tflite!r}.")
+        try:
+            bits = evaluation["bits"] if bits is None else check_bits_list(bits)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+        return {"pruning": evaluation["pruning"] if pruning is None else pruning,
+                "bits": bits, "tflite": evaluation["tflite"] if tflite is None else tflite}
+
+    def levels(self):
+        """The compressed levels this run fine-tunes a copy at (`Level`s)."""
+        found = [Level("prune", m, r, None) for m, ratios in self.setting("pruning").items()
+                 for r in ratios]
+        return found + [Level("quantize", None, None, b) for b in self.setting("bits")]
 
     def _fine_tune(self, model, ctx):
         from cactus_keras.experiments.training import CLIP_NORM
@@ -385,22 +434,27 @@ class IBPThenFinetune(_FromSource):
     def run(self, ctx):
         from cactus_keras.compression import FixedMaskPruning, StraightThroughQuantization
 
-        method = self.config.evaluation["pruning_method"]
         rows = []
-        for ratio in self.setting("prune_ratios"):
-            def prune(ratio=ratio):
-                ctx.log(f"fine-tuning the network pruned at {ratio:g} ({method})")
-                network = self._fine_tuned(FixedMaskPruning(ratio, pruning_method=method), ctx,
-                                           os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
-                return grid_rows(network, ctx, [ratio], [])
+        for level in self.levels():
+            if level.form == "prune":
+                method, ratio = level.pruning_method, level.ratio
 
-            rows += ctx.cached(f"prune_{ratio:g}", prune)
-        for bits in self.setting("bits"):
+                def prune(method=method, ratio=ratio):
+                    ctx.log(f"fine-tuning the network pruned at {ratio:g} ({method})")
+                    network = self._fine_tuned(
+                        FixedMaskPruning(ratio, pruning_method=method), ctx,
+                        os.path.join(ctx.directory, f"pruned_{method}_{ratio:g}.keras"))
+                    return grid_rows(network, ctx, {method: [ratio]}, [], uncompressed=False)
+
+                rows += ctx.cached(f"prune_{method}_{ratio:g}", prune)
+                continue
+            bits = level.bits
+
             def quantize(bits=bits):
                 ctx.log(f"fine-tuning the {bits}-bit network (straight-through estimator)")
                 network = self._fine_tuned(StraightThroughQuantization(bits), ctx, os.path.join(
                     ctx.directory, f"quantized_{bits}bit.keras"))
-                found = grid_rows(network, ctx, [], [bits])
+                found = grid_rows(network, ctx, {}, [bits], uncompressed=False)
                 if bits == 8 and self.setting("tflite"):
                     found.append(export_row(network, ctx, "quantized_8bit"))
                 return found
@@ -414,8 +468,10 @@ class TFMOT(_FromSource):
     network (on a `tf_keras` twin with copied weights), certified by our bounds.
 
     TF-MOT fine-tunes with the standard cross-entropy, as its users do: it knows nothing
-    of certification. Pruning is per layer (`ConstantSparsity`), whatever
-    [evaluation].pruning_method says.
+    of certification. Pruning is per layer (`ConstantSparsity`, unstructured), so its
+    rows are a pruning method of their own, "tfmot_constant_sparsity", that the report's
+    headline counts at the grid's local_l1 levels of the same ratio. `prune_ratios`
+    defaults to the ratios of the grid's unstructured methods (global_l1, local_l1).
     """
 
     name = "tfmot"
@@ -425,6 +481,15 @@ class TFMOT(_FromSource):
     allows_zero_learning_rate = True
     options = {"source": "ibp", "epochs": 1, "learning_rate": 1e-4, "batch_size": None,
                "prune_ratios": None, "quantize": True}
+    level_options = ("prune_ratios",)
+
+    def levels_of_grid(self):
+        own = self.settings["prune_ratios"]
+        if own is not None:
+            return {"prune_ratios": parse_pruning({"prune_ratios": own}, self.where)["global_l1"]}
+        pruning = self.config.evaluation["pruning"]
+        ratios = {r for m in ("global_l1", "local_l1") for r in pruning.get(m, [])}
+        return {"prune_ratios": sorted(ratios)}
 
     def check(self):
         super().check()

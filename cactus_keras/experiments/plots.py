@@ -17,24 +17,38 @@ def _colors(runs):
     return {run: cycle[i % len(cycle)] for i, run in enumerate(runs)}
 
 
+METHOD_STYLES = {"global_l1": "-", "local_l1": "--", "global_l2_structured": ":"}
+METHOD_SHORT = {"global_l1": "G", "local_l1": "L", "global_l2_structured": "S",
+                "tfmot_constant_sparsity": "T"}
+
+
 def certified_vs_pruning(summary, runs, path, title=""):
-    """Certified accuracy against pruning ratio, one line per run (error bars: std
-    over seeds)."""
+    """Certified accuracy against pruning ratio, one line per run and pruning method
+    (each starting at the uncompressed network; error bars: std over seeds)."""
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run, method in runs.items():
-        points = sorted((e for e in summary if e["run"] == run and e["form"] == "prune"),
-                        key=lambda e: e["ratio"])
-        if not points:
-            continue
-        ax.errorbar([e["ratio"] for e in points], [e["certified_accuracy_mean"] for e in points],
-                    yerr=[e["certified_accuracy_std"] for e in points], marker="o", capsize=3,
-                    color=colors[run], label=f"{run} ({method})")
+        pruned = [e for e in summary if e["run"] == run and e["form"] == "prune"]
+        start = [e for e in pruned if e["ratio"] == 0]
+        kinds = []
+        for e in pruned:
+            if e["ratio"] > 0 and e["pruning_method"] not in kinds:
+                kinds.append(e["pruning_method"])
+        for kind in kinds or [None]:
+            points = start + sorted((e for e in pruned if e["ratio"] > 0
+                                     and e["pruning_method"] == kind), key=lambda e: e["ratio"])
+            if not points:
+                continue
+            ax.errorbar([e["ratio"] for e in points],
+                        [e["certified_accuracy_mean"] for e in points],
+                        yerr=[e["certified_accuracy_std"] for e in points], marker="o",
+                        capsize=3, color=colors[run], linestyle=METHOD_STYLES.get(kind, "-."),
+                        label=f"{run} ({method})" + (f", {kind}" if kind else ""))
     ax.set_xlabel("pruning ratio")
     ax.set_ylabel("certified accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -43,9 +57,13 @@ def certified_vs_pruning(summary, runs, path, title=""):
 
 def point_label(entry):
     """The compression level of a summary entry, as written next to its point: the
-    pruning ratio, the bit width of fake-quantized kernels, or int8 for the file."""
+    pruning ratio after its method's letter (G global_l1, L local_l1, S structured, T
+    TF-MOT; 0 alone is the uncompressed network), the bit width of fake-quantized
+    kernels, or int8 for the file."""
     if entry["form"] == "prune":
-        return f"{entry['ratio']:g}"
+        if entry["ratio"] == 0:
+            return "0"
+        return f"{METHOD_SHORT.get(entry.get('pruning_method'), '')}{entry['ratio']:g}"
     if entry["form"] == "quantize":
         return f"{entry['bits']}b"
     return "int8"
@@ -69,6 +87,8 @@ def clean_vs_certified(summary, runs, path, title=""):
                           label=f"{r} ({m})") for r, m in runs.items()]
     handles += [plt.Line2D([], [], color="gray", marker=FORM_MARKERS[f], linestyle="none",
                            label=FORM_NAMES[f]) for f in FORM_MARKERS]
+    handles.append(plt.Line2D([], [], linestyle="none", label="G/L/S/T: global_l1, local_l1, "
+                              "structured, TF-MOT"))
     ax.legend(handles=handles, fontsize=7)
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel("certified accuracy")

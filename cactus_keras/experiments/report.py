@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 import numpy as np
@@ -37,14 +38,6 @@ def summarize(rows):
     return summary
 
 
-def _level(entry):
-    if entry["form"] == "prune":
-        return f"pruned {entry['ratio']:g}"
-    if entry["form"] == "quantize":
-        return f"{entry['bits']}-bit kernels"
-    return "int8 .tflite"
-
-
 def _cell(entry, value="certified_accuracy"):
     if entry is None:
         return "-"
@@ -60,42 +53,183 @@ def _pair(entry):
     return f"{_cell(entry, 'clean_accuracy')} / {_cell(entry)}"
 
 
-def _find(summary, run, form, ratio=None, bits=None):
+def _is_uncompressed(entry):
+    return entry["form"] == "prune" and abs(entry["ratio"]) < 1e-9
+
+
+def _find(summary, run, form, ratio=None, bits=None, pruning_method=None):
+    """The summary entry of `run` at a level; at ratio 0 (uncompressed) any pruning
+    method, else `pruning_method` when given."""
     for e in summary:
         if e["run"] != run or e["form"] != form:
             continue
-        if form == "prune" and abs(e["ratio"] - ratio) < 1e-9:
+        if form == "prune":
+            if abs(e["ratio"] - ratio) >= 1e-9:
+                continue
+            if ratio and pruning_method is not None and e["pruning_method"] != pruning_method:
+                continue
             return e
         if form != "prune" and e["bits"] == bits:
             return e
     return None
 
 
-def headline(summary, runs, ratio):
-    """(comparison, CACTUS run, baseline run, CACTUS entry, baseline entry) for each
-    CACTUS run: against plain IBP at ratio 0, against every other run at pruning
-    `ratio` and at the int8 file."""
-    cactus = [name for name, method in runs.items() if method == "cactus"]
+# ----- the headline: every compressed level, CACTUS against the best baseline -----
+
+DECIMALS = 4
+# TF-MOT prunes each layer by magnitude: at the same ratio it is a local_l1 network.
+SAME_LEVEL_AS = {"tfmot_constant_sparsity": "local_l1"}
+UNCOMPRESSED = "uncompressed (cost)"
+
+
+def round_down(value):
+    """`value` rounded down to DECIMALS places (a tolerance absorbs float noise:
+    0.6104 stored as 0.61039999... stays 0.6104)."""
+    scale = 10 ** DECIMALS
+    return math.floor(value * scale + 1e-6) / scale
+
+
+def round_up(value):
+    scale = 10 ** DECIMALS
+    return math.ceil(value * scale - 1e-6) / scale
+
+
+def baseline_runs(config):
+    """The runs CACTUS is compared against: every run that is not CACTUS and does not
+    start from a CACTUS run (a tfmot run of a CACTUS network is CACTUS compressed by
+    TF-MOT, not a baseline)."""
+    def from_cactus(name):
+        method = config.methods[name]
+        return method.name == "cactus" or any(from_cactus(s) for s in method.sources())
+
+    return [name for name in config.methods if not from_cactus(name)]
+
+
+def _at_level(entry, level):
+    if level is None:
+        return _is_uncompressed(entry)
+    if entry["form"] == "prune" and _is_uncompressed(entry):
+        return False
+    if entry["form"] == "prune" and entry["pruning_method"] in SAME_LEVEL_AS:
+        entry = {**entry, "pruning_method": SAME_LEVEL_AS[entry["pruning_method"]]}
+    return level.matches(entry)
+
+
+def _per_seed(rows, run, level):
+    return {r.get("seed", i): r["certified_accuracy"] for i, r in enumerate(rows)
+            if r["run"] == run and _at_level(r, level)}
+
+
+def headline(config, rows, summary):
+    """One dict per (CACTUS run, level): the uncompressed network, then every
+    compressed level of the grid (`grid_levels`), with CACTUS's mean certified
+    accuracy, the best baseline there (highest mean certified accuracy; the first in
+    config order on a tie), its mean, the difference of the means and the per-seed
+    differences (seeds paired by index) that its spread is computed from."""
+    from cactus_keras.experiments.evaluation import grid_levels
+
+    baselines = baseline_runs(config)
     out = []
-    for c in cactus:
-        others = [name for name in runs if name != c]
-        for other in others:
-            if runs[other] == "ibp-then-compress":
-                out.append(("uncompressed", c, other, _find(summary, c, "prune", 0.0),
-                            _find(summary, other, "prune", 0.0)))
-        for other in others:
-            mine, theirs = _find(summary, c, "prune", ratio), _find(summary, other, "prune", ratio)
-            if mine and theirs:
-                out.append((f"pruned {ratio:g}", c, other, mine, theirs))
-        for other in others:
-            mine, theirs = _find(summary, c, "tflite", bits=8), _find(summary, other, "tflite", bits=8)
-            if mine and theirs:
-                out.append(("int8 .tflite", c, other, mine, theirs))
+    for cactus in (name for name, m in config.methods.items() if m.name == "cactus"):
+        for level in [None] + grid_levels(config.evaluation):
+            mine = next((e for e in summary if e["run"] == cactus and _at_level(e, level)), None)
+            best = None
+            for run in baselines:
+                for e in summary:
+                    if e["run"] == run and _at_level(e, level) and (
+                            best is None
+                            or e["certified_accuracy_mean"] > best["certified_accuracy_mean"]):
+                        best = e
+            entry = {"cactus_run": cactus, "level": UNCOMPRESSED if level is None else level.label,
+                     "form": "prune" if level is None else level.form,
+                     "pruning_method": None if level is None else level.pruning_method,
+                     "ratio": 0.0 if level is None else level.ratio,
+                     "bits": None if level is None else level.bits,
+                     "cactus_certified": None, "baseline_run": None, "baseline_method": None,
+                     "baseline_certified": None, "difference": None, "differences": []}
+            if mine is not None:
+                entry["cactus_certified"] = mine["certified_accuracy_mean"]
+            if best is not None:
+                entry.update(baseline_run=best["run"], baseline_method=best["method"],
+                             baseline_certified=best["certified_accuracy_mean"])
+            if mine is not None and best is not None:
+                entry["difference"] = entry["cactus_certified"] - entry["baseline_certified"]
+                a, b = _per_seed(rows, cactus, level), _per_seed(rows, best["run"], level)
+                entry["differences"] = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+            out.append(entry)
     return out
 
 
-def report_markdown(config, summary, runs, data_note, command, timings):
-    """The report: headline comparisons, then method-by-level tables as in the paper."""
+def _spread(differences):
+    """The spread of per-seed differences: "± std" (3 or more seeds), "min..max"
+    (2), "one seed" (1); std to the nearest, min and max down (toward the baseline)."""
+    if len(differences) >= 3:
+        return f"± {np.std(differences, ddof=1):.{DECIMALS}f}"
+    if len(differences) == 2:
+        low, high = min(differences), max(differences)
+        return f"{round_down(low):+.{DECIMALS}f}..{round_down(high):+.{DECIMALS}f}"
+    return "one seed" if differences else "-"
+
+
+def headline_markdown(entries, baselines, seeds):
+    """The headline section (markdown lines) of `headline` entries."""
+    if seeds >= 3:
+        spread = f"mean ± sample standard deviation of the per-seed differences over {seeds} seeds"
+    elif seeds == 2:
+        spread = "min..max of the per-seed differences over the 2 seeds"
+    else:
+        spread = "one seed, so no spread"
+    lines = ["## Headline", ""]
+    if not entries:
+        return lines + ["No cactus run in this config: nothing to compare.", ""]
+    lines += [
+        "Every compressed level of the evaluation grid, and the uncompressed network: "
+        "CACTUS's certified accuracy against the best baseline at that level (the run "
+        "with the highest mean certified accuracy there among "
+        + (", ".join(f"`{b}`" for b in baselines) or "no baseline runs")
+        + "; TF-MOT's per-layer pruning counts at local_l1). Difference = CACTUS minus "
+        f"that baseline (the uncompressed line: what CACTUS costs uncompressed); spread: "
+        f"{spread} (seeds paired by index). Rounded toward the baseline: CACTUS and the "
+        f"differences down, the baseline up, to {DECIMALS} decimals.",
+        "",
+        "| CACTUS run | level | CACTUS certified | best baseline | baseline certified "
+        "| difference | spread over seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in entries:
+        mine = "-" if e["cactus_certified"] is None else f"{round_down(e['cactus_certified']):.{DECIMALS}f}"
+        theirs = ("-" if e["baseline_certified"] is None
+                  else f"{round_up(e['baseline_certified']):.{DECIMALS}f}")
+        who = "no baseline at this level" if e["baseline_run"] is None else (
+            f"{e['baseline_run']} ({e['baseline_method']})")
+        diff = "-" if e["difference"] is None else f"{round_down(e['difference']):+.{DECIMALS}f}"
+        lines.append(f"| {e['cactus_run']} | {e['level']} | {mine} | {who} | {theirs} | {diff} "
+                     f"| {_spread(e['differences'])} |")
+    return lines + [""]
+
+
+def read_headline(output):
+    """The headline of the experiment in `output` (from its results.json), as text."""
+    with open(os.path.join(output, "results.json")) as f:
+        results = json.load(f)
+    return "\n".join(headline_markdown(results["headline"], results["baselines"],
+                                       results["seeds"])).rstrip()
+
+
+def _pruning_methods(config, summary):
+    """Pruning methods of the summary's pruned rows: the grid's first, in its order."""
+    found = []
+    for method in list(config.evaluation["pruning"]) + [e["pruning_method"] for e in summary]:
+        if method is not None and method not in found and any(
+                e["form"] == "prune" and e["pruning_method"] == method and not _is_uncompressed(e)
+                for e in summary):
+            found.append(method)
+    return found
+
+
+def report_markdown(config, summary, runs, data_note, command, timings, entries=None):
+    """The report: the headline (`headline` entries), then method-by-level tables as
+    in the paper."""
     evaluation = config.evaluation
     seeds = max((e["seeds"] for e in summary), default=0)
     lines = [f"# Experiment {config.name}", ""]
@@ -110,25 +244,27 @@ def report_markdown(config, summary, runs, data_note, command, timings):
         "",
         f"Command: `{command}`",
         "",
-        "Cells are clean / certified accuracy. Pruning ratio 0 is the uncompressed network; "
-        "a `-` is a level the method does not produce (fine-tuning baselines run at the "
-        "listed levels only).",
-        "",
-        "## Headline",
-        "",
-        "| comparison | CACTUS run | baseline run | CACTUS certified | baseline certified | difference |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for what, mine, other, a, b in headline(summary, runs, evaluation["headline_ratio"]):
-        diff = "-" if a is None or b is None else f"{a['certified_accuracy_mean'] - b['certified_accuracy_mean']:+.4f}"
-        lines.append(f"| {what} | {mine} | {other} ({runs[other]}) | {_cell(a)} | {_cell(b)} | {diff} |")
-    ratios = sorted({e["ratio"] for e in summary if e["form"] == "prune"})
-    lines += ["", f"## Pruning ({evaluation['pruning_method']}; TF-MOT prunes per layer)", "",
-              "| run | method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in ratios) + " |"]
-    for run, method in runs.items():
-        cells = [_pair(_find(summary, run, "prune", r)) for r in ratios]
-        lines.append(f"| {run} | {method} | " + " | ".join(cells) + " |")
+    lines += headline_markdown(entries or [], baseline_runs(config), seeds)
+    lines += [
+        "Cells below are clean / certified accuracy. Pruning ratio 0 is the uncompressed "
+        "network; a `-` is a level the method does not produce (fine-tuning baselines run "
+        "at their levels only).",
+    ]
+    for method in _pruning_methods(config, summary):
+        ratios = sorted({e["ratio"] for e in summary if e["form"] == "prune"
+                         and e["pruning_method"] == method and not _is_uncompressed(e)})
+        members = [run for run in runs if any(
+            e["run"] == run and e["form"] == "prune" and e["pruning_method"] == method
+            for e in summary)]
+        what = "TF-MOT, per layer" if method == "tfmot_constant_sparsity" else method
+        lines += ["", f"## Pruning: {what}", "",
+                  "| run | method | 0 | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in ratios) + " |"]
+        for run in members:
+            cells = [_pair(_find(summary, run, "prune", 0.0))]
+            cells += [_pair(_find(summary, run, "prune", r, pruning_method=method)) for r in ratios]
+            lines.append(f"| {run} | {runs[run]} | " + " | ".join(cells) + " |")
     bits = sorted({e["bits"] for e in summary if e["form"] == "quantize"}, reverse=True)
     header = ["float"] + [f"{b}-bit kernels" for b in bits] + ["int8 .tflite"]
     lines += ["", "## Quantization", "",
@@ -172,9 +308,12 @@ def write_results(output, config, run_records, data_note, command):
     timings = {}
     for record in run_records:
         timings.setdefault(record["run"], []).append(record["seconds"])
+    entries = headline(config, rows, summary)
+    seeds = max((e["seeds"] for e in summary), default=0)
     atomic_write.write_json(os.path.join(output, "results.json"),
                             {"config": config.to_dict(), "command": command, "data": data_note,
-                             "runs": run_records, "summary": summary})
+                             "runs": run_records, "summary": summary, "headline": entries,
+                             "baselines": baseline_runs(config), "seeds": seeds})
     _write_csv(os.path.join(output, "results.csv"), summary,
                list(KEY) + ["seeds", "samples"] + [f"{v}_{s}" for v in VALUES for s in ("mean", "std")])
     _write_csv(os.path.join(output, "runs.csv"), [{**r} for r in rows],
@@ -184,5 +323,6 @@ def write_results(output, config, run_records, data_note, command):
     plots.clean_vs_certified(summary, runs, os.path.join(output, "clean_vs_certified.png"),
                              title=f"{config.name}: epsilon {config.epsilon:g}")
     path = os.path.join(output, "report.md")
-    atomic_write.write_text(path, report_markdown(config, summary, runs, data_note, command, timings))
+    atomic_write.write_text(path, report_markdown(config, summary, runs, data_note, command,
+                                                  timings, entries))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -16,9 +17,41 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def _spec(config, method, seed):
+def _spec(config, method, seed, data_digest):
+    # The data's digest too: the same name or path may hold other data on another
+    # machine or day, and runs on other data must be refused, not mixed.
     return _jsonable({**method.spec(), "seed": seed, "dataset": config.dataset,
-                      "epsilon": config.epsilon, "test_samples": config.test_samples})
+                      "data_digest": data_digest, "epsilon": config.epsilon,
+                      "test_samples": config.test_samples})
+
+
+def data_digest(data):
+    """A digest (BLAKE2b, hex) of a `Dataset`'s four arrays: shapes, types, values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous
+                      else array.tobytes())
+    return digest.hexdigest()
+
+
+def load_data(config):
+    """The config's dataset; an overridden one (`dataset=`, --dataset) that cannot be
+    loaded is a one-line error naming the override."""
+    from cactus_keras.data import load
+
+    if config.config_dataset is None:
+        return load(config.dataset, download=config.download)
+    try:
+        return load(config.dataset, download=config.download)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        hint = ("" if "x_train" in text else " Give mnist, fashion_mnist, cifar10, or a path "
+                "to a directory of IDX files or CIFAR-10 batches, or to an .npz with "
+                "x_train, y_train, x_test, y_test.")
+        raise ConfigError(
+            f"`dataset` {config.dataset!r} (replacing the config's "
+            f"{config.config_dataset!r}): {text}{hint}") from None
 
 
 def _read_seconds(path):
@@ -29,10 +62,12 @@ def _read_seconds(path):
         return 0.0
 
 
-def _preflight(config, data, output):
+def _preflight(config, data, output, digest=None):
     """Everything that can fail before training: architectures against the data,
-    and runs already in `output` made with other settings."""
+    and runs already in `output` made with other settings (or other data)."""
     from cactus_keras import models
+
+    digest = digest or data_digest(data)
 
     for name, method in config.methods.items():
         if isinstance(method, TrainedMethod):
@@ -51,16 +86,18 @@ def _preflight(config, data, output):
             if os.path.exists(path):
                 with open(path) as f:
                     saved = json.load(f)
-                if saved != _spec(config, method, seed):
+                if saved != _spec(config, method, seed, digest):
+                    other = ("data" if saved.get("data_digest") not in (None, digest)
+                             else "settings")
                     raise ConfigError(
-                        f"{os.path.dirname(path)} holds a run made with other settings "
+                        f"{os.path.dirname(path)} holds a run made with other {other} "
                         "than this config's; use another --output, or delete that folder "
                         "to rerun it."
                     )
 
 
 def run_experiment(config, output, *, verbose=None, progress=True, command=None,
-                   distribute=None):
+                   distribute=None, data=None):
     """Runs every method of `config` for each seed, then writes the results into
     `output` (results.json, results.csv, runs.csv, report.md, PNG plots).
 
@@ -72,7 +109,8 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     `distribute`) spreads the training of the cactus, ibp-then-compress and
     ibp-then-finetune runs over devices or workers; evaluation, export and TF-MOT run
     on one device. On a multi-worker run the workers other than the chief write into
-    `output/worker<index>`.
+    `output/worker<index>`. `data` (a `cactus_keras.data.Dataset` of `config.dataset`,
+    already loaded) saves loading it again.
 
     Example:
 
@@ -88,23 +126,26 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
         backend.resolve_distribute(distribute, fallback=config.distribute))
     output = backend.worker_directory(output, distribute)
     with backend.distribute_default(distribute):
-        return _run(config, output, verbose, progress, command)
+        return _run(config, output, verbose, progress, command, data)
 
 
-def _run(config, output, verbose, progress, command):
+def _run(config, output, verbose, progress, command, data):
     from tqdm.auto import tqdm
 
-    from cactus_keras.data import load
     from cactus_keras.experiments.report import write_results
 
-    data = load(config.dataset, download=config.download)
-    _preflight(config, data, output)
+    data = data if data is not None else load_data(config)
+    digest = data_digest(data)
+    _preflight(config, data, output, digest)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     os.makedirs(output, exist_ok=True)
     n = config.test_samples or len(data.x_test)
     x_test, y_test = data.x_test[:n], data.y_test[:n]
     data_note = f"{data.name} ({data.source}), {len(x_test)} test samples"
+    if config.config_dataset is not None:
+        data_note += (f" (dataset `{config.dataset}` given in place of the config's "
+                      f"`{config.config_dataset}`)")
     command = command or f"cactus-keras experiment {config.path} --output {output}"
     plan = [(seed, name) for seed in range(config.seeds) for name in config.ordered_runs()]
     bar = tqdm(plan, desc="experiment", unit="run", disable=not progress, file=sys.stderr)
@@ -119,7 +160,7 @@ def _run(config, output, verbose, progress, command):
                 records.append(json.load(f))
             tqdm.write(f"[{name} seed {seed}] done before, not rerun")
             continue
-        write_json(os.path.join(directory, "spec.json"), _spec(config, method, seed))
+        write_json(os.path.join(directory, "spec.json"), _spec(config, method, seed, digest))
         sources = {s: os.path.join(output, "runs", s, f"seed{seed}") for s in method.sources()}
         ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
                          directory=directory, source_directories=sources, verbose=verbose,
