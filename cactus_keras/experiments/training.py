@@ -291,13 +291,13 @@ def ramp_callbacks(warmup_epochs, ramp_epochs):
 
 
 def schedule_callbacks(config):
-    """The run's ramps, and its learning-rate schedule unless it is constant."""
+    """The run's ramps (epsilon, lambda, and the members' weight when it follows
+    epsilon), and its learning-rate schedule unless it is constant."""
     callbacks = ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
     if config.lr_schedule != "constant":
         callbacks.append(EpochLearningRate(
             config.lr_schedule, config.epochs, config.learning_rate,
             config.lr_decay_epochs, config.lr_decay_factor))
-    callbacks = ramp_callbacks(config.warmup_epochs, config.ramp_epochs)
     if config.member_weight_ramp == "epsilon":
         # The epsilon ramp's epochs and shape: the weight is proportional to epsilon.
         callbacks.append(MemberWeightRamp(config.ramp_epochs, start_epoch=config.warmup_epochs,
