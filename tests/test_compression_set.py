@@ -390,3 +390,13 @@ def test_cli_trains_a_member_set_and_resumes_only_with_the_same_set(tmp_path, ca
     other = [m.replace("bits=4", "bits=8") for m in members]
     assert cli.main(common + other + ["--resume"]) == 2
     assert "compression: saved" in capsys.readouterr().err
+
+
+def test_schedule_callbacks_keep_every_schedule():
+    # A merge once dropped the learning-rate schedule when the member-weight ramp was on.
+    from cactus_keras.experiments.training import TrainConfig, schedule_callbacks
+
+    config = TrainConfig(dataset="d", epsilon=0.1, epochs=10, lr_schedule="step",
+                         member_weight_ramp="epsilon")
+    names = sorted(type(c).__name__ for c in schedule_callbacks(config))
+    assert names == ["EpochLearningRate", "EpsilonRamp", "MemberWeightRamp", "StandardWeightRamp"]

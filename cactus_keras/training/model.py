@@ -14,7 +14,6 @@ from cactus_keras.bounds.propagation import forward_pass
 from cactus_keras.bounds.rules import Box
 from cactus_keras.compression.member import MemberContext, check_members
 from cactus_keras.training import certified_losses, ibp_regularizers, losses
-from cactus_keras.training import certified_losses, losses
 from cactus_keras.training.batch_slices import check_member_batch_fraction, member_slice
 from cactus_keras.training.callbacks import StopOnNonFiniteLoss
 

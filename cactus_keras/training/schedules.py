@@ -2,8 +2,8 @@
 
 The ramps write non-trainable variables of the model (`model.epsilon`,
 `model.standard_weight`, `model.member_weight`), and `EpochLearningRate` the
-optimizer's learning rate, so
-compiled train steps read them and never retrace when a schedule changes them.
+optimizer's learning rate, so compiled train steps read them and never retrace when a
+schedule changes them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class VariableRamp(keras.callbacks.Callback):
     follows the ramp `shape` ("linear" or "smooth"), updated every batch; then it holds
     `end`. `end=None` uses the model's target (`model.<attribute>_target`), so a resumed
     run ramps to the same value. The value at the end of each epoch is written into
-    the epoch logs under the attribute's name (`epsilon`, `standard_weight`).
+    the epoch logs under the attribute's name (`epsilon`, `standard_weight`,
+    `member_weight`).
     """
 
     def __init__(self, attribute, ramp_epochs, start_epoch=0, start=0.0, end=None, shape="linear"):
