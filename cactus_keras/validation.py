@@ -89,6 +89,17 @@ def check_data(model, x, y, num_classes=None):
     return x, y
 
 
+def as_number(value, name, expected):
+    """`value` as a float; a bool or a non-number is a TypeError naming `name` and what
+    was `expected` (e.g. "a number in (0, 1]")."""
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be {expected}, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be {expected}, got {value!r}.") from None
+
+
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

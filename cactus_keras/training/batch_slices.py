@@ -25,15 +25,12 @@ import math
 
 from keras import ops
 
+from cactus_keras import validation
+
 
 def check_member_batch_fraction(fraction, name="member_batch_fraction"):
     """A fraction in (0, 1]; 1 evaluates every member on the whole batch."""
-    if isinstance(fraction, bool):
-        raise TypeError(f"`{name}` must be a number in (0, 1], got {fraction!r}.")
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number in (0, 1], got {fraction!r}.") from None
+    value = validation.as_number(fraction, name, "a number in (0, 1]")
     if not 0.0 < value <= 1.0:
         raise ValueError(
             f"`{name}` must be in (0, 1] (the share of each batch a compressed member is "

@@ -564,12 +564,7 @@ class CactusModel(keras.Model):
 
 
 def check_member_weight(member_weight):
-    if isinstance(member_weight, bool):
-        raise TypeError(f"`member_weight` must be a number >= 0, got {member_weight!r}.")
-    try:
-        value = float(member_weight)
-    except (TypeError, ValueError):
-        raise TypeError(f"`member_weight` must be a number >= 0, got {member_weight!r}.") from None
+    value = validation.as_number(member_weight, "member_weight", "a number >= 0")
     if not (value >= 0 and value != float("inf")):
         raise ValueError(
             f"`member_weight` (the weight of each compressed network relative to the full "

@@ -55,12 +55,7 @@ def check_space(name, space):
     lowest, highest, _ = _BOUNDS[name]
 
     def number(value):
-        if isinstance(value, bool):
-            raise TypeError(f"`{name}` values must be numbers, got {value!r}.")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"`{name}` values must be numbers, got {value!r}.") from None
+        value = validation.as_number(value, name, "a number (each value it may take)")
         if not (lowest <= value <= highest) or (name == "learning_rate" and value <= 0):
             raise ValueError(
                 f"`{name}` must lie in [{lowest:g}, {highest:g}]"
