@@ -3,8 +3,11 @@ data as the experiment runner feeds it (`ShuffledBatches`, a `keras.utils.PyData
 each in a fresh process, with the process's system time per step.
 
 Found while timing the main job: its steps took twice the benchmarked step, with as
-much system time as user time. This isolates the input path (same model, same batches'
-size, no callbacks but the batches' epoch counter).
+much system time as user time. This isolates the input path (same model, same batch
+size, no callbacks but the batches' epoch counter): arrays (Keras's own tf.data path),
+`ShuffledBatches` as a PyDataset (what distributed and JAX runs are fed), and
+`ShuffledBatches.as_tf_dataset()` (the same batches, what single-device TensorFlow runs
+are fed).
 
     python tools/bench_fit_input.py --steps 60 --output results/benchmarks/bench_fit_input_cpu.txt
 """
@@ -29,9 +32,12 @@ keras.utils.set_random_seed(0)
 model = cactus_keras.CactusModel(cactus_keras.models.cnn3((28, 28, 1), 10), 0.1)
 model.compile(optimizer="adam")
 batches = ShuffledBatches(x, y, 128, 0)
+dataset = batches.as_tf_dataset()
 def epoch():
     if kind == "arrays":
         model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=False)
+    elif kind == "as_tf_dataset":
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[EpochOfBatches(batches)])
     else:
         model.fit(batches, epochs=1, verbose=0, callbacks=[EpochOfBatches(batches)])
 epoch()  # tracing
@@ -57,7 +63,7 @@ def main():
              f"{os.getloadavg()[0]:.2f}",
              f"{'input':<16} {'ms/step':>8} {'system ms/step':>15} {'user ms/step':>13}"]
     for repeat in range(args.repeats):
-        for kind in ("arrays", "ShuffledBatches"):
+        for kind in ("arrays", "ShuffledBatches", "as_tf_dataset"):
             out = subprocess.run([sys.executable, "-c", CHILD, kind, str(args.steps)],
                                  capture_output=True, text=True, check=True).stdout.split()
             lines.append(f"{kind:<16} {float(out[0]):>8.1f} {float(out[1]):>15.1f} "
