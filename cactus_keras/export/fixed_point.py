@@ -101,14 +101,20 @@ def largest_magnitude(x):
     return 0.0 if x.size == 0 else float(max(x.max(), -x.min()))
 
 
-def requantization_fits(acc_lower, acc_upper, shift):
+def interval_magnitude(lower, upper):
+    """max |v| over bounds with lower <= upper (a point: `lower is upper`):
+    max(max upper, -min lower), two passes for both arrays."""
+    return max(float(np.max(upper, initial=0)), -float(np.min(lower, initial=0)))
+
+
+def requantization_fits(acc_lower, acc_upper, shift, largest=None):
     """Where the kernels' requantization is defined: the accumulator lies in int32 and
     its left shift (a multiplier >= 1) does not overflow int32. Elsewhere the output
     can be anything in the activation range. Returns True when it holds everywhere,
-    else a bool array."""
-    largest = largest_magnitude(acc_lower)
-    if acc_upper is not acc_lower:  # a point: one pass is enough
-        largest = max(largest, largest_magnitude(acc_upper))
+    else a bool array. `largest`: `interval_magnitude(acc_lower, acc_upper)` when
+    already known."""
+    if largest is None:
+        largest = interval_magnitude(acc_lower, acc_upper)
     if largest * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
         return True  # everywhere (the common case: one check, no elementwise pass)
     magnitude = np.maximum(np.abs(acc_lower), np.abs(acc_upper))

@@ -42,9 +42,9 @@ import numpy as np
 from cactus_keras.export.fixed_point import (
     INT8_MAX,
     INT8_MIN,
-    INT32_MAX,
     ceil_div,
     fixed_point_error,
+    interval_magnitude,
     largest_magnitude,
     quantize_multiplier,
     requantization_fits,
@@ -119,12 +119,8 @@ def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
     overwritten (saves two large temporaries)."""
     multiplier = np.asarray(multiplier, np.float64)
     _, shift = quantized_multiplier or quantize_multiplier(multiplier)
-    # lower <= upper: the largest magnitude of both is max(max upper, -min lower).
-    largest_acc = max(float(np.max(acc_upper, initial=0)), -float(np.min(acc_lower, initial=0)))
-    if largest_acc * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
-        ok = True  # the common case: no elementwise check
-    else:
-        ok = requantization_fits(acc_lower, acc_upper, shift)
+    largest_acc = interval_magnitude(acc_lower, acc_upper)
+    ok = requantization_fits(acc_lower, acc_upper, shift, largest_acc)
     if (overwrite and acc_lower is not acc_upper and acc_lower.dtype == np.float64
             and acc_upper.dtype == np.float64):
         v_lower = np.multiply(acc_lower, multiplier, out=acc_lower)

@@ -93,26 +93,29 @@ class _ExactProduct:
                 f"{self.op_label}: accumulators too large for exact float64 integer "
                 "arithmetic.")
 
-    def plan(self, x_bound):
+    def plan(self, x_bound, step=1):
         """The depth chunks [(start, end)] that are exact in float32 for |x| <= x_bound,
-        or None where a single weight already breaks the float32 limit (then float64)."""
+        or None where a single step of the depth already breaks the float32 limit (then
+        float64). `step` rows make one unit that is never split (a convolution's kernel
+        tap: `step` = its channels); start and end count those units."""
         self.check(x_bound)
         # Plans are cached per power of two of the bound (the bound is rounded up).
         bound = 2.0 ** np.ceil(np.log2(max(float(x_bound), 1.0)))
-        if bound not in self._plans:
-            self._plans[bound] = self._chunks(bound)
-        return self._plans[bound]
+        if (bound, step) not in self._plans:
+            self._plans[(bound, step)] = self._chunks(bound, self.cumulative[::step])
+        return self._plans[(bound, step)]
 
-    def _chunks(self, bound):
+    @staticmethod
+    def _chunks(bound, cumulative):
         limit = FLOAT32_EXACT / bound  # sum of |w| per column allowed in one chunk
-        depth = self.cumulative.shape[0] - 1
+        depth = cumulative.shape[0] - 1
         chunks, start = [], 0
         while start < depth:
             # The largest end with max_n (C[end] - C[start]) < limit (monotone in end).
             low, high = start, depth
             while low < high:
                 middle = (low + high + 1) // 2
-                if (self.cumulative[middle] - self.cumulative[start]).max() < limit:
+                if (cumulative[middle] - cumulative[start]).max() < limit:
                     low = middle
                 else:
                     high = middle - 1
@@ -174,34 +177,12 @@ class Convolution(_ExactProduct):
         self.channels = channels
         self.geometry = (strides, dilations, out_hw, pads)
         self.out_channels = out_channels
-        # tap_cumulative[t, n] = sum over taps < t of sum_c |w_(t, c), n|: the column
-        # sums of any group of consecutive taps.
-        self.tap_cumulative = self.cumulative[::channels]
-        self._tap_plans = {}
 
     def tap_groups(self, x_bound):
         """Consecutive taps [(start, end)] (in the weights' (kh, kw) order) whose
         float32 sums are exact for |x| <= x_bound, or None where a single tap is not
-        (then the product runs in float64)."""
-        self.check(x_bound)
-        # Plans are cached per power of two of the bound (the bound is rounded up).
-        bound = 2.0 ** np.ceil(np.log2(max(float(x_bound), 1.0)))
-        if bound not in self._tap_plans:
-            limit = FLOAT32_EXACT / bound
-            count = self.kernel[0] * self.kernel[1]
-            groups, start = [], 0
-            while start < count:
-                end = start
-                while end < count and (self.tap_cumulative[end + 1]
-                                       - self.tap_cumulative[start]).max() < limit:
-                    end += 1
-                if end == start:
-                    groups = None
-                    break
-                groups.append((start, end))
-                start = end
-            self._tap_plans[bound] = groups
-        return self._tap_plans[bound]
+        (then the product runs in float64): the depth plan with whole taps as units."""
+        return self.plan(x_bound, step=self.channels)
 
     def __call__(self, x, absolute=False):
         """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
