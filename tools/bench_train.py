@@ -1,7 +1,11 @@
 """Time per training step: standard, IBP, CACTUS (full + one pruned member), the same
 with the member on a batch slice (`member_batch_fraction`, default 0.25) and CACTUS
 (full + the AWP quantization member, one ascent step); and the certified losses
-(worst-case IBP, MTL-IBP, SABR; PGD of --attack-steps steps) as ratios to the IBP step.
+(worst-case IBP, MTL-IBP, SABR; PGD of --attack-steps steps) as ratios to the IBP step;
+and the recommended configuration of an experiment config (--config, default
+fashion_mnist_cpu.toml): its IBP run (the baseline recipe: Shi's regularisers, L1) and
+its CACTUS run (the recommended set: every member of its `compression`, its
+`member_weight` and `member_batch_fraction`), each built as the experiment builds it.
 
 Same network, same batch, one process; the steps are timed in interleaved rounds and the
 medians compared as ratios. Also reports the share of the CACTUS step spent computing
@@ -27,6 +31,8 @@ from keras import ops  # noqa: E402
 import cactus_keras  # noqa: E402
 from cactus_keras import backend  # noqa: E402
 from cactus_keras.compression import magnitude_masks, prunable_kernels  # noqa: E402
+from cactus_keras.experiments import example_config, load_config  # noqa: E402
+from cactus_keras.experiments.training import build_model  # noqa: E402
 
 
 def main():
@@ -38,6 +44,9 @@ def main():
     parser.add_argument("--attack-steps", type=int, default=8, help="PGD steps inside MTL-IBP and SABR")
     parser.add_argument("--member-batch-fraction", type=float, default=0.25,
                         help="share of the batch the pruned member of the sliced set trains on")
+    parser.add_argument("--config", default=None,
+                        help="experiment config whose ibp and cactus runs are timed "
+                             "(default: the example fashion_mnist_cpu.toml)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -68,6 +77,15 @@ def main():
     cactus_mtl = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))],
                                           certified_loss="mtl-ibp", attack_steps=args.attack_steps)
     cactus_mtl.compile(optimizer="adam")
+    config = load_config(args.config or example_config("fashion_mnist_cpu"))
+    recipe = {}
+    for run in ("ibp", "cactus"):
+        if run not in config.methods:
+            parser.error(f"--config {config.path} has no [methods.{run}] run to time")
+        train_config = config.train_config(config.methods[run].overrides(), seed=0)
+        train_config.arch = args.arch
+        recipe[run] = build_model(train_config, (28, 28, 1), 10)
+    recommended_members = ", ".join(m.name for m in recipe["cactus"].compression)
     kernels = prunable_kernels(cactus.network)
     seed = keras.random.SeedGenerator(0)
 
@@ -87,6 +105,8 @@ def main():
         "mtl-ibp": lambda: losses["mtl-ibp"].train_on_batch(x, y),
         "sabr": lambda: losses["sabr"].train_on_batch(x, y),
         "cactus mtl-ibp (full + 1 pruned)": lambda: cactus_mtl.train_on_batch(x, y),
+        "ibp, the config's recipe": lambda: recipe["ibp"].train_on_batch(x, y),
+        "cactus, the recommended set": lambda: recipe["cactus"].train_on_batch(x, y),
     }
     for fn in steps.values():
         for _ in range(3):
@@ -108,6 +128,9 @@ def main():
         "mtl-ibp / ibp": median["mtl-ibp"] / median["ibp"],
         "sabr / ibp": median["sabr"] / median["ibp"],
         "cactus mtl-ibp / ibp": median["cactus mtl-ibp (full + 1 pruned)"] / median["ibp"],
+        "recipe ibp / ibp": median["ibp, the config's recipe"] / median["ibp"],
+        "recommended / ibp": median["cactus, the recommended set"] / median["ibp"],
+        "recommended / recipe ibp": median["cactus, the recommended set"] / median["ibp, the config's recipe"],
     }
     params = standard.count_params()
     header = (
@@ -132,6 +155,12 @@ def main():
     print("  certified losses, step / worst-case IBP step:")
     for name in ("mtl-ibp", "sabr", "cactus mtl-ibp"):
         print(f"    {name:<28} {ratios[name + ' / ibp']:.2f}x")
+    cactus_config = config.train_config(config.methods["cactus"].overrides(), seed=0)
+    print(f"  {config.path}: recommended set = full + {recommended_members}, member_weight "
+          f"{cactus_config.member_weight:g}, member_batch_fraction {cactus_config.member_batch_fraction:g}")
+    print(f"    recipe IBP step / IBP step        {ratios['recipe ibp / ibp']:.2f}x")
+    print(f"    recommended step / IBP step       {ratios['recommended / ibp']:.2f}x")
+    print(f"    recommended step / recipe IBP step {ratios['recommended / recipe ibp']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "ms_per_step": {k: 1000 * v for k, v in median.items()}, "ratios": ratios}, f, indent=2)

@@ -16,7 +16,7 @@ import shutil
 
 LOSSES = [("ibp", "worst-case (IBP)"), ("mtl-ibp", "MTL-IBP"), ("sabr", "SABR")]
 VERIFIERS = ["ibp", "crown", "alpha-crown"]
-CACTUS = [("cactus-ibp", "CACTUS, worst-case (IBP)"), ("cactus-mtl-ibp", "CACTUS, MTL-IBP")]
+LOSS_NAMES = {"worst-case": "worst-case (IBP)", "mtl-ibp": "MTL-IBP", "sabr": "SABR"}
 
 
 def _load(path):
@@ -35,6 +35,31 @@ def _row(record, form, level):
     raise KeyError((form, level))
 
 
+def level_key(row):
+    """(form, pruning method, ratio, bits): one level of the grid."""
+    return (row["form"], row.get("pruning_method"), row.get("ratio"), row.get("bits"))
+
+
+def level_label(key):
+    form, method, ratio, bits = key
+    if form == "prune":
+        return "uncompressed" if not ratio else f"{method} {ratio:g}"
+    if form == "tflite":
+        return "int8 .tflite"
+    return f"{bits}-bit"
+
+
+def _cactus_runs(runs):
+    folder = os.path.join(runs, "cactus", "runs")
+    return sorted(name for name in os.listdir(folder)
+                  if os.path.exists(os.path.join(folder, name, "seed0", "result.json")))
+
+
+def _loss_of(runs, name):
+    config = _load(os.path.join(runs, "cactus", "runs", name, "seed0", "config.json"))
+    return LOSS_NAMES.get(config["certified_loss"], config["certified_loss"])
+
+
 def _copy_reports(runs, output):
     for experiment in ("plain", "cactus"):
         source = os.path.join(runs, experiment)
@@ -50,6 +75,7 @@ def main():
     parser.add_argument("--runs", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--command", default="bash tools/reproduce_losses.sh")
+    parser.add_argument("--what", default="", help="a paragraph saying what was run and how")
     args = parser.parse_args()
 
     results = {"command": args.command, "plain": [], "cactus": []}
@@ -66,18 +92,20 @@ def main():
                 entry["subset"][bound] = {k: v.get(k) for k in (
                     "samples", "clean_accuracy", "certified_accuracy", "pgd_accuracy", "seconds")}
         results["plain"].append(entry)
-    levels = [("prune", r) for r in (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95)] + [("quantize", 8), ("quantize", 4)]
-    for name, label in CACTUS:
-        try:
-            record = _run(args.runs, "cactus", name)
-        except FileNotFoundError:
-            continue
-        rows = []
-        for form, level in levels:
-            r = _row(record, form, level)
-            rows.append({"form": form, "level": level, "clean_accuracy": r["clean_accuracy"],
-                         "certified_accuracy": r["certified_accuracy"], "samples": r["samples"]})
-        results["cactus"].append({"run": name, "loss": label, "seconds": record["seconds"], "rows": rows})
+    levels = None
+    # The worst-case run first, so the difference row is "other loss - worst-case".
+    names = sorted(_cactus_runs(args.runs), key=lambda n: _loss_of(args.runs, n) != LOSS_NAMES["worst-case"])
+    for name in names:
+        record = _run(args.runs, "cactus", name)
+        keys = [level_key(r) for r in record["rows"]]
+        if levels is not None and keys != levels:
+            raise SystemExit(f"summarize_losses: {name} was evaluated on another grid than {names[0]}")
+        levels = keys
+        rows = [{"form": r["form"], "level": level_label(level_key(r)), "clean_accuracy": r["clean_accuracy"],
+                 "certified_accuracy": r["certified_accuracy"], "samples": r["samples"]}
+                for r in record["rows"]]
+        results["cactus"].append({"run": name, "loss": "CACTUS, " + _loss_of(args.runs, name),
+                                  "seconds": record["seconds"], "rows": rows})
 
     _copy_reports(args.runs, args.output)
     with open(os.path.join(args.output, "results.json"), "w") as f:
@@ -101,18 +129,7 @@ def main():
              f"Command: `{args.command}` (configs `examples/configs/fashion_mnist_losses.toml`, "
              "`examples/configs/fashion_mnist_losses_cactus.toml`). One seed. Every number "
              "below is as measured; the experiments' own reports are in `plain/` and `cactus/`.", "",
-             "What was run (shrunk from the 20-epoch CPU schedule to fit a shared 2-core "
-             "machine): 10 epochs (1 warm-up, 5 of epsilon/lambda ramp), Adam 1e-3, batch 128, "
-             "lambda 0.25, IBP initialization; MTL-IBP alpha 0.5, SABR lambda 0.4, a 1-step "
-             "PGD attack (random start) inside both losses. Plain runs on all 60,000 training "
-             "images; the CACTUS runs (pruning member U(0.25, 0.75) global L1 + AWP-8 member, "
-             "eta 0.5) on the first 12,000 (`limit`). MTL-IBP was chosen for CACTUS before the "
-             "plain results were in (for time: both CACTUS runs trained alongside the plain "
-             "ones). Training seconds are wall times on the loaded machine. To run in parallel, each "
-             "run was trained by its own `cactus-keras experiment` call on a copy of the config "
-             "holding only that run (same settings, so the same run fingerprint); the run folders "
-             "were then put together and the two commands above wrote the reports from them "
-             "(resume: nothing was rerun).", ""]
+             args.what, ""]
     subset = next((v["samples"] for e in results["plain"] for v in e["subset"].values()), None)
     lines += ["## Plain certified training: clean and certified accuracy per loss and verifier", "",
               f"IBP on all 10,000 test images (the experiment's grid, ratio 0); IBP, CROWN and "
@@ -143,21 +160,23 @@ def main():
             tie = " (tie)" if len(winners) > 1 else ""
             lines.append(f"- {title}: {', '.join(winners)} ({top:.4f}){tie}")
     if results["cactus"]:
-        lines += ["", "## CACTUS with each loss at the compressed levels (IBP, all 10,000 test images)", "",
-                  "Cells are clean / certified accuracy; global_l1 pruning ratios, weight-only "
-                  "fake-quantized kernels.", "",
-                  "| run | " + " | ".join(f"prune {lvl:g}" if form == "prune" else f"{lvl}-bit"
-                                           for form, lvl in levels) + " | training s |",
-                  "| --- | " + " | ".join("---" for _ in levels) + " | --- |"]
-        for e in results["cactus"]:
-            lines.append(f"| {e['loss']} | " + " | ".join(
-                f"{r['clean_accuracy']:.4f} / {r['certified_accuracy']:.4f}" for r in e["rows"])
-                + f" | {e['seconds']:.0f} |")
-        if len(results["cactus"]) == 2:
-            a, b = results["cactus"]
-            lines.append(f"| certified: {b['loss']} - {a['loss']} | " + " | ".join(
-                f"{rb['certified_accuracy'] - ra['certified_accuracy']:+.4f}"
-                for ra, rb in zip(a["rows"], b["rows"])) + " | |")
+        # One row per level (the grid is long): clean / certified of each run, then the
+        # certified difference of each other loss to the worst-case loss.
+        first = results["cactus"][0]
+        others = results["cactus"][1:]
+        lines += ["", "## CACTUS with each loss at every level of the grid (IBP, all 10,000 test images)", "",
+                  "Cells are clean / certified accuracy; pruning without fine-tuning, weight-only "
+                  "fake-quantized kernels, and the exported int8 file certified on its own "
+                  "integer arithmetic. Training seconds: " + ", ".join(
+                      f"{e['loss']} {e['seconds']:.0f} s" for e in results["cactus"]) + ".", "",
+                  "| level | " + " | ".join(e["loss"] for e in results["cactus"]) + "".join(
+                      f" | certified: {e['loss']} - {first['loss']}" for e in others) + " |",
+                  "| --- | " + " | ".join("---" for _ in results["cactus"]) + " | ---" * len(others) + " |"]
+        for i, row in enumerate(first["rows"]):
+            cells = [f"{e['rows'][i]['clean_accuracy']:.4f} / {e['rows'][i]['certified_accuracy']:.4f}"
+                     for e in results["cactus"]]
+            cells += [f"{e['rows'][i]['certified_accuracy'] - row['certified_accuracy']:+.4f}" for e in others]
+            lines.append(f"| {row['level']} | " + " | ".join(cells) + " |")
     with open(os.path.join(args.output, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
