@@ -42,7 +42,7 @@ def _members(config):
     return " + ".join(parts)
 
 
-def table(folder):
+def table(folder, heading="###"):
     runs_folder = os.path.join(folder, "runs")
     if not os.path.isdir(runs_folder):
         fail(f"{folder} holds no runs/ folder; give the --output folders of the ablation experiments.")
@@ -58,7 +58,7 @@ def table(folder):
         if [level_key(r) for r in records[n]["rows"]] != levels:
             fail(f"{folder}: {n} was evaluated on another grid than {names[0]}.")
     title = os.path.basename(os.path.normpath(folder))
-    lines = [f"### {title}", "", f"Experiment report: `{report}`.", "",
+    lines = [f"{heading} {title}", "", f"Experiment report: `{report}`.", "",
              "| run | compression set | " + " | ".join(SETTINGS) + " | training s |",
              "| --- | --- | " + " | ".join("---" for _ in SETTINGS) + " | --- |"]
     for n in names:
@@ -81,8 +81,12 @@ def main():
     parser.add_argument("folders", nargs="+", help="experiment --output folders")
     parser.add_argument("--output", default=None, help="write the tables here too")
     parser.add_argument("--command", default=None, help="the command line, for the header")
+    parser.add_argument("--heading-level", type=int, default=3, choices=range(1, 7),
+                        help="markdown heading level of each table's title (default 3; "
+                             "4 to paste under a ### section of README)")
     args = parser.parse_args()
-    text = "\n\n".join(table(folder) for folder in args.folders) + "\n"
+    heading = "#" * args.heading_level
+    text = "\n\n".join(table(folder, heading) for folder in args.folders) + "\n"
     if args.command:
         text = f"Command: `{args.command}`\n\n" + text
     if args.output:
