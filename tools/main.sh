@@ -6,6 +6,6 @@
 # Output goes to runs/quickstart/ (a second call reuses finished runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh
+bash tools/setup.sh tensorflow
 export TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/cactus-keras experiment examples/configs/quickstart.toml --output runs/quickstart "$@"

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for cactus-keras: Debian's Fashion-MNIST
-# package, a virtual environment in .venv and the package with its test extras, at the
-# versions of constraints.txt.
+# package, a virtual environment in .venv and the package with its extras (default
+# `test`, everything the suite needs; tools/main.sh asks for `tensorflow` only, which is
+# all the main job imports), at the versions of constraints.txt.
+#   bash tools/setup.sh [EXTRAS]     (EXTRAS: one of pyproject.toml's, e.g. test, tensorflow)
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+extras=${1:-test}
+case "$extras" in
+  test|full|tensorflow|tune|jax|onnx) ;;
+  *) echo "setup: unknown extras '$extras'; give one of test, full, tensorflow, tune, jax, onnx (pyproject.toml)" >&2; exit 2 ;;
+esac
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -33,5 +40,5 @@ PY
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The ranges of pyproject.toml, at the exact versions CI tests (constraints.txt).
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
 echo "setup: ready ($(.venv/bin/python -c 'import keras, tensorflow as tf; print(f"Keras {keras.__version__}, TensorFlow {tf.__version__}")' 2>/dev/null))"
