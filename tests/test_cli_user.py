@@ -462,6 +462,20 @@ def test_dependencies_are_ranges_and_ci_pins_them_in_constraints():
         assert "-c constraints.txt" in f.read()
 
 
+def test_setup_accepts_exactly_the_extras_of_pyproject():
+    # setup.sh refuses unknown extras itself (pip would only warn and install the core):
+    # its list must be pyproject.toml's, or a real extra is refused or a typo accepted.
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = set(tomllib.load(f)["project"]["optional-dependencies"])
+    with open(os.path.join(ROOT, "tools", "setup.sh")) as f:
+        accepted = re.search(r'case "\$extras" in\s+([\w|-]+)\)', f.read())
+    assert accepted, "tools/setup.sh no longer checks its EXTRAS argument"
+    assert set(accepted.group(1).split("|")) == extras
+
+
 def test_tune_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
     pytest.importorskip("keras_tuner")
     import cactus_keras.tuning.search as search

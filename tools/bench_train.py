@@ -78,13 +78,12 @@ def main():
                                           certified_loss="mtl-ibp", attack_steps=args.attack_steps)
     cactus_mtl.compile(optimizer="adam")
     config = load_config(args.config or example_config("fashion_mnist_cpu"))
-    recipe, recipe_configs = {}, {}
+    recipe = {}
     for run in ("ibp", "cactus"):
         if run not in config.methods:
             parser.error(f"--config {config.path} has no [methods.{run}] run to time")
         train_config = config.train_config(config.methods[run].overrides(), seed=0)
         train_config.arch = args.arch
-        recipe_configs[run] = train_config
         recipe[run] = build_model(train_config, (28, 28, 1), 10)
     recommended_members = ", ".join(m.name for m in recipe["cactus"].compression)
     kernels = prunable_kernels(cactus.network)
@@ -156,9 +155,9 @@ def main():
     print("  certified losses, step / worst-case IBP step:")
     for name in ("mtl-ibp", "sabr", "cactus mtl-ibp"):
         print(f"    {name:<28} {ratios[name + ' / ibp']:.2f}x")
-    cactus_config = recipe_configs["cactus"]
+    recommended = recipe["cactus"]
     print(f"  {config.path}: recommended set = full + {recommended_members}, member_weight "
-          f"{cactus_config.member_weight:g}, member_batch_fraction {cactus_config.member_batch_fraction:g}")
+          f"{recommended.member_weight_target:g}, member_batch_fraction {recommended.member_batch_fraction:g}")
     print(f"    recipe IBP step / IBP step        {ratios['recipe ibp / ibp']:.2f}x")
     print(f"    recommended step / IBP step       {ratios['recommended / ibp']:.2f}x")
     print(f"    recommended step / recipe IBP step {ratios['recommended / recipe ibp']:.2f}x")

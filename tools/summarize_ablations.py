@@ -8,11 +8,10 @@ training time and the setting it varies.
 """
 
 import argparse
-import json
 import os
 import sys
 
-from summarize_losses import level_key, level_label
+from summarize_losses import level_key, level_label, load_json
 
 # The settings an ablation varies, as they are written in each run's config.json.
 SETTINGS = ("standard_weight", "member_batch_fraction", "member_weight")
@@ -21,11 +20,6 @@ SETTINGS = ("standard_weight", "member_batch_fraction", "member_weight")
 def fail(message):
     print(f"summarize_ablations: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def _load(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def _members(config):
@@ -51,8 +45,8 @@ def table(folder, heading="###"):
              if os.path.exists(os.path.join(runs_folder, n, "seed0", "result.json"))]
     if not names:
         fail(f"{folder}: no finished run (runs/NAME/seed0/result.json).")
-    records = {n: _load(os.path.join(runs_folder, n, "seed0", "result.json")) for n in names}
-    configs = {n: _load(os.path.join(runs_folder, n, "seed0", "config.json")) for n in names}
+    records = {n: load_json(os.path.join(runs_folder, n, "seed0", "result.json")) for n in names}
+    configs = {n: load_json(os.path.join(runs_folder, n, "seed0", "config.json")) for n in names}
     levels = [level_key(r) for r in records[names[0]]["rows"]]
     for n in names:
         if [level_key(r) for r in records[n]["rows"]] != levels:

@@ -19,13 +19,13 @@ VERIFIERS = ["ibp", "crown", "alpha-crown"]
 LOSS_NAMES = {"worst-case": "worst-case (IBP)", "mtl-ibp": "MTL-IBP", "sabr": "SABR"}
 
 
-def _load(path):
+def load_json(path):
     with open(path) as f:
         return json.load(f)
 
 
 def _run(runs, experiment, name):
-    return _load(os.path.join(runs, experiment, "runs", name, "seed0", "result.json"))
+    return load_json(os.path.join(runs, experiment, "runs", name, "seed0", "result.json"))
 
 
 def _row(record, form, level):
@@ -56,7 +56,7 @@ def _cactus_runs(runs):
 
 
 def _loss_of(runs, name):
-    config = _load(os.path.join(runs, "cactus", "runs", name, "seed0", "config.json"))
+    config = load_json(os.path.join(runs, "cactus", "runs", name, "seed0", "config.json"))
     return LOSS_NAMES.get(config["certified_loss"], config["certified_loss"])
 
 
@@ -88,13 +88,14 @@ def main():
         for bound in VERIFIERS:
             path = os.path.join(args.output, "verifiers", f"{name}_{bound}.json")
             if os.path.exists(path):
-                v = _load(path)
+                v = load_json(path)
                 entry["subset"][bound] = {k: v.get(k) for k in (
                     "samples", "clean_accuracy", "certified_accuracy", "pgd_accuracy", "seconds")}
         results["plain"].append(entry)
     levels = None
     # The worst-case run first, so the difference row is "other loss - worst-case".
-    names = sorted(_cactus_runs(args.runs), key=lambda n: _loss_of(args.runs, n) != LOSS_NAMES["worst-case"])
+    loss_of = {n: _loss_of(args.runs, n) for n in _cactus_runs(args.runs)}
+    names = sorted(loss_of, key=lambda n: loss_of[n] != LOSS_NAMES["worst-case"])
     for name in names:
         record = _run(args.runs, "cactus", name)
         keys = [level_key(r) for r in record["rows"]]
@@ -104,7 +105,7 @@ def main():
         rows = [{"form": r["form"], "level": level_label(level_key(r)), "clean_accuracy": r["clean_accuracy"],
                  "certified_accuracy": r["certified_accuracy"], "samples": r["samples"]}
                 for r in record["rows"]]
-        results["cactus"].append({"run": name, "loss": "CACTUS, " + _loss_of(args.runs, name),
+        results["cactus"].append({"run": name, "loss": "CACTUS, " + loss_of[name],
                                   "seconds": record["seconds"], "rows": rows})
 
     _copy_reports(args.runs, args.output)
