@@ -17,7 +17,7 @@ from keras import layers
 import cactus_keras
 from cactus_keras import export
 from cactus_keras.export import integer_intervals, integer_simulation
-from cactus_keras.export.fixed_point import (
+from cactus_keras.int8.fixed_point import (
     fixed_point_error,
     multiply_by_quantized_multiplier,
     quantize_multiplier,

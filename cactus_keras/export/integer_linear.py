@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus_keras.export.fixed_point import largest_magnitude
+from cactus_keras.int8.fixed_point import largest_magnitude
 from cactus_keras.export.model_file import UnsupportedOperatorError
 
 # Integers below these are exact in float32 / float64, and so are all their sums that

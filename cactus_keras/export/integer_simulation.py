@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus_keras.export.fixed_point import (
+from cactus_keras.int8.fixed_point import (
     INT8_MAX,
     INT8_MIN,
     INT32_MAX,

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from cactus_keras import extras
+from cactus_keras.int8.fixed_point import ACTIVATION_NAMES, UnsupportedOperatorError  # noqa: F401 (re-export)
 
 try:  # The schema module of the LiteRT package; TensorFlow ships the same file.
     from ai_edge_litert import schema_py_generated as schema
@@ -27,9 +28,6 @@ except ImportError:
 
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-ACTIVATION_NAMES = {
-    v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")
-}
 NUMPY_TYPES = {
     schema.TensorType.FLOAT32: np.float32,
     schema.TensorType.FLOAT16: np.float16,
@@ -95,10 +93,6 @@ SUPPORTED_SUMMARY = (
 
 class TFLiteFormatError(ValueError):
     """The file is not a readable TFLite flatbuffer, or not a full-integer int8 model."""
-
-
-class UnsupportedOperatorError(ValueError):
-    """The int8 model contains ops the integer verifier has no bound rule for."""
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cactus_keras import validation
-from cactus_keras.export.fixed_point import round_half_away
+from cactus_keras.int8.fixed_point import round_half_away
 from cactus_keras.export.integer_intervals import (
     ROUNDINGS,
     IntervalArithmetic,

@@ -5,7 +5,9 @@ multiplier and shift of a real multiplier (`quantize_multiplier`), the three var
 of `MultiplyByQuantizedMultiplier` the kernels round with, the largest error of that
 rounding (`fixed_point_error`), the multipliers of MEAN and ADD, and the int8 clamp of
 a fused activation. Both the interval rules (`integer_intervals`) and the bit-exact
-simulation (`integer_simulation`) are written on top of these.
+simulation (`cactus_keras.export.integer_simulation`) are written on top of these, and
+the int8 training member uses the same quantities. This module imports neither
+TensorFlow nor the TFLite schema, so every layer of the package can use it.
 
 Example:
 
@@ -19,7 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus_keras.export.model_file import ACTIVATION_NAMES, UnsupportedOperatorError
+# TFLite's ActivationFunctionType codes (schema.fbs); fixed by the file format, so this
+# module needs neither TensorFlow nor the schema (tests/test_int8_arithmetic.py checks
+# them against the schema).
+ACTIVATION_NAMES = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
+
+
+class UnsupportedOperatorError(ValueError):
+    """The int8 model contains ops the integer verifier has no bound rule for."""
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
