@@ -31,7 +31,17 @@ def _add_certify(subparsers):
     p.add_argument("--pgd-restarts", type=int, default=1, help="PGD restarts from random points")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
-    p.set_defaults(run=_run_certify)
+    p.set_defaults(run=_run_certify, check=_check_certify)
+
+
+def _check_certify(args):
+    """What `certify` can refuse before TensorFlow is imported."""
+    from cactus_keras import validation
+
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _check_pgd(args)
+    _check_limit(args.limit, "--limit")
+    _check_output_file(args.json_path, "--json")
 
 
 NO_DOWNLOAD_HELP = "never download the dataset (fail at once when there is no local copy)"
@@ -116,10 +126,7 @@ def _run_certify(args):
     from cactus_keras import validation
 
     start = time.perf_counter()
-    validation.check_epsilon(args.epsilon, "--epsilon")
-    _check_pgd(args)
-    _check_limit(args.limit, "--limit")
-    _check_output_file(args.json_path, "--json")
+    _check_certify(args)
     from cactus_keras.bounds.margins import check_bound
 
     check_bound(args.bound)
@@ -223,12 +230,17 @@ def _add_train(subparsers):
                    "pruning:ratio=0.5-0.95,pruning_method=global_l1 --member "
                    "quantization:bits=4,awp_radius=0.5; KIND is pruning, quantization or "
                    "another registered kind, KEY its settings (A-B is a range)")
-    p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
-                   help="pruning ratios of training are sampled from [A, B]")
-    p.add_argument("--pruning-method", default="global_l1", help="global_l1, local_l1 or global_l2_structured")
-    p.add_argument("--bits", type=int, default=8, help="bit width the quantization member targets")
-    p.add_argument("--awp-radius", type=float, default=0.5, help="eta: AWP radius in quantization steps")
-    p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
+    # None: not given, so that a flag the chosen --compression does not use is refused.
+    p.add_argument("--prune-range", type=float, nargs=2, default=None, metavar=("A", "B"),
+                   help="prune: pruning ratios of training are sampled from [A, B] "
+                   "(default: 0.25 0.75)")
+    p.add_argument("--pruning-method", default=None,
+                   help="prune: global_l1, local_l1 or global_l2_structured (default: global_l1)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="quant: bit width the quantization member targets (default: 8)")
+    p.add_argument("--awp-radius", type=float, default=None,
+                   help="quant: eta, the AWP radius in quantization steps (default: 0.5)")
+    p.add_argument("--awp-steps", type=int, default=None, help="quant: AWP ascent steps (default: 1)")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
     p.add_argument("--member-weight", type=float, default=1.0,
                    help="weight of each compressed member relative to the full network")
@@ -268,15 +280,26 @@ def _add_train(subparsers):
     group.add_argument("--resume", action="store_true",
                        help="continue the run in DIR (same settings) from its last finished epoch")
     group.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_run_train, check=_check_train)
 
 
-def _run_train(args):
-    import cactus_keras
-    from cactus_keras.experiments import TrainConfig
-    from cactus_keras.experiments.training import check_existing, run_state, train
+def _check_train(args):
+    """What `train` can refuse before TensorFlow is imported (TrainConfig checks the
+    rest, still before anything is written)."""
+    from cactus_keras import validation
 
+    validation.check_epsilon(args.epsilon, "--epsilon")
     _check_output_dir(args.output, "--output")
+    for flag in ("--epochs", "--batch-size"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}.")
+    _check_limit(args.limit, "--limit")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if args.validation_samples < 0:
+        raise ValueError(f"--validation-samples must be >= 0 (0: no validation), got "
+                         f"{args.validation_samples}.")
     if args.members:
         if args.compression is not None:
             raise ValueError(
@@ -284,9 +307,34 @@ def _run_train(args):
                 "(--member replaces --compression, e.g. --member "
                 "pruning:ratio=0.5-0.95 --member quantization:bits=4)."
             )
+        _check_compression_flags(args, [parse_member(t) for t in args.members])
+    else:
+        _check_compression_flags(args, "prune" if args.compression is None else args.compression)
+    if args.resume and not _holds_run(args.output):
+        raise ValueError(
+            f"--resume: '{args.output}' holds no run to resume (no config.json or backup); "
+            "drop --resume to start a new run there, or give the folder of the interrupted run.")
+
+
+def _holds_run(output):
+    # The file names of experiments.training.RUN_FILES (that module imports Keras).
+    return any(os.path.exists(os.path.join(output, name))
+               for name in ("config.json", "model.keras", "network.keras",
+                            "training_log.csv", "backup"))
+
+
+def _run_train(args):
+    import cactus_keras
+    from cactus_keras.experiments import TrainConfig
+    from cactus_keras.experiments.training import check_data, check_existing, run_state, train
+    from cactus_keras.run_lock import folder_lock
+
+    _check_train(args)
+    if args.members:
         compression = member_tables(args.members)
     else:
         compression = "prune" if args.compression is None else args.compression
+    _check_compression_flags(args, compression)
     config = TrainConfig(
         dataset=args.dataset,
         epsilon=args.epsilon,
@@ -299,11 +347,11 @@ def _run_train(args):
         lr_decay_epochs=None if args.lr_decay_epochs is None else tuple(args.lr_decay_epochs),
         lr_decay_factor=args.lr_decay_factor,
         compression=compression,
-        prune_range=tuple(args.prune_range),
-        pruning_method=args.pruning_method,
-        bits=args.bits,
-        awp_radius=args.awp_radius,
-        awp_steps=args.awp_steps,
+        **{name: value for name, value in (
+            ("prune_range", None if args.prune_range is None else tuple(args.prune_range)),
+            ("pruning_method", args.pruning_method), ("bits", args.bits),
+            ("awp_radius", args.awp_radius), ("awp_steps", args.awp_steps),
+        ) if value is not None},
         member_weight=args.member_weight,
         member_weight_ramp=args.member_weight_ramp,
         member_batch_fraction=args.member_batch_fraction,
@@ -322,21 +370,49 @@ def _run_train(args):
         validation_samples=args.validation_samples,
         seed=args.seed,
     )
-    state = run_state(args.output)
     args.interrupt_message = _train_interrupted
     data = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    if not args.overwrite:
-        # Refused before anything is printed or trained.
-        check_existing(args.output, config, data, resume=args.resume)
-    if state == "unfinished" and args.resume:
-        from cactus_keras.experiments.training import resumed_epoch
+    check_data(config, data)
+    # Held from the check of what DIR holds to the end: a second `train` into DIR
+    # (with --resume or --overwrite too) is refused while this one writes it.
+    with folder_lock(args.output, "--output", "wait for it to finish, or give another --output"):
+        state = run_state(args.output)
+        if not args.overwrite:
+            # Refused before anything is printed or trained.
+            check_existing(args.output, config, data, resume=args.resume)
+        if state == "unfinished" and args.resume:
+            from cactus_keras.experiments.training import resumed_epoch
 
-        print(f"resuming {args.output} after epoch {resumed_epoch(args.output)} of {config.epochs}")
-    elif state == "finished" and args.resume:
-        print(f"{args.output} holds a finished run with these settings; nothing to resume")
-    model = train(config, data, args.output, verbose=2, resume=args.resume, overwrite=args.overwrite)
+            print(f"resuming {args.output} after epoch {resumed_epoch(args.output)} of {config.epochs}")
+        elif state == "finished" and args.resume:
+            print(f"{args.output} holds a finished run with these settings; nothing to resume")
+        model = train(config, data, args.output, verbose=2, resume=args.resume,
+                      overwrite=args.overwrite)
     print(f"saved {os.path.join(args.output, 'model.keras')} ({model.network.count_params()} parameters)")
     return 0
+
+
+# The flags of --compression's members, and the member each configures.
+_COMPRESSION_FLAGS = {"prune": ("--prune-range", "--pruning-method"),
+                      "quant": ("--bits", "--awp-radius", "--awp-steps")}
+
+
+def _check_compression_flags(args, compression):
+    """A member's flag without that member in the set would be written into
+    config.json as if it had been used: refused."""
+    for member, flags in _COMPRESSION_FLAGS.items():
+        for flag in flags:
+            if getattr(args, flag[2:].replace("-", "_")) is None:
+                continue
+            if not isinstance(compression, str):
+                raise ValueError(
+                    f"{flag} does not apply with --member (each --member gives its own "
+                    f"settings, e.g. {MEMBER_EXAMPLE}); drop {flag}.")
+            if compression in ("none", "prune", "quant", "prune+quant") and member not in compression:
+                raise ValueError(
+                    f"{flag} configures the {member} member, which --compression "
+                    f"{compression} does not train; drop {flag}, or use --compression "
+                    f"{member if compression == 'none' else 'prune+quant'}.")
 
 
 MEMBER_EXAMPLE = "--member pruning:ratio=0.5-0.95,pruning_method=global_l1"
@@ -435,7 +511,17 @@ def _add_evaluate(subparsers):
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
-    p.set_defaults(run=_run_evaluate)
+    p.set_defaults(run=_run_evaluate, check=_check_evaluate)
+
+
+def _check_evaluate(args):
+    from cactus_keras import validation
+
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _check_limit(args.limit, "--limit")
+    _check_output_file(args.json_path, "--json")
+    _parse_list(args.prune, float, "--prune")
+    _parse_list(args.bits, int, "--bits")
 
 
 def _parse_list(text, convert, flag):
@@ -447,11 +533,8 @@ def _parse_list(text, convert, flag):
 
 def _run_evaluate(args):
     import cactus_keras
-    from cactus_keras import validation
 
-    validation.check_epsilon(args.epsilon, "--epsilon")
-    _check_limit(args.limit, "--limit")
-    _check_output_file(args.json_path, "--json")
+    _check_evaluate(args)
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.limit)
@@ -482,30 +565,62 @@ def _add_export(subparsers):
     p.add_argument("--dataset", default=None,
                    help="calibration data: a dataset name or path (needed for tflite)")
     p.add_argument("--output", required=True, help="path of the .tflite (or .onnx) file")
+    p.add_argument("--overwrite", action="store_true", help="replace the file at --output if there is one")
     p.add_argument("--format", default="tflite", choices=("tflite", "onnx"),
                    help="tflite (default) or onnx (the float network, Keras's ONNX export)")
-    p.add_argument("--calibration-samples", type=int, default=500, help="training samples that calibrate the int8 ranges")
-    p.add_argument("--float", dest="int8", action="store_false", help="export float32 instead of int8")
+    p.add_argument("--calibration-samples", type=int, default=None,
+                   help="int8 tflite: training samples that calibrate the int8 ranges (default: 500)")
+    p.add_argument("--float", dest="int8", action="store_false",
+                   help="tflite: export float32 instead of int8 (no calibration)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
-    p.set_defaults(run=_run_export)
+    p.set_defaults(run=_run_export, check=_check_export)
+
+
+def _check_export(args):
+    """What `export` can refuse before TensorFlow is imported."""
+    unused = []
+    if args.format == "onnx":
+        unused = [("--dataset", args.dataset is not None), ("--float", not args.int8),
+                  ("--calibration-samples", args.calibration_samples is not None)]
+        why = "--format onnx (the float network, no calibration)"
+    elif not args.int8:
+        unused = [("--calibration-samples", args.calibration_samples is not None)]
+        why = "--float (a float32 file needs no calibration)"
+    for flag, given in unused:
+        if given:
+            raise ValueError(f"{flag} does not apply to {why}; drop {flag}.")
+    if args.format == "tflite" and args.int8 and args.dataset is None:
+        raise ValueError("--dataset is required for an int8 --format tflite: the int8 ranges "
+                         "are calibrated on its training images (e.g. --dataset fashion_mnist).")
+    if args.calibration_samples is not None:
+        _check_limit(args.calibration_samples, "--calibration-samples")
+    _check_output_file(args.output, "--output")
+    _check_no_file(args.output, "--output", args.overwrite)
+
+
+def _check_no_file(path, flag, overwrite):
+    if os.path.isfile(path) and not overwrite:
+        raise ValueError(f"{flag} '{path}' already exists; pass --overwrite to replace it, "
+                         "or give another path.")
 
 
 def _run_export(args):
     import cactus_keras.export
 
+    _check_export(args)
     if args.format == "onnx":
         return _run_export_onnx(args)
-    if args.dataset is None:
-        raise ValueError("--dataset is required for --format tflite: the int8 ranges are "
-                         "calibrated on its training images (e.g. --dataset fashion_mnist).")
-    _check_limit(args.calibration_samples, "--calibration-samples")
-    _check_output_file(args.output, "--output")
     model = _load_model(args.model)
-    dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    x, _ = _split(dataset, "train", args.calibration_samples, "--calibration-samples")
+    x, samples = None, None
+    if args.int8:
+        samples = 500 if args.calibration_samples is None else args.calibration_samples
+        dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
+        x, _ = _split(dataset, "train", samples, "--calibration-samples")
+    elif args.dataset is not None:
+        print("--dataset is not used by --float (a float32 file needs no calibration)")
     path = cactus_keras.export.to_tflite(
         model, args.output, representative_data=x, int8=args.int8,
-        num_calibration_samples=args.calibration_samples,
+        **({} if samples is None else {"num_calibration_samples": samples}),
     )
     print(f"wrote {path} ({os.path.getsize(path)} bytes, {'int8' if args.int8 else 'float32'})")
     return 0
@@ -528,29 +643,65 @@ def _add_export_vnnlib(subparsers):
         "above every other), with instances.csv, for alpha-beta-CROWN and other VNN-COMP "
         "verifiers.",
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
     p.add_argument("--dataset", required=True, help="test samples: a dataset name or path")
-    p.add_argument("--epsilon", required=True, type=float)
+    p.add_argument("--epsilon", required=True, type=float,
+                   help="L-infinity radius of each property ([0, 1] images)")
     p.add_argument("--samples", type=int, default=10, help="first N test samples (default 10)")
-    p.add_argument("--output", required=True, help="the benchmark folder to write")
+    p.add_argument("--output", required=True, metavar="DIR", help="the benchmark folder to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a benchmark in DIR (its onnx/, vnnlib/ and instances.csv are "
+                   "deleted first)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds per instance in instances.csv (default 300)")
     p.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0),
                    metavar=("LOW", "HIGH"), help="data range the boxes are cut to")
-    p.add_argument("--no-download", action="store_true")
-    p.set_defaults(run=_run_export_vnnlib)
+    p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
+    p.set_defaults(run=_run_export_vnnlib, check=_check_export_vnnlib)
+
+
+# What export-vnnlib writes into its folder (all of it is deleted by --overwrite).
+VNNLIB_OUTPUTS = ("onnx", "vnnlib", "instances.csv")
+
+
+def _check_export_vnnlib(args):
+    from cactus_keras import validation
+
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be a positive number of test samples, got "
+                         f"{args.samples}.")
+    _check_output_dir(args.output, "--output")
+    if os.path.isdir(args.output) and os.listdir(args.output) and not args.overwrite:
+        raise ValueError(
+            f"--output '{args.output}' is not empty; pass --overwrite to replace the "
+            f"benchmark in it (its {', '.join(VNNLIB_OUTPUTS)} are deleted first), or give "
+            "a new or empty folder.")
+
+
+def _clear_vnnlib_outputs(folder):
+    """Deletes what an earlier export-vnnlib wrote into `folder` (stale properties of
+    another epsilon or sample count would otherwise stay beside the new ones)."""
+    import shutil
+
+    for name in VNNLIB_OUTPUTS:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def _run_export_vnnlib(args):
     import cactus_keras
     from cactus_keras.export.vnnlib import write_benchmark
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be a positive number of test samples, got "
-                         f"{args.samples}.")
+    _check_export_vnnlib(args)
     model = _load_model(args.model)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.samples)
+    if args.overwrite:
+        _clear_vnnlib_outputs(args.output)
     paths = write_benchmark(model, x, y, args.epsilon, args.output,
                             input_range=tuple(args.input_range), timeout=args.timeout)
     print(f"wrote {args.output}: onnx/model.onnx, {len(paths)} VNN-LIB properties "
@@ -565,7 +716,7 @@ def _add_verify_tflite(subparsers):
         description="Run an int8 .tflite file in the LiteRT interpreter, and certify it by "
         "integer interval propagation through its int8 arithmetic.",
     )
-    p.add_argument("path", help="the .tflite file")
+    p.add_argument("--model", dest="path", required=True, help="the .tflite file")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
@@ -575,11 +726,10 @@ def _add_verify_tflite(subparsers):
                    "(tighter, uses the rounding error of LiteRT's and XNNPACK's kernels)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
-    p.set_defaults(run=_run_verify_tflite)
+    p.set_defaults(run=_run_verify_tflite, check=_check_verify_tflite)
 
 
-def _run_verify_tflite(args):
-    import cactus_keras.export
+def _check_verify_tflite(args):
     from cactus_keras import validation
 
     validation.check_epsilon(args.epsilon, "--epsilon")
@@ -587,9 +737,16 @@ def _run_verify_tflite(args):
     _check_output_file(args.json_path, "--json")
     if not os.path.isfile(args.path):
         raise FileNotFoundError(
-            f"No .tflite file at '{args.path}'" + (" (it is a directory)" if os.path.isdir(args.path) else "")
+            f"--model: no .tflite file at '{args.path}'"
+            + (" (it is a directory)" if os.path.isdir(args.path) else "")
             + "; write one with `cactus-keras export`."
         )
+
+
+def _run_verify_tflite(args):
+    import cactus_keras.export
+
+    _check_verify_tflite(args)
     dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
     x, y = _split(dataset, "test", args.limit)
     result = cactus_keras.export.verify_tflite(
@@ -607,7 +764,9 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         default = action.default
         if ("default" in text or default in (None, False, argparse.SUPPRESS)
-                or not action.option_strings or isinstance(action, argparse._VersionAction)):
+                or not action.option_strings or action.nargs == 0):
+            # A switch (--float, --resume) has no value to default: "(default: True)"
+            # on `--float` would read as if float were the default.
             return text
         if isinstance(default, (tuple, list)):
             default = " ".join(str(v) for v in default)
@@ -759,6 +918,10 @@ def main(argv=None):
         command_parser = None
     prefix = f"cactus-keras {args.command}"
     try:
+        # A bad flag value is answered at once: TensorFlow takes seconds to import.
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)
         _quiet_tensorflow_import()
         with _distributed(args):
             return args.run(args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -10,6 +9,8 @@ import time
 
 from cactus_keras.experiments.errors import ConfigError
 from cactus_keras.atomic_write import write_json
+from cactus_keras.data.digest import data_digest  # noqa: F401  (re-exported)
+from cactus_keras.run_lock import folder_lock
 from cactus_keras.experiments.methods import RunContext, TrainedMethod
 
 
@@ -23,16 +24,6 @@ def _spec(config, method, seed, data_digest):
     return _jsonable({**method.spec(), "seed": seed, "dataset": config.dataset,
                       "data_digest": data_digest, "epsilon": config.epsilon,
                       "test_samples": config.test_samples})
-
-
-def data_digest(data):
-    """A digest (BLAKE2b, hex) of a `Dataset`'s four arrays: shapes, types, values."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous
-                      else array.tobytes())
-    return digest.hexdigest()
 
 
 def load_data(config):
@@ -86,14 +77,37 @@ def _preflight(config, data, output, digest=None):
             if os.path.exists(path):
                 with open(path) as f:
                     saved = json.load(f)
-                if saved != _spec(config, method, seed, digest):
-                    other = ("data" if saved.get("data_digest") not in (None, digest)
-                             else "settings")
+                spec = _spec(config, method, seed, digest)
+                if saved != spec:
                     raise ConfigError(
-                        f"{os.path.dirname(path)} holds a run made with other {other} "
-                        "than this config's; use another --output, or delete that folder "
-                        "to rerun it."
+                        f"{os.path.dirname(path)} holds a run made with other settings than "
+                        f"this config's ({'; '.join(_differences(saved, spec))}); use another "
+                        "--output, or delete that folder to rerun it."
                     )
+
+
+def _differences(saved, spec):
+    """The keys of a run's spec that differ from the saved one's, as `key: saved X,
+    now Y` (nested tables by dotted key; the data by its digest only)."""
+    def flat(table, prefix=""):
+        items = {}
+        for key, value in table.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    saved, spec = flat(saved), flat(spec)
+    lines = []
+    for key in [*spec, *(k for k in saved if k not in spec)]:
+        if saved.get(key) == spec.get(key):
+            continue
+        if key == "data_digest":
+            lines.append("data: other arrays than the run's")
+        else:
+            lines.append(f"{key}: saved {saved.get(key, 'none')!r}, now {spec.get(key, 'none')!r}")
+    return lines
 
 
 def run_experiment(config, output, *, verbose=None, progress=True, command=None,
@@ -130,15 +144,22 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
 
 
 def _run(config, output, verbose, progress, command, data):
-    from tqdm.auto import tqdm
-
-    from cactus_keras.experiments.report import write_results
-
     data = data if data is not None else load_data(config)
     digest = data_digest(data)
     _preflight(config, data, output, digest)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    # One writer at a time: a second experiment into `output` is refused.
+    with folder_lock(output, "The experiment folder",
+                     "wait for it to finish, or choose another output folder"):
+        return _run_locked(config, output, verbose, progress, command, data, digest)
+
+
+def _run_locked(config, output, verbose, progress, command, data, digest):
+    from tqdm.auto import tqdm
+
+    from cactus_keras.experiments.report import write_results
+
     os.makedirs(output, exist_ok=True)
     n = config.test_samples or len(data.x_test)
     x_test, y_test = data.x_test[:n], data.y_test[:n]

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 
 from cactus_keras import atomic_write, backend, models, validation
+from cactus_keras.data.digest import data_digest
+from cactus_keras.run_lock import folder_lock
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.member_tables import member_table, members_from_tables
@@ -183,6 +185,8 @@ class TrainConfig:
             validation.check_positive_int(self.limit, "limit")
         if self.validation_samples < 0:
             raise ValueError(f"`validation_samples` must be >= 0, got {self.validation_samples}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be an integer >= 0, got {self.seed!r}.")
         check_certified_loss(self.certified_loss, **self.certified_loss_options())
 
     def certified_loss_options(self):
@@ -335,7 +339,88 @@ def resumed_epoch(output_dir):
 
 
 def _saved_settings(config, data):
-    return json.loads(json.dumps({**config.to_dict(), "data_source": data.source}))
+    return json.loads(json.dumps({**config.to_dict(), "data_source": data.source,
+                                  "data_digest": data_digest(data)}))
+
+
+# Where the data came from: compared only for a run saved without a digest of its data.
+_DATA_PLACES = ("dataset", "data_source")
+
+
+def _differences(saved, settings):
+    """The settings that differ from the saved run's, as lines. The data is compared
+    by its digest (the same data under another path resumes; other data under the
+    same path does not); runs saved before digests compare the path."""
+    digests = saved.get("data_digest") is not None
+    lines = []
+    for key, value in settings.items():
+        if key == "data_digest":
+            if digests and saved[key] != value:
+                lines.append(f"data: other arrays than the run's (saved from "
+                             f"{saved.get('data_source')!r}, now {settings['data_source']!r})")
+        elif (not digests or key not in _DATA_PLACES) and saved.get(key) != value:
+            lines.append(f"{key}: saved {saved.get(key)!r}, now {value!r}")
+    return lines
+
+
+class BackupDamagedError(ValueError):
+    """A file of an interrupted run's backup cannot be read."""
+
+
+def _backup_problem(backup_dir):
+    """(file, reason) of the first unreadable backup file, or None. Keras falls back
+    to the previous weights (`.bkp`) by itself, so the weights are damaged only when
+    both are."""
+    import h5py
+
+    def h5_error(path):
+        try:
+            with h5py.File(path, "r"):
+                return None
+        except Exception as exc:  # h5py raises OSError and others for damaged files
+            return _first_line(exc)
+
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    if os.path.exists(weights):
+        error = h5_error(weights)
+        previous = f"{weights}.bkp"
+        if error and (not os.path.exists(previous) or h5_error(previous)):
+            return weights, error
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    if os.path.exists(metadata):
+        try:
+            with open(metadata) as f:
+                int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return metadata, _first_line(exc) or "not the JSON Keras writes"
+    states = os.path.join(backup_dir, "non_trainable.npz")
+    if os.path.exists(states):
+        try:
+            with np.load(states) as saved:
+                [saved[name] for name in saved.files]
+        except Exception as exc:  # zipfile, pickle and OS errors alike
+            return states, _first_line(exc)
+    return None
+
+
+def _first_line(exc):
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def check_backup(output_dir):
+    """Raises `BackupDamagedError` naming the backup file of `output_dir` that cannot be
+    read, and what to do."""
+    backup_dir = os.path.join(output_dir, BACKUP)
+    problem = _backup_problem(backup_dir) if os.path.isdir(backup_dir) else None
+    if problem:
+        path, reason = problem
+        raise BackupDamagedError(
+            f"The backup of the interrupted run in {output_dir} is damaged: '{path}' cannot "
+            f"be read ({reason}). Delete the folder {backup_dir} and run again with "
+            "`resume=True` to train from epoch 1 with the same settings (the finished "
+            "epochs are lost), or pass `overwrite=True` to start a new run."
+        )
 
 
 def check_existing(output_dir, config, data, *, resume=False, overwrite=False):
@@ -364,9 +449,7 @@ def _check_existing(output_dir, settings, resume, overwrite):
             saved = json.load(f)
     except (OSError, ValueError):
         pass
-    differ = [] if saved is None else [
-        f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v
-    ]
+    differ = [] if saved is None else _differences(saved, settings)
     if not resume:
         what = f"a {state} training run"
         if differ:
@@ -388,7 +471,20 @@ def _check_existing(output_dir, settings, resume, overwrite):
             "resuming needs the same settings. Pass `overwrite=True` to replace it, or "
             "choose another output directory."
         )
+    if state == "unfinished":
+        check_backup(output_dir)
     return state
+
+
+def check_data(config, data):
+    """What `train` needs of `data` beyond the arrays' shapes, checked before its
+    output directory is made (so a corrected call is not blocked by an empty run)."""
+    if config.validation_samples and len(data.x_test) == 0:
+        raise ValueError(
+            f"The test split of {data.name} is empty, and `validation_samples` is "
+            f"{config.validation_samples}: the first test samples validate each epoch. "
+            "Set `validation_samples` to 0 (no validation), or give data with test samples."
+        )
 
 
 class ShuffledBatches(keras.utils.PyDataset):
@@ -548,6 +644,15 @@ def train(config, data, output_dir, verbose=2, callbacks=(), *, resume=False, ov
     distribute = backend.check_distribute(backend.resolve_distribute(distribute))
     if resume and overwrite:
         raise ValueError("Pass `resume=True` or `overwrite=True`, not both.")
+    check_data(config, data)
+    # One writer at a time: a second process (even with `overwrite=True`) is refused.
+    with folder_lock(output_dir, "The output directory",
+                     "wait for it to finish, or choose another output directory"):
+        return _train(config, data, output_dir, verbose, callbacks, resume, overwrite,
+                      distribute)
+
+
+def _train(config, data, output_dir, verbose, callbacks, resume, overwrite, distribute):
     settings = _saved_settings(config, data)
     state = _check_existing(output_dir, settings, resume, overwrite)
     if state == "finished":

@@ -278,6 +278,24 @@ class CactusModel(keras.Model):
     def call(self, inputs, training=None):
         return self.network(inputs, training=False)
 
+    def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
+        """`keras.Model.compile`, without `loss`: the loss is CACTUS's own (set by
+        `standard_weight`, `certified_loss` and `epsilon`), so a given one would be
+        silently ignored and is refused.
+
+        ```python
+        model.compile(optimizer="adam")
+        ```
+        """
+        if loss is not None:
+            raise ValueError(
+                f"CactusModel.compile got `loss`={loss!r}, which it would ignore: the loss is "
+                "CACTUS's own (standard_weight * standard cross-entropy + (1 - "
+                "standard_weight) * certified loss). Drop `loss`; set `standard_weight` or "
+                "`certified_loss` on CactusModel to change it."
+            )
+        return super().compile(optimizer, None, *args, **kwargs)
+
     @property
     def metrics(self):
         seen = {id(m) for m in super().metrics}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import time
@@ -38,7 +39,8 @@ def add_parser(subparsers):
                    help=f"trials in all, over every call (default {DEFAULT_MAX_TRIALS}; not for hyperband)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial (hyperband: the most per trial)")
     p.add_argument("--directory", required=True, help="search directory (reused to resume)")
-    p.add_argument("--project-name", default="cactus")
+    p.add_argument("--project-name", default="cactus",
+                   help="KerasTuner's project: the search lives in DIR/PROJECT_NAME")
     p.add_argument("--overwrite", action="store_true", help="delete an existing search in DIR first")
     p.add_argument("--best", action="store_true",
                    help="run no trials: print the best hyperparameters of the search in DIR and "
@@ -64,19 +66,24 @@ def add_parser(subparsers):
     p.add_argument("--search-prune-range", action="store_true",
                    help="search the training pruning range: low in 0..0.5, high in 0.5..0.95 "
                    "(default fixed 0.25..0.75)")
-    p.add_argument("--awp-steps", type=int, default=1)
+    p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
     p.add_argument("--arch", default="cnn3", help="mlp, cnn3, cnn5 or cnn7")
-    p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--batch-norm", action="store_true", help="batch norm after each hidden layer")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="samples per batch")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--validation-samples", type=int, default=1000,
                    help="first N test samples: validation and objective certificates")
-    p.add_argument("--hyperband-factor", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2])
-    p.add_argument("--no-download", action="store_true")
-    p.set_defaults(run=_run_tune)
+    p.add_argument("--hyperband-factor", type=int, default=3,
+                   help="hyperband: the reduction factor between its brackets")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the tuner, and of each trial's initialization and batches")
+    p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
+                   help="Keras's verbosity of each trial's training: 0 silent, 1 progress "
+                   "bar, 2 one line per epoch")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download the dataset (fail at once when there is no local copy)")
+    p.set_defaults(run=_run_tune, check=_check_flags)
 
 
 def _command(args):
@@ -115,24 +122,25 @@ def _command(args):
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _check_args(args):
-    """Everything that can be checked before data is loaded or a model trained."""
-    from cactus_keras import models, validation
-    from cactus_keras.tuning.objectives import check_objective_name, parse_targets
-    from cactus_keras.tuning.search import check_tuner_name
+def _check_flags(args):
+    """The checks of single flags, made before TensorFlow is imported."""
+    from cactus_keras import validation
 
     validation.check_epsilon(args.epsilon, "--epsilon")
     validation.check_epsilon_range(args.epsilon, (0.0, 1.0), "--epsilon")
-    check_tuner_name(args.tuner)
     for flag, values in (("--standard-weight", args.standard_weight), ("--awp-radius", args.awp_radius)):
         if values is not None and len(values) not in (1, 2):
             raise ValueError(f"{flag} takes one number (a fixed value) or two (LOW HIGH, a "
                              f"range), got {len(values)}: {' '.join(f'{v:g}' for v in values)}.")
-    targets = parse_targets(args.targets)
-    for name in [o for o in args.objective.split(",") if o.strip()] or [""]:
-        check_objective_name(name, targets)
-    if args.arch not in models.ARCHITECTURES:
-        raise ValueError(f"Unknown --arch {args.arch!r}; expected one of {', '.join(models.ARCHITECTURES)}.")
+    if args.mtl_alpha is not None and args.certified_loss != "mtl-ibp":
+        raise ValueError(
+            f"--mtl-alpha is searched only with --certified-loss mtl-ibp, not "
+            f"{args.certified_loss}; drop --mtl-alpha, or add --certified-loss mtl-ibp.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if os.path.exists(args.directory) and not os.path.isdir(args.directory):
+        raise ValueError(f"--directory '{args.directory}' is a file; give a directory "
+                         "(it is created if missing, and reused to resume).")
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--validation-samples", args.validation_samples),
                         ("--awp-steps", args.awp_steps), ("--hyperband-factor", args.hyperband_factor)):
@@ -140,13 +148,28 @@ def _check_args(args):
             raise ValueError(f"{flag} must be >= 1, got {value}.")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+    if args.tuner == "hyperband" and args.max_trials is not None:
+        raise ValueError(
+            "--max-trials does not apply to --tuner hyperband: Hyperband sets the number "
+            "of trials from --epochs (its max_epochs) and --hyperband-factor. Drop "
+            "--max-trials, or use --tuner random or bayesian."
+        )
+
+
+def _check_args(args):
+    """Everything that can be checked before data is loaded or a model trained."""
+    from cactus_keras import models
+    from cactus_keras.tuning.objectives import check_objective_name, parse_targets
+    from cactus_keras.tuning.search import check_tuner_name
+
+    _check_flags(args)
+    check_tuner_name(args.tuner)
+    targets = parse_targets(args.targets)
+    for name in [o for o in args.objective.split(",") if o.strip()] or [""]:
+        check_objective_name(name, targets)
+    if args.arch not in models.ARCHITECTURES:
+        raise ValueError(f"Unknown --arch {args.arch!r}; expected one of {', '.join(models.ARCHITECTURES)}.")
     if args.tuner == "hyperband":
-        if args.max_trials is not None:
-            raise ValueError(
-                "--max-trials does not apply to --tuner hyperband: Hyperband sets the number "
-                "of trials from --epochs (its max_epochs) and --hyperband-factor. Drop "
-                "--max-trials, or use --tuner random or bayesian."
-            )
         if args.epochs < 2:
             raise ValueError("--tuner hyperband needs --epochs >= 2 (the most epochs of a trial).")
     elif args.max_trials is not None and args.max_trials < 1:
@@ -227,13 +250,7 @@ def _run_tune(args):
     hypermodel = _hypermodel(args, shape)
 
     import cactus_keras
-    from cactus_keras.tuning.search import (
-        check_resume,
-        is_distributed_chief,
-        is_distributed_worker,
-        make_tuner,
-        summarize,
-    )
+    from cactus_keras.tuning.search import is_distributed_chief, is_distributed_worker
 
     data = cactus_keras.data.load(args.dataset, download=not args.no_download)
     shape.update(input_shape=data.input_shape, num_classes=data.num_classes)
@@ -251,6 +268,31 @@ def _run_tune(args):
         project_name=args.project_name,
         seed=args.seed,
         hyperband_factor=args.hyperband_factor,
+    )
+
+    if args.best or is_distributed_chief() or is_distributed_worker():
+        # --best only reads the search; KerasTuner's chief and workers share the
+        # directory by design.
+        lock = contextlib.nullcontext()
+    else:
+        # One search per directory at a time: a second `tune` into it is refused.
+        from cactus_keras.run_lock import folder_lock
+
+        lock = folder_lock(args.directory, "--directory",
+                           "wait for it to finish, or give another --directory")
+    with lock:
+        return _search(args, hypermodel, data, x, y, x_val, y_val, project_dir, config,
+                       command, tuner_kwargs, start)
+
+
+def _search(args, hypermodel, data, x, y, x_val, y_val, project_dir, config, command,
+            tuner_kwargs, start):
+    from cactus_keras.tuning.search import (
+        check_resume,
+        is_distributed_chief,
+        is_distributed_worker,
+        make_tuner,
+        summarize,
     )
 
     if args.best:
