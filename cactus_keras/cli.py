@@ -31,7 +31,7 @@ def _add_certify(subparsers):
     p.add_argument("--pgd-restarts", type=int, default=1, help="PGD restarts from random points")
     p.add_argument("--no-download", action="store_true", help="never download the dataset")
     p.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
-    p.set_defaults(run=_run_certify, check=_check_certify)
+    p.set_defaults(run=_run_certify, check_flags=_check_certify)
 
 
 def _check_certify(args):
@@ -280,7 +280,7 @@ def _add_train(subparsers):
     group.add_argument("--resume", action="store_true",
                        help="continue the run in DIR (same settings) from its last finished epoch")
     group.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
-    p.set_defaults(run=_run_train, check=_check_train)
+    p.set_defaults(run=_run_train, check_flags=_check_train)
 
 
 def _check_train(args):
@@ -511,7 +511,7 @@ def _add_evaluate(subparsers):
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
-    p.set_defaults(run=_run_evaluate, check=_check_evaluate)
+    p.set_defaults(run=_run_evaluate, check_flags=_check_evaluate)
 
 
 def _check_evaluate(args):
@@ -573,7 +573,7 @@ def _add_export(subparsers):
     p.add_argument("--float", dest="int8", action="store_false",
                    help="tflite: export float32 instead of int8 (no calibration)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
-    p.set_defaults(run=_run_export, check=_check_export)
+    p.set_defaults(run=_run_export, check_flags=_check_export)
 
 
 def _check_export(args):
@@ -657,7 +657,7 @@ def _add_export_vnnlib(subparsers):
     p.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0),
                    metavar=("LOW", "HIGH"), help="data range the boxes are cut to")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
-    p.set_defaults(run=_run_export_vnnlib, check=_check_export_vnnlib)
+    p.set_defaults(run=_run_export_vnnlib, check_flags=_check_export_vnnlib)
 
 
 # What export-vnnlib writes into its folder (all of it is deleted by --overwrite).
@@ -726,7 +726,7 @@ def _add_verify_tflite(subparsers):
                    "(tighter, uses the rounding error of LiteRT's and XNNPACK's kernels)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
-    p.set_defaults(run=_run_verify_tflite, check=_check_verify_tflite)
+    p.set_defaults(run=_run_verify_tflite, check_flags=_check_verify_tflite)
 
 
 def _check_verify_tflite(args):
@@ -919,7 +919,7 @@ def main(argv=None):
     prefix = f"cactus-keras {args.command}"
     try:
         # A bad flag value is answered at once: TensorFlow takes seconds to import.
-        check = getattr(args, "check", None)
+        check = getattr(args, "check_flags", None)
         if check is not None:
             check(args)
         _quiet_tensorflow_import()

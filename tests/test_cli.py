@@ -172,7 +172,7 @@ def test_export_then_verify_tflite(saved, capsys):
     assert cli.main(["export", "--model", str(model), "--dataset", str(data), "--output", str(tflite)]) == 0
     assert tflite.stat().st_size > 0
     report_path = directory / "verify.json"
-    assert cli.main(["verify-tflite", str(tflite), "--dataset", str(data), "--epsilon", "0.001",
+    assert cli.main(["verify-tflite", "--model", str(tflite), "--dataset", str(data), "--epsilon", "0.001",
                      "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["samples"] == 30 and report["interpreter"] in ("ai_edge_litert", "tf.lite")
@@ -185,6 +185,6 @@ def test_verify_tflite_rejects_a_corrupt_file(saved, capsys):
     directory, _, data = saved
     bad = directory / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer at all" * 10)
-    assert cli.main(["verify-tflite", str(bad), "--dataset", str(data), "--epsilon", "0.01"]) == 2
+    assert cli.main(["verify-tflite", "--model", str(bad), "--dataset", str(data), "--epsilon", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "bad.tflite" in err and "Traceback" not in err

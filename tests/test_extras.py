@@ -53,7 +53,7 @@ def test_cli_names_the_extra_of_a_missing_module(monkeypatch, capsys):
         raise ModuleNotFoundError("No module named 'ai_edge_litert'", name="ai_edge_litert")
 
     parser = cli.build_parser()
-    args = parser.parse_args(["verify-tflite", "m.tflite", "--dataset", "d", "--epsilon", "0.1"])
+    args = parser.parse_args(["verify-tflite", "--model", "m.tflite", "--dataset", "d", "--epsilon", "0.1"])
     args.run = run
     monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
     assert cli.main([]) == 2

@@ -27,7 +27,7 @@ for run in ibp cactus_awp4 cactus_awp8; do
   .venv/bin/cactus-keras export --model "$model" --dataset fashion_mnist \
     --output "$out/$run.int8.tflite" > "$out/$run.export.txt" 2>&1
   for rounding in floor_ceil nearest; do
-    .venv/bin/cactus-keras verify-tflite "$out/$run.int8.tflite" --dataset fashion_mnist \
+    .venv/bin/cactus-keras verify-tflite --model "$out/$run.int8.tflite" --dataset fashion_mnist \
       --epsilon 0.1 --rounding $rounding --json "$out/$run.verify_$rounding.json" \
       > "$out/$run.verify_$rounding.txt" 2>&1
   done

@@ -83,7 +83,7 @@ def add_parser(subparsers):
                    "bar, 2 one line per epoch")
     p.add_argument("--no-download", action="store_true",
                    help="never download the dataset (fail at once when there is no local copy)")
-    p.set_defaults(run=_run_tune, check=_check_flags)
+    p.set_defaults(run=_run_tune, check_flags=_check_flags)
 
 
 def _command(args):
