@@ -849,44 +849,21 @@ def _distributed(args):
         yield
 
 
-# TensorFlow's start-up lines that say nothing to a user of this command.
-_NOISE = ("absl::InitializeLog", "cudart_stub", "cuda_dnn", "cuda_fft", "cuda_blas",
-          "oneDNN custom operations", "computation_placer", "Unable to register",
-          "TF-TRT Warning", "This TensorFlow binary is optimized", "rebuild TensorFlow",
-          "cuInit", "failed call to cuInit", "E0000 00:00:", "W0000 00:00:", "I0000 00:00:")
-
-
 def _quiet_tensorflow_import():
     """Imports TensorFlow (the Keras backend) with its start-up logging held back:
     `TF_CPP_MIN_LOG_LEVEL` does not cover what it prints before its logging starts.
     Lines that are not start-up noise are passed on, as is everything on failure."""
     import importlib.util
-    import tempfile
+
+    from cactus_keras.quiet import native_stderr_filtered
 
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend != "tensorflow" or "tensorflow" in sys.modules:
         return
     if importlib.util.find_spec("tensorflow") is None:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        failed = False
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines()
-                    if failed or not any(n in line for n in _NOISE)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
+    with native_stderr_filtered():
+        import tensorflow  # noqa: F401
 
 
 def _translate(message, parser):

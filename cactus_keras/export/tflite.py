@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from cactus_keras import atomic_write, validation
+from cactus_keras.quiet import native_stderr_filtered
 
 
 def _network(model_or_network):
@@ -119,7 +120,8 @@ def convert(converter, what, hint=""):
     """`converter.convert()`, its assorted TF/MLIR errors turned into a short ValueError
     about `what`."""
     try:
-        return converter.convert()
+        with native_stderr_filtered():  # the converter's "fully_quantize: 0, ..." line
+            return converter.convert()
     except Exception as error:  # the converter raises assorted TF/MLIR errors
         lines = [line for line in str(error).splitlines() if line.strip()]
         summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
@@ -162,8 +164,9 @@ def _export_litert(network, samples, int8, what, hint):
     with tempfile.TemporaryDirectory(prefix="cactus_litert_") as folder:
         target = os.path.join(folder, "model.tflite")  # Keras wants the .tflite suffix
         try:
-            network.export(target, format="litert", verbose=False,
-                           **_litert_options(samples, int8))
+            with native_stderr_filtered():  # the converter's "fully_quantize: 0, ..." line
+                network.export(target, format="litert", verbose=False,
+                               **_litert_options(samples, int8))
         except Exception as error:  # the converter raises assorted TF/MLIR errors
             lines = [line for line in str(error).splitlines() if line.strip()]
             summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from cactus_keras import validation
 from cactus_keras.int8.fixed_point import round_half_away
+from cactus_keras.quiet import native_stderr_filtered
 from cactus_keras.export.integer_intervals import (
     ROUNDINGS,
     IntervalArithmetic,
@@ -127,10 +128,11 @@ def make_interpreter(path, kernels="default", preserve_all_tensors=False, num_th
         "reference": resolver.BUILTIN_REF,
     }[kernels]
     try:
-        interpreter = cls(model_path=path, experimental_op_resolver_type=resolver_type,
-                          experimental_preserve_all_tensors=preserve_all_tensors,
-                          num_threads=num_threads or os.cpu_count() or 1)
-        interpreter.allocate_tensors()
+        with native_stderr_filtered():  # LiteRT's "Created ... XNNPACK delegate" line
+            interpreter = cls(model_path=path, experimental_op_resolver_type=resolver_type,
+                              experimental_preserve_all_tensors=preserve_all_tensors,
+                              num_threads=num_threads or os.cpu_count() or 1)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         message = str(error).strip().splitlines()
         raise TFLiteFormatError(
