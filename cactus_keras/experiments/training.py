@@ -15,6 +15,7 @@ import numpy as np
 
 from cactus_keras import atomic_write, backend, models, validation
 from cactus_keras.data.digest import data_digest
+from cactus_keras.experiments.progress import EpochLine
 from cactus_keras.run_lock import folder_lock
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
@@ -690,9 +691,12 @@ def _train(config, data, output_dir, verbose, callbacks, resume, overwrite, dist
                 *schedule_callbacks(config),
                 InterruptSafeBackup(os.path.join(output_dir, BACKUP)),
                 keras.callbacks.CSVLogger(log_path, append=state == "unfinished"),
+                # Keras's verbose=2 line holds every member's metrics: one short line
+                # instead, the members' in the CSV log and a table at the end.
+                *([EpochLine(config.epochs)] if verbose == 2 else []),
                 *callbacks,
             ],
-            verbose=verbose,
+            verbose=0 if verbose == 2 else verbose,
         )
     model.save(os.path.join(output_dir, "model.keras"))
     model.network.save(os.path.join(output_dir, "network.keras"))
