@@ -62,8 +62,7 @@ def _run_experiment(args):
         _preflight(config, data, args.output)
         print(f"{config.name}: {data.name} ({data.source}), epsilon {config.epsilon:g}, "
               f"{config.seeds} seed(s)")
-        for name in config.ordered_runs():
-            print(f"  {name}: {config.methods[name].spec()}")
+        print(format_plan(config))
         return 0
     from cactus_keras.experiments.runner import run_experiment
 
@@ -76,3 +75,87 @@ def _run_experiment(args):
     print(f"plots:  {os.path.join(args.output, 'certified_vs_pruning.png')}, "
           f"{os.path.join(args.output, 'clean_vs_certified.png')}")
     return 0
+
+
+# Settings whose pair of numbers is a range (written 0.5-0.95), not a list of values.
+_RANGES = ("ratio", "prune_range")
+
+
+def _value(value, key=""):
+    """A spec value as a reader writes it: 0.5-0.95 for a range, a list space-separated,
+    names bare."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        if key.rpartition(".")[2] in _RANGES and len(value) == 2:
+            return f"{_value(value[0])}-{_value(value[1])}"
+        return " ".join(_value(v) for v in value)
+    return str(value)
+
+
+def _flat(table, prefix=""):
+    """{"training.arch": "cnn3", ...}; None values (a default not in use) left out."""
+    items = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            items.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def _lines(items, indent="    ", width=88):
+    """`key value, key value` wrapped to `width`; a list of member tables one per line."""
+    lines, line = [], ""
+    for key, value in items.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lines.append(f"{indent}{key}:")
+            for table in value:
+                kind = table.get("kind", "")
+                rest = ", ".join(f"{k} {_value(v, k)}" for k, v in table.items()
+                                 if k != "kind" and v is not None)
+                lines.append(f"{indent}  {kind}: {rest}")
+            continue
+        cell = f"{key} {_value(value, key)}"
+        if line and len(indent) + len(line) + 2 + len(cell) > width:
+            lines.append(indent + line)
+            line = ""
+        line = f"{line}, {cell}" if line else cell
+    if line:
+        lines.append(indent + line)
+    return lines
+
+
+def format_plan(config):
+    """The resolved plan of `experiment --check`: the settings every method shares
+    once, then each run's own, grouped by table (training, evaluation)."""
+    names = config.ordered_runs()
+    specs = {name: _flat(config.methods[name].spec()) for name in names}
+    common = {k: v for k, v in specs[names[0]].items()
+              if len(names) > 1 and all(k in s and s[k] == v for s in specs.values())}
+    out = [f"runs, in order: {', '.join(names)}"]
+
+    def grouped(items):
+        groups = {}
+        for key, value in items.items():
+            head, _, rest = key.partition(".")
+            groups.setdefault(head if rest else "", {})[rest or key] = value
+        lines = []
+        for head, group in groups.items():
+            if head:
+                lines.append(f"  {head}:")
+                lines.extend(_lines(group))
+            else:
+                lines.extend(_lines(group, indent="  "))
+        return lines
+
+    if common:
+        out.append("every run:")
+        out.extend(grouped(common))
+    for name in names:
+        own = {k: v for k, v in specs[name].items() if k not in common}
+        out.append(f"{name}:")
+        out.extend(grouped(own) or ["  (nothing of its own)"])
+    return "\n".join(out)
