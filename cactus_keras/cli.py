@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -76,6 +77,12 @@ def _load_model(path, flag="--model"):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files.
+        if "safe_mode" in str(exc):
+            raise ValueError(
+                f"{flag} '{path}' holds a Lambda layer (Python code), which Keras does not "
+                "load from a file unless told the file is trusted; replace the Lambda layer "
+                "with a built-in or registered layer and save the model again."
+            ) from None
         raise ValueError(f"{flag}: could not load the model '{path}': {_one_line(exc)}") from None
 
 
@@ -866,9 +873,33 @@ def _quiet_tensorflow_import():
         import tensorflow  # noqa: F401
 
 
+# API phrases that reach the command line, in its own words: the commands read the
+# images and labels from --dataset, and write .tflite files with `export`.
+_API_PHRASES = (
+    (re.compile(r"`x` has (\d+) samples but `y` has (\d+) labels"),
+     r"the dataset has \1 images but \2 labels"),
+    (re.compile(r"`x` is empty; pass at least one sample"),
+     "the split has no samples; give a dataset that has some"),
+    (re.compile(r"`x` has"), "the dataset's images have"),
+    (re.compile(r"`x` must"), "the dataset's images must"),
+    (re.compile(r"\s*\(?(?:Reshape the data |Pass inputs shaped like the training data )?\(?for example,? add(?:ing)? a channel axis "
+                r"with x\[\.\.\., None\]\)?(?: to match the model input)?\.?\)?"),
+     " Give a dataset whose images have the model's input shape, or a model built for "
+     "these images."),
+    (re.compile(r"cactus_keras\.export\.to_tflite\(\.\.\., int8=True\)"),
+     "`cactus-keras export` (without --float)"),
+    (re.compile(r"\bverify_tflite\b"), "verify-tflite"),
+    (re.compile(r"`x`"), "the dataset's images"),
+    (re.compile(r"`y`"), "the dataset's labels"),
+)
+
+
 def _translate(message, parser):
     """An API message in the command's vocabulary: `name` (a parameter) becomes the
-    flag that sets it (--name), `name=True` the switch."""
+    flag that sets it (--name), `name=True` the switch, and API phrases (`x`,
+    `to_tflite(..., int8=True)`) the command's words."""
+    for pattern, replacement in _API_PHRASES:
+        message = pattern.sub(replacement, message)
     if parser is None:
         return message
     for action in parser._actions:
@@ -922,7 +953,12 @@ def main(argv=None):
             text = f"{exc.strerror or exc}: '{exc.filename}'"
         else:
             text = str(exc)
-        print(f"{prefix}: error: {_translate(text, command_parser)}", file=sys.stderr)
+        from cactus_keras.experiments.errors import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            # A config's errors name its TOML keys (`seeds`), not the flags.
+            text = _translate(text, command_parser)
+        print(f"{prefix}: error: {text}", file=sys.stderr)
         return 2
 
 

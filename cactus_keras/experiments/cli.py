@@ -32,19 +32,28 @@ def add_parser(subparsers):
                    "to an .npz with x_train, y_train, x_test, y_test")
     p.add_argument("--check", action="store_true", help="validate the config and the data, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run_experiment)
+    p.set_defaults(run=_run_experiment, check_flags=_check_flags)
+
+
+def _check_flags(args):
+    """The checks of single flags, made before TensorFlow is imported. (The config's
+    own errors name its TOML keys; these name the flags.)"""
+    if (args.config is None) == (args.example is None):
+        raise ValueError("Give an experiment config (CONFIG.toml) or --example NAME, not "
+                         + ("both." if args.config else "(neither was given)."))
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output '{args.output}' is a file; give a directory (it is "
+                         "created if missing, and reused to resume).")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be a positive number of runs per method, got "
+                         f"{args.seeds}.")
 
 
 def _run_experiment(args):
     from cactus_keras.experiments.config import example_config, load_config
 
-    if (args.config is None) == (args.example is None):
-        raise ValueError("Give an experiment config (CONFIG.toml) or --example NAME, not "
-                         + ("both." if args.config else "(neither was given)."))
+    _check_flags(args)
     path = example_config(args.example) if args.example else args.config
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--output '{args.output}' is a file; give a directory (it is "
-                         "created if missing, and reused to resume).")
     config = load_config(path, seeds=args.seeds, dataset=args.dataset)
     source = ["--example", args.example] if args.example else [args.config]
     command = shlex.join(["cactus-keras", "experiment", *source, "--output", args.output]

@@ -41,7 +41,7 @@ def load_data(config):
                 "to a directory of IDX files or CIFAR-10 batches, or to an .npz with "
                 "x_train, y_train, x_test, y_test.")
         raise ConfigError(
-            f"`dataset` {config.dataset!r} (replacing the config's "
+            f"dataset {config.dataset!r} (given in place of the config's "
             f"{config.config_dataset!r}): {text}{hint}") from None
 
 
