@@ -19,10 +19,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
 from cactus_keras.export.tflite import _network, write_file
+from cactus_keras.quiet import native_stderr_filtered
 
 ONNX_INSTALL = "pip install 'cactus-keras[onnx]' (onnx, onnxruntime and tf2onnx)"
 
@@ -66,7 +68,12 @@ def to_onnx(model_or_network, path, opset_version=None):
     with tempfile.TemporaryDirectory(prefix="cactus_onnx_") as folder:
         target = os.path.join(folder, "model.onnx")
         try:
-            network.export(target, format="onnx", verbose=False, opset_version=opset_version)
+            with warnings.catch_warnings(), native_stderr_filtered():
+                # Keras's tf2onnx shim probes `np.object` (a NumPy FutureWarning), and the
+                # converter logs its progress natively: neither is the user's to act on.
+                warnings.filterwarnings("ignore", message=".*np\\.object", category=FutureWarning)
+                network.export(target, format="onnx", verbose=False,
+                               opset_version=opset_version)
         except Exception as error:  # tf2onnx raises assorted conversion errors
             lines = [line for line in str(error).splitlines() if line.strip()]
             summary = "; ".join(lines[:3])[:600] if lines else type(error).__name__
