@@ -108,11 +108,18 @@ def test_train_accepts_the_flags_of_its_members():
     cli._check_train(args)  # no error
 
 
-def test_tune_refuses_mtl_alpha_without_mtl_ibp(data, tmp_path, capsys):
+@pytest.mark.parametrize("extra, flag", [
+    (["--mtl-alpha", "0.2", "0.8"], "--mtl-alpha"),
+    (["--hyperband-factor", "4"], "--hyperband-factor"),
+    (["--targets", "prune:0.5", "--awp-radius", "1"], "--awp-radius"),
+    (["--targets", "prune:0.5", "--awp-steps", "3"], "--awp-steps"),
+    (["--targets", "quantize:8", "--search-prune-range"], "--search-prune-range"),
+])
+def test_tune_refuses_flags_its_search_does_not_use(data, tmp_path, capsys, extra, flag):
     _, path, _ = data
     assert cli.main(["tune", "--dataset", str(path), "--epsilon", "0.01", "--directory",
-                     str(tmp_path / "t"), "--mtl-alpha", "0.2", "0.8"]) == 2
-    assert "--mtl-alpha" in _error(capsys) and not (tmp_path / "t").exists()
+                     str(tmp_path / "t"), *extra]) == 2
+    assert flag in _error(capsys) and not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize("extra, flag", [

@@ -66,7 +66,8 @@ def add_parser(subparsers):
     p.add_argument("--search-prune-range", action="store_true",
                    help="search the training pruning range: low in 0..0.5, high in 0.5..0.95 "
                    "(default fixed 0.25..0.75)")
-    p.add_argument("--awp-steps", type=int, default=1, help="AWP ascent steps")
+    p.add_argument("--awp-steps", type=int, default=None,
+                   help="quantization member: AWP ascent steps (default: 1)")
     p.add_argument("--arch", default="cnn3", help="mlp, cnn3, cnn5 or cnn7")
     p.add_argument("--batch-norm", action="store_true", help="batch norm after each hidden layer")
     p.add_argument("--ibp-init", action="store_true", help="IBP initialization (Shi et al. 2021)")
@@ -74,8 +75,8 @@ def add_parser(subparsers):
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--validation-samples", type=int, default=1000,
                    help="first N test samples: validation and objective certificates")
-    p.add_argument("--hyperband-factor", type=int, default=3,
-                   help="hyperband: the reduction factor between its brackets")
+    p.add_argument("--hyperband-factor", type=int, default=None,
+                   help="hyperband: the reduction factor between its brackets (default: 3)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the tuner, and of each trial's initialization and batches")
     p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
@@ -122,9 +123,23 @@ def _command(args):
     return " ".join(shlex.quote(p) for p in parts)
 
 
+# Flags whose default is filled in by _check_flags, so that one given where it does
+# not apply can be refused.
+_DEFAULTS = {"awp_steps": 1, "hyperband_factor": 3}
+
+
 def _check_flags(args):
     """The checks of single flags, made before TensorFlow is imported."""
     from cactus_keras import validation
+
+    if not hasattr(args, "given"):
+        args.given = {name for name in _DEFAULTS if getattr(args, name) is not None}
+        for name, default in _DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if "hyperband_factor" in args.given and args.tuner != "hyperband":
+        raise ValueError(f"--hyperband-factor applies to --tuner hyperband only, not "
+                         f"{args.tuner}; drop --hyperband-factor, or use --tuner hyperband.")
 
     validation.check_epsilon(args.epsilon, "--epsilon")
     validation.check_epsilon_range(args.epsilon, (0.0, 1.0), "--epsilon")
@@ -175,6 +190,21 @@ def _check_args(args):
     elif args.max_trials is not None and args.max_trials < 1:
         raise ValueError(f"--max-trials must be >= 1, got {args.max_trials}.")
     return targets
+
+
+def _check_members_flags(args, hypermodel):
+    """A flag of a member that the training set does not have would be searched or
+    written into the results without effect: refused."""
+    compression = hypermodel.compression
+    for flag, given, member in (
+            ("--awp-radius", args.awp_radius is not None, "quant"),
+            ("--awp-steps", "awp_steps" in args.given, "quant"),
+            ("--search-prune-range", args.search_prune_range, "prune")):
+        if given and member not in compression:
+            raise ValueError(
+                f"{flag} configures the {member} member, which this search does not train "
+                f"(--compression {compression}, from --targets {args.targets} unless given); "
+                f"drop {flag}, or give --compression {'prune+quant'}.")
 
 
 def _hypermodel(args, shape_holder):
@@ -248,6 +278,7 @@ def _run_tune(args):
     _check_args(args)
     shape = {}
     hypermodel = _hypermodel(args, shape)
+    _check_members_flags(args, hypermodel)
 
     import cactus_keras
     from cactus_keras.tuning.search import is_distributed_chief, is_distributed_worker
