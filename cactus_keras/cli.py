@@ -894,17 +894,29 @@ _API_PHRASES = (
 )
 
 
-def _translate(message, parser):
+def _given_dests(parser, argv):
+    """The parameters (dests) of the flags written in `argv`."""
+    if parser is None:
+        return set()
+    words = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return {action.dest for action in parser._actions
+            if any(w in action.option_strings or any(o.startswith(w) and len(w) > 2
+                                                    for o in action.option_strings)
+                   for w in words)}
+
+
+def _translate(message, parser, only=None):
     """An API message in the command's vocabulary: `name` (a parameter) becomes the
     flag that sets it (--name), `name=True` the switch, and API phrases (`x`,
-    `to_tflite(..., int8=True)`) the command's words."""
+    `to_tflite(..., int8=True)`) the command's words. `only`: the parameters to
+    translate (default all)."""
     for pattern, replacement in _API_PHRASES:
         message = pattern.sub(replacement, message)
     if parser is None:
         return message
     for action in parser._actions:
         flags = [o for o in action.option_strings if o.startswith("--")]
-        if not flags:
+        if not flags or (only is not None and action.dest not in only):
             continue
         flag = flags[0]
         message = message.replace(f"`{action.dest}=True`", flag)
@@ -955,9 +967,10 @@ def main(argv=None):
             text = str(exc)
         from cactus_keras.experiments.errors import ConfigError
 
-        if not isinstance(exc, ConfigError):
-            # A config's errors name its TOML keys (`seeds`), not the flags.
-            text = _translate(text, command_parser)
+        # A config's errors name its TOML keys (`seeds`): flags only where one was given
+        # (then the key's value is the flag's).
+        given = _given_dests(command_parser, argv) if isinstance(exc, ConfigError) else None
+        text = _translate(text, command_parser, given)
         print(f"{prefix}: error: {text}", file=sys.stderr)
         return 2
 

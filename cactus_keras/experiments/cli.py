@@ -146,7 +146,7 @@ def format_plan(config):
               if len(names) > 1 and all(k in s and s[k] == v for s in specs.values())}
     out = [f"runs, in order: {', '.join(names)}"]
 
-    def grouped(items):
+    def grouped(items, indent):
         groups = {}
         for key, value in items.items():
             head, _, rest = key.partition(".")
@@ -154,17 +154,18 @@ def format_plan(config):
         lines = []
         for head, group in groups.items():
             if head:
-                lines.append(f"  {head}:")
-                lines.extend(_lines(group))
+                lines.append(f"{indent}{head}:")
+                lines.extend(_lines(group, indent=indent + "  "))
             else:
-                lines.extend(_lines(group, indent="  "))
+                lines.extend(_lines(group, indent=indent))
         return lines
 
     if common:
         out.append("every run:")
-        out.extend(grouped(common))
+        out.extend(grouped(common, "  "))
+    out.append("each run's own settings:")
     for name in names:
         own = {k: v for k, v in specs[name].items() if k not in common}
-        out.append(f"{name}:")
-        out.extend(grouped(own) or ["  (nothing of its own)"])
+        out.append(f"  {name}:")
+        out.extend(grouped(own, "    ") or ["    (nothing of its own)"])
     return "\n".join(out)

@@ -41,7 +41,7 @@ def load_data(config):
                 "to a directory of IDX files or CIFAR-10 batches, or to an .npz with "
                 "x_train, y_train, x_test, y_test.")
         raise ConfigError(
-            f"dataset {config.dataset!r} (given in place of the config's "
+            f"`dataset` {config.dataset!r} (replacing the config's "
             f"{config.config_dataset!r}): {text}{hint}") from None
 
 
@@ -79,8 +79,10 @@ def _preflight(config, data, output, digest=None):
                     saved = json.load(f)
                 spec = _spec(config, method, seed, digest)
                 if saved != spec:
+                    other = ("data" if saved.get("data_digest") not in (None, digest)
+                             else "settings")
                     raise ConfigError(
-                        f"{os.path.dirname(path)} holds a run made with other settings than "
+                        f"{os.path.dirname(path)} holds a run made with other {other} than "
                         f"this config's ({'; '.join(_differences(saved, spec))}); use another "
                         "--output, or delete that folder to rerun it."
                     )

@@ -240,7 +240,7 @@ def _hypermodel(args, shape_holder):
         learning_rate=args.learning_rate,
         search_learning_rate=args.search_learning_rate,
         search_prune_range=args.search_prune_range,
-        awp_steps=args.awp_steps,
+        awp_steps=_DEFAULTS["awp_steps"] if args.awp_steps is None else args.awp_steps,
         ibp_init=args.ibp_init,
         seed=args.seed,
     )
