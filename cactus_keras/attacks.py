@@ -14,6 +14,7 @@ from keras import ops
 
 from cactus_keras import backend, validation
 from cactus_keras.bounds.margins import input_box
+from cactus_keras.quiet import progress_verbosity
 
 
 @dataclasses.dataclass
@@ -123,8 +124,12 @@ def pgd(
     value_and_grad = backend.value_and_input_gradient(margin_objective(model))
     x_adv = np.empty_like(x)
     margin = np.empty(len(x), "float32")
-    show = verbose == "auto" and len(x) > batch_size or verbose is True or verbose == 1
-    progress = keras.utils.Progbar(len(x), unit_name="sample") if show else None
+    if verbose == "auto":
+        verbose = progress_verbosity() if len(x) > batch_size else 0
+    elif verbose is True:
+        verbose = progress_verbosity()
+    progress = (keras.utils.Progbar(len(x), unit_name="sample", verbose=int(verbose))
+                if verbose in (1, 2) else None)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         box = input_box(xb, epsilon, input_range)

@@ -132,6 +132,8 @@ def _run_certify(args):
     import cactus_keras
     from cactus_keras import validation
 
+    from cactus_keras.quiet import progress_verbosity
+
     start = time.perf_counter()
     _check_certify(args)
     from cactus_keras.bounds.margins import check_bound
@@ -161,7 +163,8 @@ def _run_certify(args):
     if args.pgd_steps > 0:
         print(f"PGD attack ({args.pgd_steps} steps, {args.pgd_restarts} restart(s)):", flush=True)
         attack = cactus_keras.attacks.pgd(
-            network, x, y, args.epsilon, steps=args.pgd_steps, restarts=args.pgd_restarts, verbose=1
+            network, x, y, args.epsilon, steps=args.pgd_steps, restarts=args.pgd_restarts,
+            verbose=progress_verbosity(),
         )
         broken = int((result.certified & attack.attacked).sum())
         if broken:

@@ -54,3 +54,16 @@ def native_stderr_filtered(noise=NOISE):
                     if failed or not any(n in line for n in noise)]
             if kept:
                 print("\n".join(kept), file=sys.stderr)
+
+
+def progress_verbosity():
+    """Keras's `verbose` for a progress bar on this stdout: 1 (the live bar) on a
+    terminal, else 2 (one line at the end). Keras's bar writes ANSI colour codes
+    whenever the platform is POSIX, even into a file or a pipe.
+
+    ```python
+    model.predict(x, verbose=progress_verbosity())
+    ```
+    """
+    stdout = sys.stdout
+    return 1 if hasattr(stdout, "isatty") and stdout.isatty() else 2

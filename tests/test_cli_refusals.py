@@ -427,6 +427,15 @@ def test_export_and_verify_print_no_native_lines(data, tmp_path, capfd):
     assert "certified accuracy" in captured.out
 
 
+def test_progress_bars_write_no_ansi_codes_into_a_pipe(data, capfd):
+    _, path, model = data
+    assert cli.main(["certify", "--model", str(model), "--dataset", str(path), "--epsilon",
+                     "0.01", "--pgd-steps", "2"]) == 0
+    captured = capfd.readouterr()
+    assert "12/12" in captured.out  # the attack's progress, as one final line
+    assert "\x1b" not in captured.out + captured.err
+
+
 def test_experiment_check_prints_a_readable_plan():
     from cactus_keras.experiments.cli import format_plan
     from cactus_keras.experiments.config import example_config, load_config

@@ -11,6 +11,7 @@ from cactus_keras import backend, validation
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.margins import BoundedModel, check_bound
 from cactus_keras.bounds.propagation import crown_bytes_per_sample
+from cactus_keras.quiet import progress_verbosity
 
 DEFAULT_BATCH_SIZE = {"ibp": 512, "crown-ibp": 256, "crown": 64, "alpha-crown": 64, "best": 64}
 # The bounds that run CROWN's backward refinement (memory grows with the widths squared).
@@ -164,7 +165,8 @@ def certify(
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     bounded = _bounded_model(model, bound, input_range)
     if verbose == "auto":
-        verbose = 1 if len(x) > batch_size else 0
+        # No ANSI colour codes into a file or pipe (Keras's bar writes them on POSIX).
+        verbose = progress_verbosity() if len(x) > batch_size else 0
     with backend.full_precision():
         outputs = bounded.predict(
             (x, y.astype("int32"), np.full(len(x), epsilon, "float32")),
