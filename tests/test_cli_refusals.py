@@ -327,6 +327,14 @@ def test_cli_errors_speak_the_commands_words(data, tmp_path, capsys):
                      "--epsilon", "0.01"]) == 2
     line = _error(capsys)
     assert "x[..., None]" not in line and "`x`" not in line and "dataset's images" in line
+    lambda_net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 1.0),
+                                   keras.layers.Flatten(), keras.layers.Dense(4)])
+    lambda_model = tmp_path / "lambda.keras"
+    lambda_net.save(lambda_model)
+    assert cli.main(["certify", "--model", str(lambda_model), "--dataset", str(path),
+                     "--epsilon", "0.01"]) == 2
+    line = _error(capsys)
+    assert "safe_mode" not in line and "Lambda layer" in line
     text = cli._translate("'m.tflite' is not a full-integer int8 model: float. verify_tflite "
                           "certifies it; export it with cactus_keras.export.to_tflite(..., "
                           "int8=True).", None)
