@@ -18,6 +18,7 @@ from cactus_keras.compression.member import (
     member_from_config,
     member_kinds,
     register_member,
+    unregister_member,
 )
 from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning

@@ -163,6 +163,24 @@ def register_member(kind, package="cactus_keras"):
     return decorator
 
 
+def unregister_member(kind):
+    """Removes the member class registered under `kind` (a no-op for an unknown kind),
+    so that configs can no longer name it. Keras's serialization registry keeps the
+    class, under its own `package>ClassName` key, which is harmless.
+
+    Example:
+
+    ```python
+    cactus_keras.compression.register_member("my_quantizer")(MyQuantizer)
+    ...
+    cactus_keras.compression.unregister_member("my_quantizer")
+    ```
+    """
+    cls = _REGISTRY.pop(kind, None)
+    if cls is not None and cls.kind == kind:
+        cls.kind = None
+
+
 def member_kinds():
     return sorted(_REGISTRY)
 
