@@ -400,3 +400,31 @@ def test_schedule_callbacks_keep_every_schedule():
                          member_weight_ramp="epsilon")
     names = sorted(type(c).__name__ for c in schedule_callbacks(config))
     assert names == ["EpochLearningRate", "EpsilonRamp", "MemberWeightRamp", "StandardWeightRamp"]
+
+
+def test_a_model_saved_before_member_weight_existed_loads_by_its_config():
+    from cactus_keras import keras_internals
+
+    model = cactus_keras.CactusModel(_net(), 0.05, member_weight=0.4,
+                                     compression=[cactus_keras.FixedMaskPruning(0.5, name="a")])
+    own = keras_internals.own_variables(model)
+    for i, variable in enumerate(own):
+        variable.assign(np.full(variable.shape, i + 2, variable.dtype))
+    # An old weights file: the model's own variables without member_weight, in order.
+    store = {str(i): np.asarray(v.value) for i, v in
+             enumerate(v for v in own if v is not model.member_weight)}
+    config = model.get_config()
+    del config["member_weight"]
+    old = cactus_keras.CactusModel.from_config(config)
+    old.load_own_variables(store)
+    for mine, theirs in zip(keras_internals.own_variables(old), own):
+        if theirs is model.member_weight:
+            assert float(mine.value) == 1.0  # the default, as old models trained with
+        else:
+            np.testing.assert_array_equal(mine.value, theirs.value)
+    # A current config with the same file is Keras's mismatch, not a silent old load.
+    current = cactus_keras.CactusModel.from_config(model.get_config())
+    with pytest.raises(ValueError):
+        current.load_own_variables(store)
+    with pytest.raises(ValueError, match="saved before `member_weight` existed"):
+        cactus_keras.CactusModel.from_config(config).load_own_variables({"0": store["0"]})

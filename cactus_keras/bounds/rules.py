@@ -10,6 +10,27 @@ same rule serves float, masked and fake-quantized weights (for example inside
 * `MonotoneRule`: the layer is monotone non-decreasing in every input, so the interval
   of the output is `[f(lower), f(upper)]`. An elementwise rule may also give a linear
   relaxation for CROWN; without one CROWN uses the output interval itself.
+
+Shape contracts (what every rule method takes and returns; `B` is the batch, `S` the
+number of margin specifications of a backward pass, `in_k` the static shape of the
+layer's k-th input without the batch (`rule.input_shapes[k]`), `out` that of its
+output):
+
+| method | takes | returns |
+| --- | --- | --- |
+| `parameters(clean_inputs, training)` | list of `(B, *in_k)` (clean inputs) | anything; passed back as `params` |
+| `forward(inputs, params, training)` | list of `(B, *in_k)` | `(B, *out)` |
+| `interval(boxes, params)` | list of `Box`, each side `(B, *in_k)` | `Box`, each side `(B, *out)` |
+| `AffineRule.linear` / `abs_linear(inputs, params)` | list of `(B, *in_k)` | `(B, *out)`, without the offset |
+| `AffineRule.offset(params)` | | broadcastable to `(B, *out)`, or None |
+| `AffineRule.transpose(coefficients, params)` | `(B, S, *out)` | list of `(B, S, *in_k)`, one per input |
+| `MonotoneRule.function(x)` | `(B, *in_0)` | `(B, *out)` |
+| `MonotoneRule.relaxation(lower, upper)` | `(B, *in_0)` each | `Relaxation` of four `(B, *in_0)` tensors (elementwise layers only) |
+| `MonotoneRule.free_lower_slopes(lower, upper)` | `(B, *in_0)` each | float mask `(B, *in_0)`, or None |
+
+Every tensor is in the rule's `compute_dtype`. Rules must not change the batch
+dimension, and a rule of a layer with one input still receives and returns lists
+where the table says so.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 import keras
 import numpy as np
 
-from cactus_keras import atomic_write, backend, models, validation
+from cactus_keras import atomic_write, backend, keras_internals, models, validation
 from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.member_tables import member_table, members_from_tables
@@ -461,7 +461,7 @@ class EpochOfBatches(keras.callbacks.Callback):
         self.batches.epoch = epoch
 
 
-class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
+class InterruptSafeBackup(keras_internals.WrapsBackupWrite, keras.callbacks.BackupAndRestore):
     """Keras's `BackupAndRestore` (at each epoch's end, kept after training), with
     Ctrl-C held back while a backup is written, so that it is never left half-written.
 
@@ -486,25 +486,25 @@ class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
                 for variable, value in zip(variables, values):
                     variable.assign(value)
 
-    def _save_model(self):
+    def write_backup(self, save):
         if threading.current_thread() is not threading.main_thread():
-            return self._save_all()
+            return self._save_all(save)
         pending = []
         previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
         try:
-            self._save_all()
+            self._save_all(save)
         finally:
             signal.signal(signal.SIGINT, previous)
         if pending:
             raise KeyboardInterrupt
 
-    def _save_all(self):
+    def _save_all(self, save):
         import io
 
         buffer = io.BytesIO()
         np.savez(buffer, **{f"v{i}": keras.ops.convert_to_numpy(v.value)
                             for i, v in enumerate(self.model.non_trainable_variables)})
-        super()._save_model()
+        save()
         atomic_write.write_bytes(self._states_path, buffer.getvalue())
 
 
