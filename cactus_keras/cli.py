@@ -221,7 +221,7 @@ def _add_train(subparsers):
                    "(replaces --compression and its flags --prune-range, --pruning-method, "
                    "--bits, --awp-radius, --awp-steps): e.g. --member "
                    "pruning:ratio=0.5-0.95,pruning_method=global_l1 --member "
-                   "quantization:bits=4,awp_radius=0.5; KIND is pruning, quantization or "
+                   "awp_quantization:bits=4,awp_radius=0.5; KIND is pruning, awp_quantization or "
                    "another registered kind, KEY its settings (A-B is a range)")
     p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
                    help="pruning ratios of training are sampled from [A, B]")
@@ -282,7 +282,7 @@ def _run_train(args):
             raise ValueError(
                 "--compression and --member both give the compression set; use one "
                 "(--member replaces --compression, e.g. --member "
-                "pruning:ratio=0.5-0.95 --member quantization:bits=4)."
+                "pruning:ratio=0.5-0.95 --member awp_quantization:bits=4)."
             )
         compression = member_tables(args.members)
     else:

@@ -175,7 +175,7 @@ def test_fake_quantize_is_the_dequantized_kernels_of_the_int8_file(models):
     graph = export.load_integer_graph(path)
     weights = [graph.tensors[op.inputs[1]] for op in graph.ops
                if op.name in ("CONV_2D", "FULLY_CONNECTED")]
-    kernels = cactus_keras.compression.prunable_kernels(net)
+    kernels = cactus_keras.compression.compressible_kernels(net)
     assert len(weights) == len(kernels) == 3
     for kernel, tensor in zip(kernels, weights):
         kernel = np.asarray(kernel.value)

@@ -91,7 +91,7 @@ def test_a_user_member_gives_the_compressed_network_it_stands_for():
     model = _model()
     x, y = _data()
     network = model.apply_compression("pow2")
-    for kernel in cactus_keras.compression.prunable_kernels(network):
+    for kernel in cactus_keras.compression.compressible_kernels(network):
         w = np.abs(np.asarray(kernel.value))
         nonzero = w[w > 0]
         np.testing.assert_allclose(np.log2(nonzero), np.round(np.log2(nonzero)), atol=1e-6)
@@ -127,7 +127,7 @@ def test_members_are_checked_and_found_by_kind():
 _NON_DEFAULT_SETTINGS = {
     "pruning": {"ratio": [0.3, 0.6], "pruning_method": "global_l2_structured", "name": "p"},
     "fixed_mask_pruning": {"ratio": 0.4, "pruning_method": "local_l1", "name": "f"},
-    "quantization": {"bits": 4, "awp_radius": 0.25, "awp_steps": 2, "per_channel": False, "name": "q"},
+    "awp_quantization": {"bits": 4, "awp_radius": 0.25, "awp_steps": 2, "per_channel": False, "name": "q"},
     "straight_through_quantization": {"bits": 6, "per_channel": False, "name": "s"},
     "test_power_of_two": {"min_exponent": -4, "exclude_output": True, "name": "pow"},
 }
@@ -150,3 +150,11 @@ def test_every_member_kind_round_trips_through_config_and_tables(kind):
     # Through Keras serialization too (how a saved CactusModel stores its members).
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(member))
     assert type(restored) is type(member) and restored.get_config() == config
+
+
+def test_the_built_in_member_kinds_are_the_vocabulary():
+    from cactus_keras import vocabulary
+
+    built_in = [k for k in member_kinds() if k != "test_power_of_two"]
+    assert sorted(built_in) == sorted(vocabulary.MEMBER_KINDS)
+    assert cactus_keras.AWPQuantization.kind == vocabulary.AWP_QUANTIZATION == "awp_quantization"

@@ -77,7 +77,7 @@ _member = st.one_of(
         _ratio, _ratio, st.sampled_from(PRUNING_METHODS)),
     st.builds(lambda ratio, method: cactus_keras.FixedMaskPruning(ratio, method),
               _ratio, st.sampled_from(PRUNING_METHODS)),
-    st.builds(lambda bits, radius, steps, per_channel: cactus_keras.Quantization(
+    st.builds(lambda bits, radius, steps, per_channel: cactus_keras.AWPQuantization(
         bits=bits, awp_radius=radius, awp_steps=steps, per_channel=per_channel),
         st.integers(2, 8), st.floats(0.0, 2.0).map(lambda r: round(r, 3)),
         st.integers(1, 4), st.booleans()),

@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 import keras
 
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 
 _REGISTRY = {}
 
@@ -106,7 +106,7 @@ class CompressionMember:
         return [self.name]
 
     def select_kernels(self, network: keras.Model) -> list[keras.Variable]:
-        return prunable_kernels(network, self.excludes_output)
+        return compressible_kernels(network, self.excludes_output)
 
     def build(
         self,
@@ -216,7 +216,7 @@ def check_members(members: Sequence[CompressionMember]) -> list[CompressionMembe
             raise TypeError(
                 f"Compression member {member!r} is not a "
                 "cactus_keras.compression.CompressionMember; members are objects such as "
-                "cactus_keras.Pruning(ratio=(0.25, 0.75)) or cactus_keras.Quantization(bits=8), "
+                "cactus_keras.Pruning(ratio=(0.25, 0.75)) or cactus_keras.AWPQuantization(bits=8), "
                 "or a subclass of CompressionMember of your own."
             )
     names = [n for m in members for n in m.names()]

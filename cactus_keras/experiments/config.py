@@ -37,7 +37,7 @@ source = "ibp"                 # the run whose networks it fine-tunes, at every 
 [methods.cactus-set]           # any set: a list of member tables, each with its settings
 method = "cactus"
 compression = [{kind = "pruning", ratio = [0.5, 0.95], pruning_method = "global_l1"},
-               {kind = "quantization", bits = 4}]
+               {kind = "awp_quantization", bits = 4}]
 member_weight = 1.0            # each member's weight relative to the full network
 member_weight_ramp = "epsilon" # the weight follows the epsilon ramp ("none": constant)
 member_batch_fraction = 0.25   # each member trains on its own quarter of each batch

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from cactus_keras import atomic_write, backend, keras_internals, models, validation
-from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning
@@ -72,7 +72,7 @@ class TrainConfig:
     TrainConfig(dataset="fashion_mnist", epsilon=0.1, compression=[
         {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
         {"kind": "pruning", "ratio": [0.1, 0.6], "pruning_method": "global_l2_structured"},
-        {"kind": "quantization", "bits": 8}, {"kind": "quantization", "bits": 4}],
+        {"kind": "awp_quantization", "bits": 8}, {"kind": "awp_quantization", "bits": 4}],
         member_weight=1.0, member_weight_ramp="epsilon", member_batch_fraction=0.25)
     ```
     """
@@ -123,7 +123,7 @@ class TrainConfig:
             raise ValueError(
                 f"Unknown compression {self.compression!r}; expected one of "
                 f"{', '.join(COMPRESSIONS)}, or a list of member tables such as "
-                '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "quantization", bits = 4}].'
+                '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "awp_quantization", bits = 4}].'
             )
         check_pruning_method(self.pruning_method)
         self.prune_range = tuple(self.prune_range)
@@ -202,7 +202,7 @@ class TrainConfig:
                 # Pruning calls its range `ratio`; here it is `prune_range`.
                 raise type(exc)(str(exc).replace("`ratio`", "`prune_range`")) from None
         if "quant" in self.compression:
-            members.append(Quantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
+            members.append(AWPQuantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
 
     def compression_names(self):

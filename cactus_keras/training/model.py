@@ -76,7 +76,7 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
         network: a Sequential or functional Keras model returning logits.
         epsilon: L-infinity training radius in the data space (the target of a ramp).
         compression: a list of members (`cactus_keras.compression.CompressionMember`),
-            e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)), cactus_keras.Quantization(bits=8)]`;
+            e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)), cactus_keras.AWPQuantization(bits=8)]`;
             empty for plain certified training. The quantization member is AWP in
             training and the fake-quantized network in evaluation (so
             `certified_accuracy_quantized` is that of the quantized kernels).

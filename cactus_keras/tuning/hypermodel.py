@@ -9,7 +9,7 @@ import keras
 import keras_tuner
 
 from cactus_keras import backend, validation
-from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.compression.quantization import check_bits
@@ -315,7 +315,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
             members.append(Pruning(ratio=ratio, pruning_method=self.pruning_method))
         if "quant" in self.compression:
             members.append(
-                Quantization(bits=self.bits, awp_radius=values["awp_radius"], awp_steps=self.awp_steps)
+                AWPQuantization(bits=self.bits, awp_radius=values["awp_radius"], awp_steps=self.awp_steps)
             )
         model = CactusModel(
             network,
