@@ -213,17 +213,18 @@ def _add_train(subparsers):
     p.add_argument("--lr-decay-factor", type=float, default=None,
                    help="step: the learning rate is multiplied by this, in (0, 1] (default 0.2)")
     p.add_argument("--compression", default=None,
-                   help="none (plain IBP training), prune, quant or prune+quant (default: prune); "
+                   help="none (plain IBP training), pruning, awp_quantization or "
+                   "pruning+awp_quantization (default: pruning); "
                    "--member gives any other set")
     p.add_argument("--member", dest="members", action="append", default=None,
                    metavar="KIND:KEY=VALUE,...",
                    help="a member of the compression set with its own settings, repeatable "
-                   "(replaces --compression and its flags --prune-range, --pruning-method, "
+                   "(replaces --compression and its flags --ratio, --pruning-method, "
                    "--bits, --awp-radius, --awp-steps): e.g. --member "
                    "pruning:ratio=0.5-0.95,pruning_method=global_l1 --member "
                    "awp_quantization:bits=4,awp_radius=0.5; KIND is pruning, awp_quantization or "
                    "another registered kind, KEY its settings (A-B is a range)")
-    p.add_argument("--prune-range", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
+    p.add_argument("--ratio", type=float, nargs=2, default=(0.25, 0.75), metavar=("A", "B"),
                    help="pruning ratios of training are sampled from [A, B]")
     p.add_argument("--pruning-method", default="global_l1", help="global_l1, local_l1 or global_l2_structured")
     p.add_argument("--bits", type=int, default=8, help="bit width the quantization member targets")
@@ -286,7 +287,7 @@ def _run_train(args):
             )
         compression = member_tables(args.members)
     else:
-        compression = "prune" if args.compression is None else args.compression
+        compression = "pruning" if args.compression is None else args.compression
     config = TrainConfig(
         dataset=args.dataset,
         epsilon=args.epsilon,
@@ -299,7 +300,7 @@ def _run_train(args):
         lr_decay_epochs=None if args.lr_decay_epochs is None else tuple(args.lr_decay_epochs),
         lr_decay_factor=args.lr_decay_factor,
         compression=compression,
-        prune_range=tuple(args.prune_range),
+        ratio=tuple(args.ratio),
         pruning_method=args.pruning_method,
         bits=args.bits,
         awp_radius=args.awp_radius,
@@ -427,9 +428,9 @@ def _add_evaluate(subparsers):
     p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
-    p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
-    p.add_argument("--pruning-method", default="global_l1", help="comma-separated pruning methods")
-    p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
+    p.add_argument("--ratios", default="0,0.5,0.7", help="comma-separated pruning ratios (empty for none)")
+    p.add_argument("--pruning-methods", default="global_l1", help="comma-separated pruning methods")
+    p.add_argument("--bits-list", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
     p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
@@ -460,9 +461,9 @@ def _run_evaluate(args):
         x,
         y,
         args.epsilon,
-        pruning=_parse_list(args.prune, float, "--prune"),
-        pruning_method=_parse_list(args.pruning_method, str, "--pruning-method"),
-        bits=_parse_list(args.bits, int, "--bits"),
+        pruning=_parse_list(args.ratios, float, "--ratios"),
+        pruning_method=_parse_list(args.pruning_methods, str, "--pruning-methods"),
+        bits=_parse_list(args.bits_list, int, "--bits-list"),
         bound=args.bound,
         recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,
     )

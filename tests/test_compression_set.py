@@ -99,8 +99,8 @@ def test_toml_tables_and_cli_members_build_the_api_set():
     # The short forms still give their members; the IBP run has none.
     ibp = config.train_config(config.methods["ibp"].overrides(), seed=0)
     assert ibp.compression == "none" and ibp.compression_members() == []
-    short = TrainConfig(dataset="d", epsilon=0.1, compression="prune+quant", bits=4,
-                        prune_range=(0.5, 0.9))
+    short = TrainConfig(dataset="d", epsilon=0.1, compression="pruning+awp_quantization", bits=4,
+                        ratio=(0.5, 0.9))
     assert _configs(short.compression_members()) == _configs(
         [cactus_keras.Pruning(ratio=(0.5, 0.9)), cactus_keras.AWPQuantization(bits=4)])
 
@@ -345,7 +345,7 @@ def test_bad_toml_names_the_key(cactus, message):
      r"--member 'awp_quantization:bits=9' \(kind 'awp_quantization'\): bits must be an integer from 2 to 8"),
     (["--member", "pruning:ratio=0.5", "--member", "pruning:ratio=0.7"],
      "--member: the members' names must be distinct"),
-    (["--member", "pruning", "--compression", "prune"],
+    (["--member", "pruning", "--compression", "pruning"],
      "--compression and --member both give the compression set"),
     (["--member-batch-fraction", "0"], r"--member-batch-fraction must be in \(0, 1\]"),
     (["--member-weight", "-1"], "--member-weight .*must be a finite number >= 0"),

@@ -75,7 +75,7 @@ ALL_METHODS = """
 method = "ibp-then-compress"
 [methods.cactus]
 method = "cactus"
-compression = "prune+quant"
+compression = "pruning+awp_quantization"
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
 epochs = 1
@@ -353,7 +353,7 @@ def test_parse_config_is_usable_from_python():
         "experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
         "methods": {"c": {"method": "cactus"}, "i": {"method": "ibp-then-compress"}},
     })
-    assert config.train_config(config.methods["c"].overrides(), seed=3).compression == "prune+quant"
+    assert config.train_config(config.methods["c"].overrides(), seed=3).compression == "pruning+awp_quantization"
     assert config.train_config(config.methods["i"].overrides(), seed=3).compression == "none"
 
 

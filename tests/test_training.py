@@ -234,7 +234,7 @@ def test_short_run_on_fashion_mnist_raises_certified_accuracy_of_full_and_pruned
     config = TrainConfig(
         dataset="fashion_mnist", epsilon=0.05, arch="cnn3", epochs=4, warmup_epochs=1,
         ramp_epochs=2, standard_weight=0.0, ibp_init=True, limit=3000, validation_samples=0,
-        prune_range=(0.5, 0.5),
+        ratio=(0.5, 0.5),
     )
     x, y = data.x_test[:500], data.y_test[:500]
     untrained = build_model(config, data.input_shape, data.num_classes)

@@ -22,6 +22,17 @@ TEXT_REPLACEMENTS = [
     # The AWP member is named after its method: class AWPQuantization, kind awp_quantization.
     ('"kind": "quantization"', '"kind": "awp_quantization"'),
     ('kind = "quantization"', 'kind = "awp_quantization"'),
+    # TrainConfig names its training set's short forms by the member kinds, and its
+    # pruning range by the member's setting `ratio`.
+    ('"compression": "prune+quant"', '"compression": "pruning+awp_quantization"'),
+    ('"compression": "prune"', '"compression": "pruning"'),
+    ('"compression": "quant"', '"compression": "awp_quantization"'),
+    ('"train_compression": "prune+quant"', '"train_compression": "pruning+awp_quantization"'),
+    ('"train_compression": "prune"', '"train_compression": "pruning"'),
+    ('"train_compression": "quant"', '"train_compression": "awp_quantization"'),
+    ('compression = "prune+quant"', 'compression = "pruning+awp_quantization"'),
+    ('"prune_range":', '"ratio":'),
+    ('prune_range = ', 'ratio = '),
 ]
 KERAS_CONFIG_REPLACEMENTS = [
     ('"class_name": "Quantization"', '"class_name": "AWPQuantization"'),

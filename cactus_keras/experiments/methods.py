@@ -272,14 +272,14 @@ class Cactus(TrainedMethod):
         # for the IBP runs, so CACTUS's own default is the full compression set.
         overrides = super().overrides()
         if self.config.training.get("compression", "none") == "none":
-            overrides.setdefault("compression", "prune+quant")
+            overrides.setdefault("compression", "pruning+awp_quantization")
         return overrides
 
     def check_compression(self, compression):
         if compression in ("none", []):
             raise ConfigError(
-                f"{self.where}: a cactus run needs compression prune, quant, "
-                "prune+quant or a list of member tables; for plain IBP training use "
+                f"{self.where}: a cactus run needs compression pruning, awp_quantization, "
+                "pruning+awp_quantization or a list of member tables; for plain IBP training use "
                 "method = \"ibp-then-compress\"."
             )
 

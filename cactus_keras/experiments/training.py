@@ -13,7 +13,7 @@ import threading
 import keras
 import numpy as np
 
-from cactus_keras import atomic_write, backend, keras_internals, models, validation
+from cactus_keras import atomic_write, backend, keras_internals, models, validation, vocabulary
 from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.member_tables import member_table, members_from_tables
@@ -33,7 +33,7 @@ from cactus_keras.training.batch_slices import check_member_batch_fraction
 from cactus_keras.training.model import check_member_weight
 
 # The short forms of `compression`; a list of member tables gives any set.
-COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
+COMPRESSIONS = vocabulary.TRAIN_COMPRESSIONS
 # "epsilon": the members' weight follows the epsilon ramp (MemberWeightRamp).
 MEMBER_WEIGHT_RAMPS = ("none", "epsilon")
 # Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
@@ -55,8 +55,9 @@ class TrainConfig:
     70% and 85% of `epochs`, as Shi et al. 2021 and CTBench) or "cosine"
     (`training.EpochLearningRate`). `ibp_regularization` (Shi et al.'s regularisers
     during the ramp) and `l1_regularization` are `CactusModel`'s options.
-    The compression set: `compression` is a short form ("none", "prune", "quant",
-    "prune+quant", set by `prune_range`, `pruning_method`, `bits`, `awp_radius`,
+    The compression set: `compression` is a short form ("none", "pruning",
+    "awp_quantization", "pruning+awp_quantization", set by the members' own settings
+    `ratio`, `pruning_method`, `bits`, `awp_radius`,
     `awp_steps`), or a list of member tables, each `{"kind": KIND, **settings}` with its
     own settings (`cactus_keras.compression.members_from_tables`, which names the
     unnamed members); the short-form fields are then unused. A list is stored with
@@ -87,8 +88,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_decay_epochs: tuple | None = None
     lr_decay_factor: float | None = None
-    compression: str | list = "prune"
-    prune_range: tuple = (0.25, 0.75)
+    compression: str | list = "pruning"
+    ratio: tuple = (0.25, 0.75)
     pruning_method: str = "global_l1"
     bits: int = 8
     awp_radius: float = 0.5
@@ -126,7 +127,7 @@ class TrainConfig:
                 '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "awp_quantization", bits = 4}].'
             )
         check_pruning_method(self.pruning_method)
-        self.prune_range = tuple(self.prune_range)
+        self.ratio = tuple(self.ratio)
         # Building the members validates their arguments before any training.
         members = self.compression_members()
         if not isinstance(self.compression, str):
@@ -195,13 +196,10 @@ class TrainConfig:
         if not isinstance(self.compression, str):
             return members_from_tables(self.compression, key="compression")
         members = []
-        if "prune" in self.compression:
-            try:
-                members.append(Pruning(ratio=tuple(self.prune_range), pruning_method=self.pruning_method))
-            except (TypeError, ValueError) as exc:
-                # Pruning calls its range `ratio`; here it is `prune_range`.
-                raise type(exc)(str(exc).replace("`ratio`", "`prune_range`")) from None
-        if "quant" in self.compression:
+        kinds = self.compression.split("+")
+        if vocabulary.PRUNING in kinds:
+            members.append(Pruning(ratio=tuple(self.ratio), pruning_method=self.pruning_method))
+        if vocabulary.AWP_QUANTIZATION in kinds:
             members.append(AWPQuantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
 
@@ -213,7 +211,7 @@ class TrainConfig:
 
     def to_dict(self):
         data = dataclasses.asdict(self)
-        data["prune_range"] = list(self.prune_range)
+        data["ratio"] = list(self.ratio)
         if self.lr_decay_epochs is not None:
             data["lr_decay_epochs"] = list(self.lr_decay_epochs)
         return data

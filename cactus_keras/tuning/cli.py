@@ -44,8 +44,8 @@ def add_parser(subparsers):
                    help="run no trials: print the best hyperparameters of the search in DIR and "
                    "write DIR/best_model.keras and DIR/best_network.keras")
     p.add_argument("--compression", default=None,
-                   help="members of the training set (what trains), as in `train`: none, prune, "
-                   "quant or prune+quant (default: from --targets)")
+                   help="members of the training set (what trains), as in `train`: none, pruning, "
+                   "awp_quantization or pruning+awp_quantization (default: from --targets)")
     p.add_argument("--standard-weight", type=float, nargs="+", default=None, metavar="LAMBDA",
                    help="lambda: LOW HIGH searches that range, one number fixes it (default 0.0 0.9)")
     p.add_argument("--awp-radius", type=float, nargs="+", default=None, metavar="ETA",
