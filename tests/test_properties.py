@@ -106,3 +106,37 @@ def test_member_tables_round_trip(members):
     names = [n for m in rebuilt for n in m.names()]
     assert len(set(names)) == len(names)
     assert [{k: v for k, v in member_table(m).items() if k != "name"} for m in rebuilt] == unnamed
+
+
+_target = st.one_of(
+    st.builds(lambda r, m: (f"prune:{r:g}" if m == "global_l1" else f"prune:{r:g}:{m}"),
+              st.floats(0.01, 0.99).map(lambda r: round(r, 2)), st.sampled_from(PRUNING_METHODS)),
+    st.integers(2, 8).map(lambda b: f"quantize:{b}"),
+)
+
+
+@FAST
+@given(texts=st.lists(_target, min_size=1, max_size=4, unique=True))
+def test_targets_parse_back_from_their_spec(texts):
+    from cactus_keras import vocabulary
+    from cactus_keras.tuning import parse_targets
+
+    targets = parse_targets(",".join(texts))
+    assert [t.spec for t in targets] == texts
+    assert parse_targets([t.spec for t in targets]) == targets
+    assert all(t.form in vocabulary.EVALUATED_FORMS for t in targets)
+    # Keys are metric suffixes: distinct targets, distinct keys.
+    assert len({t.key for t in targets}) == len(targets)
+
+
+@FAST
+@given(ratio=st.tuples(_ratio, _ratio).map(sorted), method=st.sampled_from(PRUNING_METHODS),
+       bits=st.integers(2, 8), radius=st.floats(0.0, 2.0).map(lambda r: round(r, 3)))
+def test_cli_member_flags_parse_to_the_tables_they_write(ratio, method, bits, radius):
+    from cactus_keras.cli import parse_member
+
+    low, high = ratio
+    assert parse_member(f"pruning:ratio={low:g}-{high:g},pruning_method={method}") == {
+        "kind": "pruning", "ratio": [low, high], "pruning_method": method}
+    assert parse_member(f"awp_quantization:bits={bits},awp_radius={radius!r},per_channel=false") == {
+        "kind": "awp_quantization", "bits": bits, "awp_radius": radius, "per_channel": False}

@@ -215,7 +215,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         self.epsilon = validation.check_epsilon(epsilon)
         self.targets = parse_targets(targets)
         if compression is None:
-            kinds = {t.kind for t in self.targets}
+            kinds = {t.form for t in self.targets}
             parts = [member for member, form in ((vocabulary.PRUNING, vocabulary.PRUNE),
                                                   (vocabulary.AWP_QUANTIZATION, vocabulary.QUANTIZE))
                      if form in kinds]
@@ -249,8 +249,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
                 f"{high!r}: let the ranges meet at most at one value (e.g. (0.0, 0.5) and "
                 "(0.5, 0.95))."
             )
-        quant_targets = [t.bits for t in self.targets if t.kind == "quantize"]
-        prune_targets = [t.pruning_method for t in self.targets if t.kind == "prune"]
+        quant_targets = [t.bits for t in self.targets if t.form == vocabulary.QUANTIZE]
+        prune_targets = [t.pruning_method for t in self.targets if t.form == vocabulary.PRUNE]
         self.bits = check_bits(bits if bits is not None else (quant_targets[0] if quant_targets else 8))
         self.pruning_method = check_pruning_method(
             pruning_method if pruning_method is not None else (prune_targets[0] if prune_targets else "global_l1")
