@@ -35,7 +35,7 @@ _EXPORTS = {
     "CompressionMember": "cactus_keras.compression",
     "FixedMaskPruning": "cactus_keras.compression",
     "Pruning": "cactus_keras.compression",
-    "Quantization": "cactus_keras.compression",
+    "AWPQuantization": "cactus_keras.compression",
     "StraightThroughQuantization": "cactus_keras.compression",
     "register_member": "cactus_keras.compression",
     "CactusModel": "cactus_keras.training",

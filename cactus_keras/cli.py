@@ -10,6 +10,8 @@ import re
 import sys
 import time
 
+from cactus_keras import vocabulary
+
 
 def _add_certify(subparsers):
     p = subparsers.add_parser(
@@ -230,27 +232,28 @@ def _add_train(subparsers):
     p.add_argument("--lr-decay-factor", type=float, default=None,
                    help="step: the learning rate is multiplied by this, in (0, 1] (default 0.2)")
     p.add_argument("--compression", default=None,
-                   help="none (plain IBP training), prune, quant or prune+quant (default: prune); "
+                   help="none (plain IBP training), pruning, awp_quantization or "
+                   "pruning+awp_quantization (default: pruning); "
                    "--member gives any other set")
     p.add_argument("--member", dest="members", action="append", default=None,
                    metavar="KIND:KEY=VALUE,...",
                    help="a member of the compression set with its own settings, repeatable "
-                   "(replaces --compression and its flags --prune-range, --pruning-method, "
+                   "(replaces --compression and its flags --ratio, --pruning-method, "
                    "--bits, --awp-radius, --awp-steps): e.g. --member "
                    "pruning:ratio=0.5-0.95,pruning_method=global_l1 --member "
-                   "quantization:bits=4,awp_radius=0.5; KIND is pruning, quantization or "
+                   "awp_quantization:bits=4,awp_radius=0.5; KIND is pruning, awp_quantization or "
                    "another registered kind, KEY its settings (A-B is a range)")
     # None: not given, so that a flag the chosen --compression does not use is refused.
-    p.add_argument("--prune-range", type=float, nargs=2, default=None, metavar=("A", "B"),
-                   help="prune: pruning ratios of training are sampled from [A, B] "
+    p.add_argument("--ratio", type=float, nargs=2, default=None, metavar=("A", "B"),
+                   help="pruning: pruning ratios of training are sampled from [A, B] "
                    "(default: 0.25 0.75)")
     p.add_argument("--pruning-method", default=None,
-                   help="prune: global_l1, local_l1 or global_l2_structured (default: global_l1)")
+                   help="pruning: global_l1, local_l1 or global_l2_structured (default: global_l1)")
     p.add_argument("--bits", type=int, default=None,
-                   help="quant: bit width the quantization member targets (default: 8)")
+                   help="awp_quantization: bit width the quantization member targets (default: 8)")
     p.add_argument("--awp-radius", type=float, default=None,
-                   help="quant: eta, the AWP radius in quantization steps (default: 0.5)")
-    p.add_argument("--awp-steps", type=int, default=None, help="quant: AWP ascent steps (default: 1)")
+                   help="awp_quantization: eta, the AWP radius in quantization steps (default: 0.5)")
+    p.add_argument("--awp-steps", type=int, default=None, help="awp_quantization: AWP ascent steps (default: 1)")
     p.add_argument("--standard-weight", type=float, default=0.5, help="lambda, weight of the standard loss")
     p.add_argument("--member-weight", type=float, default=1.0,
                    help="weight of each compressed member relative to the full network")
@@ -315,11 +318,11 @@ def _check_train(args):
             raise ValueError(
                 "--compression and --member both give the compression set; use one "
                 "(--member replaces --compression, e.g. --member "
-                "pruning:ratio=0.5-0.95 --member quantization:bits=4)."
+                "pruning:ratio=0.5-0.95 --member awp_quantization:bits=4)."
             )
         _check_compression_flags(args, [parse_member(t) for t in args.members])
     else:
-        _check_compression_flags(args, "prune" if args.compression is None else args.compression)
+        _check_compression_flags(args, "pruning" if args.compression is None else args.compression)
     if args.resume and not _holds_run(args.output):
         raise ValueError(
             f"--resume: '{args.output}' holds no run to resume (no config.json or backup); "
@@ -343,7 +346,7 @@ def _run_train(args):
     if args.members:
         compression = member_tables(args.members)
     else:
-        compression = "prune" if args.compression is None else args.compression
+        compression = "pruning" if args.compression is None else args.compression
     _check_compression_flags(args, compression)
     config = TrainConfig(
         dataset=args.dataset,
@@ -358,7 +361,7 @@ def _run_train(args):
         lr_decay_factor=args.lr_decay_factor,
         compression=compression,
         **{name: value for name, value in (
-            ("prune_range", None if args.prune_range is None else tuple(args.prune_range)),
+            ("ratio", None if args.ratio is None else tuple(args.ratio)),
             ("pruning_method", args.pruning_method), ("bits", args.bits),
             ("awp_radius", args.awp_radius), ("awp_steps", args.awp_steps),
         ) if value is not None},
@@ -403,8 +406,8 @@ def _run_train(args):
 
 
 # The flags of --compression's members, and the member each configures.
-_COMPRESSION_FLAGS = {"prune": ("--prune-range", "--pruning-method"),
-                      "quant": ("--bits", "--awp-radius", "--awp-steps")}
+_COMPRESSION_FLAGS = {vocabulary.PRUNING: ("--ratio", "--pruning-method"),
+                      vocabulary.AWP_QUANTIZATION: ("--bits", "--awp-radius", "--awp-steps")}
 
 
 def _check_compression_flags(args, compression):
@@ -418,11 +421,11 @@ def _check_compression_flags(args, compression):
                 raise ValueError(
                     f"{flag} does not apply with --member (each --member gives its own "
                     f"settings, e.g. {MEMBER_EXAMPLE}); drop {flag}.")
-            if compression in ("none", "prune", "quant", "prune+quant") and member not in compression:
+            if compression in vocabulary.TRAIN_COMPRESSIONS and member not in compression.split("+"):
                 raise ValueError(
                     f"{flag} configures the {member} member, which --compression "
                     f"{compression} does not train; drop {flag}, or use --compression "
-                    f"{member if compression == 'none' else 'prune+quant'}.")
+                    f"{member if compression == 'none' else vocabulary.TRAIN_COMPRESSIONS[-1]}.")
 
 
 MEMBER_EXAMPLE = "--member pruning:ratio=0.5-0.95,pruning_method=global_l1"
@@ -513,9 +516,9 @@ def _add_evaluate(subparsers):
     p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
-    p.add_argument("--prune", default="0,0.5,0.7", help="comma-separated ratios (empty for none)")
-    p.add_argument("--pruning-method", default="global_l1", help="comma-separated pruning methods")
-    p.add_argument("--bits", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
+    p.add_argument("--ratios", default="0,0.5,0.7", help="comma-separated pruning ratios (empty for none)")
+    p.add_argument("--pruning-methods", default="global_l1", help="comma-separated pruning methods")
+    p.add_argument("--bits-list", default="", help="comma-separated bit widths of fake-quantized kernels, e.g. 8,4")
     p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (max of ibp and alpha-crown)")
     p.add_argument("--recalibrate-batchnorm", action="store_true", help="recompute batch-norm statistics of each pruned network on 2048 training samples")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
@@ -553,9 +556,9 @@ def _run_evaluate(args):
         x,
         y,
         args.epsilon,
-        pruning=_parse_list(args.prune, float, "--prune"),
-        pruning_method=_parse_list(args.pruning_method, str, "--pruning-method"),
-        bits=_parse_list(args.bits, int, "--bits"),
+        pruning=_parse_list(args.ratios, float, "--ratios"),
+        pruning_method=_parse_list(args.pruning_methods, str, "--pruning-methods"),
+        bits=_parse_list(args.bits_list, int, "--bits-list"),
         bound=args.bound,
         recalibrate_batchnorm=dataset.x_train if args.recalibrate_batchnorm else None,
     )

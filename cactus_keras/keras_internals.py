@@ -1,9 +1,12 @@
 """Every use of a private Keras or KerasTuner API, in one place.
 
 Keras has no public way to read a functional model's graph (its nodes by depth), to
-update the metrics passed to `compile` from an overridden `compute_metrics`, or to ask
-KerasTuner whether this process is the chief of a distributed search. When a Keras
-release changes one of these, this module is the only one to mend.
+update the metrics passed to `compile` from an overridden `compute_metrics`, to list a
+layer's own variables in the order its weights file stores them, to build a
+distributed model on one replica's batch, to wrap what `BackupAndRestore` writes, or to
+ask KerasTuner whether this process is the chief of a distributed search. When a Keras
+release changes one of these, this module is the only one to mend
+(tests/test_layers.py fails on a private Keras name used anywhere else).
 """
 
 from __future__ import annotations
@@ -22,6 +25,32 @@ def sequential_functional(model):
 def compiled_metrics(model):
     """The `CompileMetrics` container of the metrics given to `compile`, or None."""
     return getattr(model, "_compile_metrics", None)
+
+
+def own_variables(layer):
+    """The variables `layer` itself created (not its sublayers'), in the order
+    `Layer.save_own_variables` stores them (keys "0", "1", ...)."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+class BuildsOnOneReplica:
+    """Mixin for a `keras.Model` subclass: the TensorFlow trainer's symbolic build uses
+    one replica's first batch (see `symbolic_build`). List it before `keras.Model`."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        return symbolic_build(self, super()._maybe_symbolic_build, iterator, data_batch)
+
+
+class WrapsBackupWrite:
+    """Mixin for a `keras.callbacks.BackupAndRestore` subclass: every backup it writes
+    goes through `write_backup(save)`, where `save()` writes Keras's own backup. List it
+    before `BackupAndRestore`."""
+
+    def _save_model(self):
+        self.write_backup(super()._save_model)
+
+    def write_backup(self, save):
+        save()
 
 
 def tuner_has_chief():

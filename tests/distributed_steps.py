@@ -88,7 +88,7 @@ def _steps(distribute, output, fraction=1.0, interleave=0):
         model = cactus_keras.CactusModel(
             net, epsilon=0.05, standard_weight=0.3, seed=1, member_batch_fraction=fraction,
             compression=[cactus_keras.Pruning(ratio=(0.25, 0.75)),
-                         cactus_keras.Quantization(bits=4, awp_radius=1.0)])
+                         cactus_keras.AWPQuantization(bits=4, awp_radius=1.0)])
         model.compile(optimizer=keras.optimizers.SGD(0.5))
         history = model.fit(x, y, sample_weight=sample_weight, batch_size=GLOBAL_BATCH,
                             epochs=1, shuffle=False, verbose=0)

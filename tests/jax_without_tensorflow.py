@@ -45,7 +45,7 @@ method = "ibp-then-compress"
 
 [methods.cactus]
 method = "cactus"
-compression = "prune+quant"
+compression = "pruning+awp_quantization"
 
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
@@ -69,9 +69,9 @@ def main(work):
     common = ["--dataset", data, "--epsilon", "0.02"]
     steps = [
         ["train", *common, "--arch", "mlp", "--epochs", "2", "--batch-size", "32",
-         "--compression", "prune+quant", "--validation-samples", "16", "--output", run],
-        ["evaluate", "--model", os.path.join(run, "model.keras"), *common, "--prune", "0,0.5",
-         "--bits", "8", "--json", os.path.join(work, "evaluate.json")],
+         "--compression", "pruning+awp_quantization", "--validation-samples", "16", "--output", run],
+        ["evaluate", "--model", os.path.join(run, "model.keras"), *common, "--ratios", "0,0.5",
+         "--bits-list", "8", "--json", os.path.join(work, "evaluate.json")],
         ["certify", "--model", os.path.join(run, "network.keras"), *common, "--pgd-steps", "3",
          "--json", os.path.join(work, "certify.json")],
     ]

@@ -105,4 +105,60 @@ def pooling(seed):
     return _randomize(keras.Model(inputs, x, name="pooling"), seed)
 
 
-BUILDERS = {"mlp": mlp, "cnn": cnn, "residual": residual, "pooling": pooling}
+def volumes(seed):
+    inputs = keras.Input((6, 6, 6, 1))
+    x = layers.ZeroPadding3D(1)(inputs)
+    x = layers.Cropping3D(((1, 0), (0, 1), (1, 1)))(x)
+    x = layers.Conv3D(3, 2, activation="relu")(x)
+    x = layers.SpatialDropout3D(0.2)(x)
+    x = layers.MaxPooling3D(2)(x)
+    x = layers.AveragePooling3D((1, 1, 2))(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling3D()(x), layers.GlobalMaxPooling3D()(x)])
+    x = layers.Dense(4)(x)
+    return _randomize(keras.Model(inputs, x, name="volumes"), seed)
+
+
+def sequences(seed):
+    """The 1D and 2D layers the other builders leave out, and the layers that are the
+    identity at inference (noise, dropouts, regularization)."""
+    inputs = keras.Input((8, 3))
+    x = layers.ZeroPadding1D(1)(inputs)
+    x = layers.GaussianNoise(0.1)(x)
+    x = layers.Conv1D(4, 3)(x)
+    x = layers.ELU()(x)
+    x = layers.SpatialDropout1D(0.2)(x)
+    x = layers.MaxPooling1D(2)(x)
+    a = layers.GlobalAveragePooling1D()(x)
+    b = layers.Reshape((4, 4, 1))(x)
+    b = layers.Cropping2D(((1, 0), (0, 1)))(b)
+    b = layers.SpatialDropout2D(0.2)(b)
+    b = layers.GlobalMaxPooling2D()(b)
+    x = layers.Concatenate()([a, b])
+    x = layers.Dense(6, activation="relu")(x)
+    x = layers.ActivityRegularization(l1=0.01)(x)
+    x = layers.AlphaDropout(0.2)(x)
+    x = layers.GaussianDropout(0.2)(x)
+    x = layers.Identity()(x)
+    x = layers.Dense(3)(x)
+    return _randomize(keras.Model(inputs, x, name="sequences"), seed)
+
+
+BUILDERS = {
+    "mlp": mlp,
+    "cnn": cnn,
+    "residual": residual,
+    "pooling": pooling,
+    "volumes": volumes,
+    "sequences": sequences,
+}
+
+
+def layer_classes(model):
+    """The classes of the layers of `model`, nested models' layers included."""
+    classes = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            classes |= layer_classes(layer)
+        else:
+            classes.add(type(layer))
+    return classes

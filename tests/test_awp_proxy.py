@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import awp_proxy  # noqa: E402
 
 from cactus_keras.bounds import input_box, margin_lower_bounds, parse_network  # noqa: E402
-from cactus_keras.compression import prunable_kernels  # noqa: E402
+from cactus_keras.compression import compressible_kernels  # noqa: E402
 from cactus_keras.compression.quantization import fake_quantize  # noqa: E402
 from cactus_keras.training.losses import certified_loss  # noqa: E402
 
@@ -52,7 +52,7 @@ def test_losses_at_the_quantized_kernels_and_at_the_awp_point(problem):
     assert zero["awp1"] == pytest.approx(original, rel=1e-5)
     assert zero["awp10"] == pytest.approx(original, rel=1e-5)
     # The quantized loss is that of the network with its kernels quantized.
-    kernels = prunable_kernels(network)
+    kernels = compressible_kernels(network)
     saved = [k.numpy() for k in kernels]
     for k in kernels:
         k.assign(fake_quantize(k.value, 4, True))

@@ -96,7 +96,7 @@ def test_train_then_evaluate(saved, capsys):
     out = directory / "run"
     code = cli.main(
         ["train", "--dataset", str(data), "--epsilon", "0.01", "--arch", "cnn3", "--epochs", "2",
-         "--batch-size", "10", "--compression", "prune", "--prune-range", "0.3", "0.6",
+         "--batch-size", "10", "--compression", "pruning", "--ratio", "0.3", "0.6",
          "--pruning-method", "local_l1", "--standard-weight", "0.5", "--validation-samples", "0",
          "--output", str(out)]
     )
@@ -108,7 +108,7 @@ def test_train_then_evaluate(saved, capsys):
     report_path = directory / "eval.json"
     code = cli.main(
         ["evaluate", "--model", str(out / "model.keras"), "--dataset", str(data), "--epsilon", "0.01",
-         "--prune", "0,0.5,0.7", "--pruning-method", "global_l1,global_l2_structured", "--json", str(report_path)]
+         "--ratios", "0,0.5,0.7", "--pruning-methods", "global_l1,global_l2_structured", "--json", str(report_path)]
     )
     assert code == 0
     report = json.loads(report_path.read_text())
@@ -125,13 +125,13 @@ def test_train_then_evaluate(saved, capsys):
     [
         (["--compression", "quantize"], "compression"),
         (["--arch", "resnet"], "arch"),
-        (["--prune-range", "0.5", "1.5"], "[0, 1)"),
+        (["--ratio", "0.5", "1.5"], "[0, 1)"),
         (["--epochs", "1", "--warmup-epochs", "1"], "--warmup-epochs"),
         (["--epochs", "3", "--ramp-epochs", "10"], "epsilon would never reach its target"),
-        (["--prune-range", "0.6", "0.4"], "--prune-range"),
+        (["--ratio", "0.6", "0.4"], "--ratio"),
         (["--epsilon", "5"], "covers the whole data range"),
-        (["--compression", "quant", "--bits", "9"], "2 to 8"),
-        (["--compression", "prune+quant", "--awp-radius", "-1"], "eta"),
+        (["--compression", "awp_quantization", "--bits", "9"], "2 to 8"),
+        (["--compression", "pruning+awp_quantization", "--awp-radius", "-1"], "eta"),
         (["--certified-loss", "pgd"], "Unknown --certified-loss 'pgd'"),
         (["--certified-loss", "mtl-ibp", "--mtl-alpha", "1.5"], "--mtl-alpha"),
         (["--certified-loss", "sabr", "--attack-steps", "0"], "--attack-steps"),
@@ -152,14 +152,14 @@ def test_train_quantization_aware_then_evaluate_bits(saved):
     out = directory / "quant"
     assert cli.main(
         ["train", "--dataset", str(data), "--epsilon", "0.01", "--epochs", "2", "--batch-size", "10",
-         "--compression", "prune+quant", "--bits", "4", "--awp-radius", "0.6", "--validation-samples", "0",
+         "--compression", "pruning+awp_quantization", "--bits", "4", "--awp-radius", "0.6", "--validation-samples", "0",
          "--output", str(out)]
     ) == 0
     assert "certified_accuracy_quantized" in (out / "training_log.csv").read_text().splitlines()[0]
     report_path = directory / "quant.json"
     assert cli.main(
         ["evaluate", "--model", str(out / "model.keras"), "--dataset", str(data), "--epsilon", "0.01",
-         "--prune", "", "--bits", "8,4", "--json", str(report_path)]
+         "--ratios", "", "--bits-list", "8,4", "--json", str(report_path)]
     ) == 0
     rows = json.loads(report_path.read_text())["rows"]
     assert [(r["form"], r["bits"]) for r in rows] == [("quantize", 8), ("quantize", 4)]

@@ -62,7 +62,7 @@ def trained(data):
     """A finished one-epoch run with a pruning and a quantization member."""
     directory, path, _ = data
     out = directory / "run"
-    assert cli.main(_train(path, out, "--compression", "prune+quant")) == 0
+    assert cli.main(_train(path, out, "--compression", "pruning+awp_quantization")) == 0
     return out
 
 
@@ -85,9 +85,9 @@ def _lock(folder, pid):
 # Item 5: settings accepted and ignored.
 
 @pytest.mark.parametrize("extra, flag", [
-    (["--compression", "prune", "--bits", "4"], "--bits"),
-    (["--compression", "prune", "--awp-radius", "3"], "--awp-radius"),
-    (["--compression", "quant", "--prune-range", "0.1", "0.2"], "--prune-range"),
+    (["--compression", "pruning", "--bits", "4"], "--bits"),
+    (["--compression", "pruning", "--awp-radius", "3"], "--awp-radius"),
+    (["--compression", "awp_quantization", "--ratio", "0.1", "0.2"], "--ratio"),
     (["--compression", "none", "--pruning-method", "local_l1"], "--pruning-method"),
     (["--member", "pruning:ratio=0.5", "--awp-steps", "2"], "--awp-steps"),
 ])
@@ -102,8 +102,8 @@ def test_train_refuses_a_member_flag_its_set_does_not_use(data, tmp_path, capsys
 def test_train_accepts_the_flags_of_its_members():
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--dataset", "d", "--epsilon", "0.1", "--output", "o",
-                              "--compression", "prune+quant", "--bits", "4",
-                              "--prune-range", "0.1", "0.2"])
+                              "--compression", "pruning+awp_quantization", "--bits", "4",
+                              "--ratio", "0.1", "0.2"])
     args.argv = []
     cli._check_train(args)  # no error
 
@@ -183,7 +183,7 @@ def test_train_into_a_folder_another_train_writes_is_refused(data, trained, tmp_
     holder = _live_process()
     try:
         _lock(out, holder.pid)
-        assert cli.main(_train(path, out, "--compression", "prune+quant", *extra)) == 2
+        assert cli.main(_train(path, out, "--compression", "pruning+awp_quantization", *extra)) == 2
         line = _error(capsys)
     finally:
         holder.kill()
@@ -256,7 +256,7 @@ def test_resume_compares_the_data_not_its_path(data, trained, tmp_path, capsys):
     _, path, _ = data
     same = tmp_path / "same.npz"
     shutil.copy(path, same)
-    assert cli.main(_train(same, trained, "--compression", "prune+quant", "--resume")) == 0
+    assert cli.main(_train(same, trained, "--compression", "pruning+awp_quantization", "--resume")) == 0
     assert "nothing to resume" in capsys.readouterr().out
     with np.load(path) as arrays:
         changed = dict(arrays)
@@ -264,7 +264,7 @@ def test_resume_compares_the_data_not_its_path(data, trained, tmp_path, capsys):
     other = tmp_path / "other.npz"
     np.savez(other, **changed)
     shutil.copy(other, same)
-    assert cli.main(_train(same, trained, "--compression", "prune+quant", "--resume")) == 2
+    assert cli.main(_train(same, trained, "--compression", "pruning+awp_quantization", "--resume")) == 2
     assert "data: other arrays" in _error(capsys)
 
 
@@ -277,7 +277,7 @@ def test_a_damaged_backup_names_its_file(data, trained, tmp_path, capsys, name):
     (out / "backup").mkdir()
     (out / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
     (out / "backup" / name).write_bytes(b"\x00garbage")
-    assert cli.main(_train(path, out, "--compression", "prune+quant", "--resume")) == 2
+    assert cli.main(_train(path, out, "--compression", "pruning+awp_quantization", "--resume")) == 2
     line = _error(capsys)
     assert name in line and "Delete the folder" in line and "--resume" in line
 
@@ -292,7 +292,7 @@ def test_bad_flag_values_answer_without_importing_tensorflow(tmp_path):
         ["train", "--dataset", "d", "--epsilon", "0.1", "--output", str(tmp_path / "o"),
          "--seed", "-1"],
         ["train", "--dataset", "d", "--epsilon", "0.1", "--output", str(tmp_path / "o"),
-         "--compression", "prune", "--bits", "4"],
+         "--compression", "pruning", "--bits", "4"],
         ["train", "--dataset", "d", "--epsilon", "0.1", "--output", str(tmp_path / "o"),
          "--resume"],
         ["export", "--model", "m.keras", "--output", "m.onnx", "--format", "onnx", "--float"],
@@ -411,7 +411,7 @@ def test_switches_claim_no_default():
 def test_training_prints_short_epoch_lines_and_a_member_table(data, tmp_path, capfd):
     _, path, _ = data
     out = tmp_path / "r"
-    assert cli.main(_train(path, out, "--compression", "prune+quant", epochs=2)) == 0
+    assert cli.main(_train(path, out, "--compression", "pruning+awp_quantization", epochs=2)) == 0
     captured = capfd.readouterr()
     epochs = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all(len(line) < 300 for line in epochs)

@@ -50,7 +50,7 @@ def data(tmp_path_factory):
 
 
 TRAIN = ["--epsilon", "0.01", "--arch", "mlp", "--batch-size", "12", "--validation-samples", "8",
-         "--compression", "prune"]
+         "--compression", "pruning"]
 
 
 def _train_args(data_path, output, *extra, epochs=3):
@@ -234,7 +234,7 @@ def test_export_flag_names_its_own_flag(data, trained, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--epochs", "1", "--warmup-epochs", "1"], "--warmup-epochs (epochs of standard training first) must be in [0, --epochs)"),
     (["--epochs", "3", "--ramp-epochs", "10"], "--warmup-epochs 1 + --ramp-epochs 10 > --epochs 3"),
-    (["--prune-range", "0.6", "0.4"], "--prune-range range must have low <= high"),
+    (["--ratio", "0.6", "0.4"], "--ratio range must have low <= high"),
     (["--standard-weight", "2"], "--standard-weight (lambda) must be in [0, 1]"),
     (["--epsilon", "8"], "covers the whole data range"),
 ])

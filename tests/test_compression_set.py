@@ -49,8 +49,8 @@ def _api_set():
         cactus_keras.Pruning(ratio=(0.5, 0.95), pruning_method="global_l1", name="pruned_l1"),
         cactus_keras.Pruning(ratio=(0.1, 0.6), pruning_method="global_l2_structured",
                              name="pruned_l2"),
-        cactus_keras.Quantization(bits=8),
-        cactus_keras.Quantization(bits=4, name="quantized4"),
+        cactus_keras.AWPQuantization(bits=8),
+        cactus_keras.AWPQuantization(bits=4, name="quantized4"),
     ]
 
 
@@ -67,8 +67,8 @@ method = "cactus"
 compression = [
   {kind = "pruning", ratio = [0.5, 0.95], pruning_method = "global_l1", name = "pruned_l1"},
   {kind = "pruning", ratio = [0.1, 0.6], pruning_method = "global_l2_structured", name = "pruned_l2"},
-  {kind = "quantization", bits = 8},
-  {kind = "quantization", bits = 4, name = "quantized4"},
+  {kind = "awp_quantization", bits = 8},
+  {kind = "awp_quantization", bits = 4, name = "quantized4"},
 ]
 member_weight = 0.5
 member_weight_ramp = "epsilon"
@@ -77,7 +77,7 @@ member_batch_fraction = 0.25
 
 CLI_MEMBERS = ["pruning:ratio=0.5-0.95,pruning_method=global_l1,name=pruned_l1",
                "pruning:ratio=0.1-0.6,pruning_method=global_l2_structured,name=pruned_l2",
-               "quantization:bits=8", "quantization:bits=4,name=quantized4"]
+               "awp_quantization:bits=8", "awp_quantization:bits=4,name=quantized4"]
 
 
 def _configs(members):
@@ -91,7 +91,7 @@ def test_toml_tables_and_cli_members_build_the_api_set():
     train = config.train_config(config.methods["cactus"].overrides(), seed=0)
     from_toml = train.compression_members()
     from_cli = members_from_tables(cli.member_tables(CLI_MEMBERS))
-    # Quantization(bits=8) is named "quantized" by the API; in the tables it is alone
+    # AWPQuantization(bits=8) is named "quantized" by the API; in the tables it is alone
     # with that default name, so it keeps it.
     assert _configs(from_toml) == _configs(_api_set()) == _configs(from_cli)
     assert (train.member_weight, train.member_weight_ramp, train.member_batch_fraction) == (
@@ -99,24 +99,24 @@ def test_toml_tables_and_cli_members_build_the_api_set():
     # The short forms still give their members; the IBP run has none.
     ibp = config.train_config(config.methods["ibp"].overrides(), seed=0)
     assert ibp.compression == "none" and ibp.compression_members() == []
-    short = TrainConfig(dataset="d", epsilon=0.1, compression="prune+quant", bits=4,
-                        prune_range=(0.5, 0.9))
+    short = TrainConfig(dataset="d", epsilon=0.1, compression="pruning+awp_quantization", bits=4,
+                        ratio=(0.5, 0.9))
     assert _configs(short.compression_members()) == _configs(
-        [cactus_keras.Pruning(ratio=(0.5, 0.9)), cactus_keras.Quantization(bits=4)])
+        [cactus_keras.Pruning(ratio=(0.5, 0.9)), cactus_keras.AWPQuantization(bits=4)])
 
 
 def test_unnamed_members_get_distinct_names_by_the_documented_rule():
     def names(tables):
         return [m.name for m in members_from_tables(tables)]
 
-    assert names([{"kind": "pruning"}, {"kind": "quantization"}]) == ["pruned", "quantized"]
+    assert names([{"kind": "pruning"}, {"kind": "awp_quantization"}]) == ["pruned", "quantized"]
     assert names([{"kind": "pruning", "ratio": [0.5, 0.95]},
                   {"kind": "pruning", "pruning_method": "global_l2_structured"},
-                  {"kind": "quantization", "bits": 8}, {"kind": "quantization", "bits": 4}]) == [
+                  {"kind": "awp_quantization", "bits": 8}, {"kind": "awp_quantization", "bits": 4}]) == [
         "pruned_global_l1", "pruned_global_l2_structured", "quantized8", "quantized4"]
     # A given name that is a default name makes the unnamed one take the suffix.
-    assert names([{"kind": "quantization", "name": "quantized"},
-                  {"kind": "quantization", "bits": 4}]) == ["quantized", "quantized4"]
+    assert names([{"kind": "awp_quantization", "name": "quantized"},
+                  {"kind": "awp_quantization", "bits": 4}]) == ["quantized", "quantized4"]
     # No setting tells them apart: their position does.
     assert names([{"kind": "fixed_mask_pruning", "ratio": 0.5, "pruning_method": "local_l1"},
                   {"kind": "pruning"}]) == ["pruned_local_l1", "pruned_global_l1"]
@@ -126,7 +126,7 @@ def test_unnamed_members_get_distinct_names_by_the_documented_rule():
 
 
 def test_a_member_list_round_trips_through_config_json_and_the_run_fingerprint(tmp_path):
-    tables = [{"kind": "pruning", "ratio": [0.5, 0.95]}, {"kind": "quantization", "bits": 4}]
+    tables = [{"kind": "pruning", "ratio": [0.5, 0.95]}, {"kind": "awp_quantization", "bits": 4}]
     config = TrainConfig(dataset="d", epsilon=0.1, compression=tables, member_weight=0.5,
                          member_batch_fraction=0.5)
     # Stored complete: every setting and the names chosen.
@@ -139,7 +139,7 @@ def test_a_member_list_round_trips_through_config_json_and_the_run_fingerprint(t
     (tmp_path / "training_log.csv").write_text("")
     assert check_existing(tmp_path, config, data, resume=True) == "unfinished"
     other = TrainConfig(dataset="d", epsilon=0.1, member_weight=0.5, member_batch_fraction=0.5,
-                        compression=[tables[0], {"kind": "quantization", "bits": 8}])
+                        compression=[tables[0], {"kind": "awp_quantization", "bits": 8}])
     with pytest.raises(RunExistsError, match="compression: saved"):
         check_existing(tmp_path, other, data, resume=True)
 
@@ -321,10 +321,10 @@ def _toml(cactus):
     ('compression = [{ratio = 0.5}]', r"`compression`\[0\]: unknown compression member kind None"),
     ('compression = [{kind = "pruning", ratio = 0.5}, {kind = "pruning", ratio = 0.5}]',
      r"`compression`: the members' names must be distinct"),
-    ('compression = [{kind = "quantization", bit = 4}]',
-     r"`compression`\[0\]: unknown setting\(s\) bit for kind 'quantization'; its settings are bits"),
-    ('compression = [{kind = "quantization", bits = 9}]',
-     r"`compression`\[0\] \(kind 'quantization'\): `bits` must be an integer from 2 to 8"),
+    ('compression = [{kind = "awp_quantization", bit = 4}]',
+     r"`compression`\[0\]: unknown setting\(s\) bit for kind 'awp_quantization'; its settings are bits"),
+    ('compression = [{kind = "awp_quantization", bits = 9}]',
+     r"`compression`\[0\] \(kind 'awp_quantization'\): `bits` must be an integer from 2 to 8"),
     ('compression = ["pruning"]', r"`compression`\[0\] must be a table"),
     ("compression = []", "a cactus run needs compression"),
     ("member_batch_fraction = 0.0", r"`member_batch_fraction` must be in \(0, 1\]"),
@@ -341,11 +341,11 @@ def test_bad_toml_names_the_key(cactus, message):
      r".*e.g. --member pruning:ratio=0.5-0.95,pruning_method=global_l1; 'ratio' is not KEY=VALUE"),
     (["--member", "pruning:ratio=0.5,ratio=0.6"], "ratio is given twice"),
     (["--member", "quant:bits=4"], "--member 'quant:bits=4': unknown compression member kind 'quant'"),
-    (["--member", "quantization:bits=9"],
-     r"--member 'quantization:bits=9' \(kind 'quantization'\): bits must be an integer from 2 to 8"),
+    (["--member", "awp_quantization:bits=9"],
+     r"--member 'awp_quantization:bits=9' \(kind 'awp_quantization'\): bits must be an integer from 2 to 8"),
     (["--member", "pruning:ratio=0.5", "--member", "pruning:ratio=0.7"],
      "--member: the members' names must be distinct"),
-    (["--member", "pruning", "--compression", "prune"],
+    (["--member", "pruning", "--compression", "pruning"],
      "--compression and --member both give the compression set"),
     (["--member-batch-fraction", "0"], r"--member-batch-fraction must be in \(0, 1\]"),
     (["--member-weight", "-1"], "--member-weight .*must be a finite number >= 0"),
@@ -373,7 +373,7 @@ def test_cli_trains_a_member_set_and_resumes_only_with_the_same_set(tmp_path, ca
               "--output", str(run)]
     members = ["--member", "pruning:ratio=0.5-0.95", "--member",
                "pruning:ratio=0.1-0.6,pruning_method=global_l2_structured",
-               "--member", "quantization:bits=4", "--member-weight", "0.5",
+               "--member", "awp_quantization:bits=4", "--member-weight", "0.5",
                "--member-weight-ramp", "epsilon", "--member-batch-fraction", "0.5"]
     assert cli.main(common + members) == 0
     saved = json.loads((run / "config.json").read_text())
@@ -400,3 +400,31 @@ def test_schedule_callbacks_keep_every_schedule():
                          member_weight_ramp="epsilon")
     names = sorted(type(c).__name__ for c in schedule_callbacks(config))
     assert names == ["EpochLearningRate", "EpsilonRamp", "MemberWeightRamp", "StandardWeightRamp"]
+
+
+def test_a_model_saved_before_member_weight_existed_loads_by_its_config():
+    from cactus_keras import keras_internals
+
+    model = cactus_keras.CactusModel(_net(), 0.05, member_weight=0.4,
+                                     compression=[cactus_keras.FixedMaskPruning(0.5, name="a")])
+    own = keras_internals.own_variables(model)
+    for i, variable in enumerate(own):
+        variable.assign(np.full(variable.shape, i + 2, variable.dtype))
+    # An old weights file: the model's own variables without member_weight, in order.
+    store = {str(i): np.asarray(v.value) for i, v in
+             enumerate(v for v in own if v is not model.member_weight)}
+    config = model.get_config()
+    del config["member_weight"]
+    old = cactus_keras.CactusModel.from_config(config)
+    old.load_own_variables(store)
+    for mine, theirs in zip(keras_internals.own_variables(old), own):
+        if theirs is model.member_weight:
+            assert float(mine.value) == 1.0  # the default, as old models trained with
+        else:
+            np.testing.assert_array_equal(mine.value, theirs.value)
+    # A current config with the same file is Keras's mismatch, not a silent old load.
+    current = cactus_keras.CactusModel.from_config(model.get_config())
+    with pytest.raises(ValueError):
+        current.load_own_variables(store)
+    with pytest.raises(ValueError, match="saved before `member_weight` existed"):
+        cactus_keras.CactusModel.from_config(config).load_own_variables({"0": store["0"]})

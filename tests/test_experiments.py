@@ -12,7 +12,7 @@ import pytest
 
 import cactus_keras
 from cactus_keras import atomic_write, cli
-from cactus_keras.compression import prunable_kernels
+from cactus_keras.compression import compressible_kernels
 from cactus_keras.experiments import ConfigError, load_config, parse_config, run_experiment
 from cactus_keras.experiments import runner
 from cactus_keras.experiments import training as training_module
@@ -75,7 +75,7 @@ ALL_METHODS = """
 method = "ibp-then-compress"
 [methods.cactus]
 method = "cactus"
-compression = "prune+quant"
+compression = "pruning+awp_quantization"
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
 epochs = 1
@@ -159,7 +159,7 @@ def test_rows_match_an_independent_certification(experiment):
     data = cactus_keras.data.load(experiment["data"])
     run_dir = os.path.join(output, "runs", "ibp-finetune", "seed0")
     pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l1_0.7.keras"))
-    kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
+    kernels = [keras.ops.convert_to_numpy(k) for k in compressible_kernels(pruned)]
     assert sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.7, abs=0.01)
     result = cactus_keras.certify(pruned, data.x_test, data.y_test, 0.01)
     (row,) = [r for r in _rows(results, "ibp-finetune") if r["form"] == "prune"
@@ -176,7 +176,7 @@ def test_finetuning_changes_the_source_weights(experiment):
     output = experiment["output"]
     source = keras.saving.load_model(os.path.join(output, "runs", "ibp", "seed0", "network.keras"))
     tuned = keras.saving.load_model(os.path.join(output, "runs", "ibp-finetune", "seed0", "quantized_8bit.keras"))
-    a, b = prunable_kernels(source)[0], prunable_kernels(tuned)[0]
+    a, b = compressible_kernels(source)[0], compressible_kernels(tuned)[0]
     assert not np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     # The saved network is the quantized one: quantizing it again changes nothing.
     value = keras.ops.convert_to_numpy(b)
@@ -353,7 +353,7 @@ def test_parse_config_is_usable_from_python():
         "experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
         "methods": {"c": {"method": "cactus"}, "i": {"method": "ibp-then-compress"}},
     })
-    assert config.train_config(config.methods["c"].overrides(), seed=3).compression == "prune+quant"
+    assert config.train_config(config.methods["c"].overrides(), seed=3).compression == "pruning+awp_quantization"
     assert config.train_config(config.methods["i"].overrides(), seed=3).compression == "none"
 
 
@@ -452,7 +452,7 @@ def test_finetuning_makes_one_network_per_level(experiment):
     assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"]) for r in rows))
     # The structured fine-tuned network keeps its mask: whole units are zero.
     pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l2_structured_0.5.keras"))
-    kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
+    kernels = [keras.ops.convert_to_numpy(k) for k in compressible_kernels(pruned)]
     units = np.concatenate([np.abs(k.reshape(-1, k.shape[-1])).sum(axis=0) for k in kernels[:-1]])
     assert (units == 0).mean() == pytest.approx(0.5, abs=0.05)
 

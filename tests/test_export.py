@@ -168,6 +168,29 @@ def test_export_writes_a_full_integer_int8_file(models):
     assert "MUL" not in zoo_ops
 
 
+def test_fake_quantize_is_the_dequantized_kernels_of_the_int8_file(models):
+    # The training members' weight-only fake quantization (8 bits, per channel) is the
+    # same map the TFLite converter applies: same scales, same integers.
+    net, path = models["cnn3"]
+    graph = export.load_integer_graph(path)
+    weights = [graph.tensors[op.inputs[1]] for op in graph.ops
+               if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    kernels = cactus_keras.compression.compressible_kernels(net)
+    assert len(weights) == len(kernels) == 3
+    for kernel, tensor in zip(kernels, weights):
+        kernel = np.asarray(kernel.value)
+        fake = np.asarray(cactus_keras.compression.fake_quantize(kernel, 8, per_channel=True))
+        scale = np.asarray(cactus_keras.compression.quantization_scale(kernel, 8)).reshape(-1)
+        # TFLite keeps the output channel first: (out, h, w, in) and (out, in).
+        fake = np.moveaxis(fake, -1, 0)
+        assert tensor.data.shape == fake.shape and tensor.quantized_dimension == 0
+        np.testing.assert_allclose(tensor.scale, scale, rtol=1e-6)
+        shape = (-1,) + (1,) * (fake.ndim - 1)
+        np.testing.assert_array_equal(tensor.data, np.round(fake / scale.reshape(shape)))
+        dequantized = tensor.data.astype("float32") * tensor.scale.reshape(shape)
+        np.testing.assert_allclose(dequantized, fake, rtol=1e-6, atol=1e-9)
+
+
 def test_export_accepts_cactus_model_and_datasets(models, fashion, tmp_path):
     net, path = models["cnn3"]
     model = cactus_keras.CactusModel(net, epsilon=0.1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cactus_keras
-from cactus_keras.compression import fake_quantize, magnitude_masks, prunable_kernels
+from cactus_keras.compression import fake_quantize, magnitude_masks, compressible_kernels
 from cactus_keras.compression import FixedMaskPruning, StraightThroughQuantization
 from cactus_keras.compression.masks import output_is_excluded
 
@@ -33,7 +33,7 @@ def _data(n=96, seed=0):
 
 
 def _kernels(network, exclude_output=False):
-    return [keras.ops.convert_to_numpy(k).copy() for k in prunable_kernels(network, exclude_output)]
+    return [keras.ops.convert_to_numpy(k).copy() for k in compressible_kernels(network, exclude_output)]
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def test_fresh_install_without_tensorflow_trains_and_certifies_on_jax(core_venv,
     common = ["--dataset", "tiny.npz", "--epsilon", "0.02"]
     train = subprocess.run(
         [command, "train", *common, "--arch", "mlp", "--epochs", "2", "--batch-size", "32",
-         "--compression", "prune+quant", "--validation-samples", "16", "--output", "run"],
+         "--compression", "pruning+awp_quantization", "--validation-samples", "16", "--output", "run"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     certify = subprocess.run(

@@ -7,10 +7,15 @@ import pytest
 from keras import ops
 
 import cactus_keras
-from cactus_keras.compression import CompressionMember, member_from_config, register_member
+from cactus_keras.compression import (
+    CompressionMember,
+    member_from_config,
+    member_kinds,
+    register_member,
+    unregister_member,
+)
 
 
-@register_member("test_power_of_two", package="cactus_keras_tests")
 class PowerOfTwo(CompressionMember):
     """Power-of-two weights (sign * 2**round(log2|w|), exponents at least
     `min_exponent`), trained through a straight-through estimator."""
@@ -26,6 +31,26 @@ class PowerOfTwo(CompressionMember):
             return ops.sign(w) * power
 
         return [w + ops.stop_gradient(nearest_power(w) - w) for w in kernels]
+
+
+@pytest.fixture(autouse=True)
+def power_of_two_registered():
+    """The test member is registered for this module's tests only, so that it does not
+    leak into the kinds other test modules see."""
+    register_member("test_power_of_two", package="cactus_keras_tests")(PowerOfTwo)
+    yield
+    unregister_member("test_power_of_two")
+
+
+def test_unregistering_a_member_removes_its_kind():
+    assert "test_power_of_two" in member_kinds()
+    unregister_member("test_power_of_two")
+    assert "test_power_of_two" not in member_kinds() and PowerOfTwo.kind is None
+    with pytest.raises(ValueError, match="Unknown compression member kind 'test_power_of_two'"):
+        member_from_config({"kind": "test_power_of_two"})
+    unregister_member("test_power_of_two")  # a second time is a no-op
+    register_member("test_power_of_two", package="cactus_keras_tests")(PowerOfTwo)
+    assert isinstance(member_from_config({"kind": "test_power_of_two"}), PowerOfTwo)
 
 
 def _data(n=48, seed=0):
@@ -66,7 +91,7 @@ def test_a_user_member_gives_the_compressed_network_it_stands_for():
     model = _model()
     x, y = _data()
     network = model.apply_compression("pow2")
-    for kernel in cactus_keras.compression.prunable_kernels(network):
+    for kernel in cactus_keras.compression.compressible_kernels(network):
         w = np.abs(np.asarray(kernel.value))
         nonzero = w[w > 0]
         np.testing.assert_allclose(np.log2(nonzero), np.round(np.log2(nonzero)), atol=1e-6)
@@ -95,3 +120,41 @@ def test_members_are_checked_and_found_by_kind():
         register_member("pruning")(PowerOfTwo)
     with pytest.raises(TypeError, match="CompressionMember subclasses"):
         register_member("plain")(object)
+
+
+# Settings other than the defaults for each built-in kind (a kind missing here fails
+# the test below, so a new member gets its round trip checked).
+_NON_DEFAULT_SETTINGS = {
+    "pruning": {"ratio": [0.3, 0.6], "pruning_method": "global_l2_structured", "name": "p"},
+    "fixed_mask_pruning": {"ratio": 0.4, "pruning_method": "local_l1", "name": "f"},
+    "awp_quantization": {"bits": 4, "awp_radius": 0.25, "awp_steps": 2, "per_channel": False, "name": "q"},
+    "straight_through_quantization": {"bits": 6, "per_channel": False, "name": "s"},
+    "test_power_of_two": {"min_exponent": -4, "exclude_output": True, "name": "pow"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_NON_DEFAULT_SETTINGS))
+def test_every_member_kind_round_trips_through_config_and_tables(kind):
+    from cactus_keras.compression import member_table, members_from_tables
+
+    assert set(member_kinds()) <= set(_NON_DEFAULT_SETTINGS), "give the new kind settings above"
+    member = member_from_config({"kind": kind, **_NON_DEFAULT_SETTINGS[kind]})
+    assert member.kind == kind
+    config = member.get_config()
+    again = type(member).from_config(config)
+    assert again.get_config() == config
+    table = member_table(member)
+    assert table["kind"] == kind
+    (from_table,) = members_from_tables([table])
+    assert type(from_table) is type(member) and member_table(from_table) == table
+    # Through Keras serialization too (how a saved CactusModel stores its members).
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(member))
+    assert type(restored) is type(member) and restored.get_config() == config
+
+
+def test_the_built_in_member_kinds_are_the_vocabulary():
+    from cactus_keras import vocabulary
+
+    built_in = [k for k in member_kinds() if k != "test_power_of_two"]
+    assert sorted(built_in) == sorted(vocabulary.MEMBER_KINDS)
+    assert cactus_keras.AWPQuantization.kind == vocabulary.AWP_QUANTIZATION == "awp_quantization"

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import cactus_keras
-from cactus_keras.compression import magnitude_masks, prunable_kernels, sparsity
+from cactus_keras.compression import magnitude_masks, compressible_kernels, sparsity
 
 
 def _kernels(seed=0):
@@ -85,11 +85,11 @@ def test_ratio_sampled_as_tensor():
     assert sparsity(masks) == pytest.approx(0.5, abs=1e-3)
 
 
-def test_prunable_kernels_skip_bias_batchnorm_and_optionally_output():
+def test_compressible_kernels_skip_bias_batchnorm_and_optionally_output():
     net = cactus_keras.models.cnn3(batch_norm=True)
-    kernels = prunable_kernels(net)
+    kernels = compressible_kernels(net)
     assert [k.path.split("/")[-2] for k in kernels] == ["block1_conv", "block2_conv", "logits"]
-    assert len(prunable_kernels(net, exclude_output=True)) == 2
+    assert len(compressible_kernels(net, exclude_output=True)) == 2
 
 
 @pytest.mark.parametrize(
@@ -111,8 +111,8 @@ def test_pruning_arguments_are_checked(kwargs, message):
 
 def test_network_with_nothing_prunable():
     net = keras.Sequential([keras.Input((4,)), keras.layers.Rescaling(2.0), keras.layers.Activation("relu")])
-    with pytest.raises(ValueError, match="no prunable kernel"):
-        prunable_kernels(net)
+    with pytest.raises(ValueError, match="no compressible kernel"):
+        compressible_kernels(net)
     out_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="other than the output layer"):
         cactus_keras.CactusModel(out_only, 0.1, compression=[cactus_keras.Pruning(exclude_output=True)])

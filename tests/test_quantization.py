@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import cactus_keras
-from cactus_keras.compression import Quantization, fake_quantize, quantization_scale
+from cactus_keras.compression import AWPQuantization, fake_quantize, quantization_scale
 
 
 def _numpy_fake_quantize(w, bits, per_channel):
@@ -42,14 +42,14 @@ def test_fake_quantize_matches_numpy(bits, per_channel, shape):
 ])
 def test_quantization_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Quantization(**kwargs)
+        AWPQuantization(**kwargs)
 
 
 def _model(eta=0.5, steps=1, seed=0):
     keras.utils.set_random_seed(seed)
     net = cactus_keras.models.cnn3((12, 12, 1), 3)
     model = cactus_keras.CactusModel(net, 0.02, standard_weight=0.2,
-                                     compression=[Quantization(bits=4, awp_radius=eta, awp_steps=steps)])
+                                     compression=[AWPQuantization(bits=4, awp_radius=eta, awp_steps=steps)])
     model.compile(optimizer="adam")
     return model
 
@@ -124,7 +124,7 @@ def test_quantized_member_trains_logs_metrics_and_saves(tmp_path):
 def test_pruning_and_quantization_members_combine():
     keras.utils.set_random_seed(0)
     net = cactus_keras.models.cnn3((12, 12, 1), 3)
-    model = cactus_keras.CactusModel(net, 0.02, compression=[cactus_keras.Pruning(0.5), Quantization(bits=8)])
+    model = cactus_keras.CactusModel(net, 0.02, compression=[cactus_keras.Pruning(0.5), AWPQuantization(bits=8)])
     model.compile(optimizer="adam")
     x, y = _data(32)
     history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)

@@ -12,6 +12,9 @@ from cactus_keras import bounds
 from cactus_keras.bounds import UnsupportedModelError
 from cactus_keras.bounds.nonlinear import relu_relaxation, s_shaped_relaxation
 from cactus_keras.bounds.propagation import crown_refined_values, crown_refinement, interval_pass
+from cactus_keras.bounds.rules import MonotoneRule
+
+from random_models import BUILDERS, layer_classes
 
 F32 = "float32"
 
@@ -586,3 +589,63 @@ def test_nested_model_bounds_equal_the_flat_model(build):
             _margins(nested, LOWER, UPPER, [0, 1], method), _margins(flat, LOWER, UPPER, [0, 1], method), atol=1e-6
         )
     np.testing.assert_allclose(_margins(nested, LOWER, UPPER, [0, 1], "crown"), [[0, 0], [-4, 0]], atol=1e-6)
+
+
+def test_every_registered_layer_type_is_in_the_random_models():
+    # The soundness tests run on these models; a rule missing from them is untested.
+    used = set().union(*(layer_classes(build(0)) for build in BUILDERS.values()))
+    missing = sorted(c.__name__ for c in bounds.registered_layer_classes() if c not in used)
+    assert not missing, f"add {missing} to a builder in tests/random_models.py"
+
+
+class _Doubling(layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+
+
+class _DoublingRule(MonotoneRule):
+    pass
+
+
+def test_register_rule_refuses_a_duplicate_unless_replace():
+    before = bounds.rules._REGISTRY[layers.Dense]
+    with pytest.raises(ValueError, match=r"Dense \(DenseRule\) already has a bound rule; pass replace=True"):
+        bounds.register_rule(layers.Dense)(_DoublingRule)
+    assert bounds.rules._REGISTRY[layers.Dense] is before
+    # Registering the same rule again is not a conflict.
+    bounds.register_rule(layers.Dense)(before)
+    try:
+        bounds.register_rule(layers.Dense, replace=True)(_DoublingRule)
+        assert bounds.rules.rule_for(layers.Dense(2), [(3,)]).__class__ is _DoublingRule
+    finally:
+        bounds.register_rule(layers.Dense, replace=True)(before)
+
+
+def test_register_rule_checks_its_arguments():
+    with pytest.raises(TypeError, match="keras.layers.Layer subclasses, got 'Dense'"):
+        bounds.register_rule("Dense")
+    with pytest.raises(TypeError, match="at least one Keras layer class"):
+        bounds.register_rule()
+    with pytest.raises(TypeError, match="decorates BoundRule subclasses"):
+        bounds.register_rule(_Doubling)(int)
+    assert _Doubling not in bounds.registered_layer_classes()
+
+
+def test_a_rule_of_ones_own_registers_falls_back_to_base_classes_and_unregisters():
+    class Tripling(_Doubling):
+        pass
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, Tripling()(layers.Dense(2)(inputs)))
+    with pytest.raises(UnsupportedModelError):
+        bounds.parse_network(model)
+    bounds.register_rule(_Doubling)(_DoublingRule)
+    try:
+        # The subclass finds its base class's rule along its class hierarchy.
+        assert isinstance(bounds.rules.rule_for(Tripling(), [(3,)]), _DoublingRule)
+        bounds.parse_network(model)
+    finally:
+        bounds.unregister_rule(_Doubling)
+    assert _Doubling not in bounds.registered_layer_classes()
+    with pytest.raises(UnsupportedModelError):
+        bounds.parse_network(model)

@@ -34,7 +34,7 @@ def test_gradient_reaches_every_weight_through_the_full_member_and_only_kept_one
         pytest.skip("uses a TensorFlow gradient tape")
     model = _model()
     x, y = _data()
-    kernels = cactus_keras.compression.prunable_kernels(model.network)
+    kernels = cactus_keras.compression.compressible_kernels(model.network)
     with tf.GradientTape(persistent=True) as tape:
         results = model.member_results(x, y, training=True)
         full, pruned = (tf.reduce_mean(r.loss) for r in results)
@@ -110,7 +110,7 @@ def test_callable_schedule_drives_the_ratio():
         return 0.3
 
     model = cactus_keras.CactusModel(_small_net(), 0.02, compression=[cactus_keras.Pruning(schedule=schedule)])
-    kernels = cactus_keras.compression.prunable_kernels(model.network)
+    kernels = cactus_keras.compression.compressible_kernels(model.network)
     ((found, values),) = model.compressed_kernels(training=True).values()
     assert [id(k) for k in found] == [id(k) for k in kernels]
     zeros = sum(float(np.sum(np.asarray(v) == 0)) for v in values)
@@ -234,7 +234,7 @@ def test_short_run_on_fashion_mnist_raises_certified_accuracy_of_full_and_pruned
     config = TrainConfig(
         dataset="fashion_mnist", epsilon=0.05, arch="cnn3", epochs=4, warmup_epochs=1,
         ramp_epochs=2, standard_weight=0.0, ibp_init=True, limit=3000, validation_samples=0,
-        prune_range=(0.5, 0.5),
+        ratio=(0.5, 0.5),
     )
     x, y = data.x_test[:500], data.y_test[:500]
     untrained = build_model(config, data.input_shape, data.num_classes)

@@ -197,12 +197,21 @@ def test_objective_names_are_validated():
         make_tuner(_hypermodel(), "random", objective="accuracy", directory="/nonexistent/never")
 
 
+def test_targets_name_evaluated_forms_not_member_kinds():
+    # A target is what is evaluated (prune, quantize); the member kinds name what trains.
+    for text, form in [("pruning:0.7", "prune"), ("awp_quantization:8", "quantize"),
+                       ("quantization:8", "quantize")]:
+        with pytest.raises(ValueError, match=f"names what trains .* write {form}:"):
+            parse_targets(text)
+    assert [t.form for t in parse_targets("prune:0.7,quantize:8")] == ["prune", "quantize"]
+
+
 def test_hypermodel_checks_and_spaces():
     assert [t.key for t in parse_targets("prune:0.7, quantize:8,prune:0.5:local_l1")] == [
         "prune70", "quantize8", "prune50_local_l1"]
     hm = CactusHyperModel(_tiny_network, 0.1, "prune:0.7", search_learning_rate=True,
                           search_prune_range=True)
-    assert hm.compression == "prune"
+    assert hm.compression == "pruning"
     assert hm.search_space() == {"standard_weight": (0.0, 0.9), "learning_rate": (1e-4, 1e-2),
                                  "prune_ratio_low": (0.0, 0.5), "prune_ratio_high": (0.5, 0.95)}
     hp = keras_tuner.HyperParameters()

@@ -8,7 +8,7 @@ radius eta, on the first --samples test images at the run's epsilon:
   |q(w) - w| <= eta * step (round-to-nearest moves a weight by at most half a step, so
   this is 1 from eta 0.5 on, unless a kernel clips);
 - the mean certified loss (worst-case IBP) at the fake-quantized kernels, and at the
-  AWP point of the `Quantization` member itself, with 1 ascent step (as trained) and
+  AWP point of the `AWPQuantization` member itself, with 1 ascent step (as trained) and
   with 10 steps (a stronger search of the same ball);
 - holds: whether the 1-step AWP loss is at least the quantized network's loss (the
   proxy bounds what it stands for on these samples).
@@ -29,7 +29,7 @@ from keras import ops  # noqa: E402
 
 from cactus_keras import data as datasets  # noqa: E402
 from cactus_keras.bounds import input_box, margin_lower_bounds, parse_network  # noqa: E402
-from cactus_keras.compression import Quantization, prunable_kernels  # noqa: E402
+from cactus_keras.compression import AWPQuantization, compressible_kernels  # noqa: E402
 from cactus_keras.compression.member import MemberContext  # noqa: E402
 from cactus_keras.compression.quantization import fake_quantize, quantization_scale  # noqa: E402
 from cactus_keras.training.losses import certified_loss  # noqa: E402
@@ -53,7 +53,7 @@ def load_run(directory):
 
 def measure(network, x, y, epsilon, bits, eta, batch):
     graph = parse_network(network)
-    kernels = prunable_kernels(network)
+    kernels = compressible_kernels(network)
     values = [ops.convert_to_tensor(k.value) for k in kernels]
 
     def loss_at(kernel_values, xb, yb):
@@ -73,7 +73,7 @@ def measure(network, x, y, epsilon, bits, eta, batch):
         weight = len(xb) / len(x)
         totals["quantized"] += weight * float(loss_at(quantized, xb, yb))
         for steps in (1, 10):
-            member = Quantization(bits=bits, awp_radius=eta, awp_steps=steps)
+            member = AWPQuantization(bits=bits, awp_radius=eta, awp_steps=steps)
             context = MemberContext(name=member.name, step=0, seed_generator=None, training=True,
                                     loss=lambda v, xb=xb, yb=yb: loss_at(v, xb, yb))
             point = member.compress(values, context)

@@ -30,7 +30,7 @@ from keras import ops  # noqa: E402
 
 import cactus_keras  # noqa: E402
 from cactus_keras import backend  # noqa: E402
-from cactus_keras.compression import magnitude_masks, prunable_kernels  # noqa: E402
+from cactus_keras.compression import magnitude_masks, compressible_kernels  # noqa: E402
 from cactus_keras.experiments import example_config, load_config  # noqa: E402
 from cactus_keras.experiments.training import build_model  # noqa: E402
 
@@ -67,7 +67,7 @@ def main():
     sliced = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Pruning(ratio=(0.25, 0.75))],
                                       member_batch_fraction=args.member_batch_fraction)
     sliced.compile(optimizer="adam")
-    awp = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.Quantization(bits=8, awp_steps=1)])
+    awp = cactus_keras.CactusModel(network(), 0.1, compression=[cactus_keras.AWPQuantization(bits=8, awp_steps=1)])
     awp.compile(optimizer="adam")
     losses = {}
     for loss in ("mtl-ibp", "sabr"):
@@ -86,7 +86,7 @@ def main():
         train_config.arch = args.arch
         recipe[run] = build_model(train_config, (28, 28, 1), 10)
     recommended_members = ", ".join(m.name for m in recipe["cactus"].compression)
-    kernels = prunable_kernels(cactus.network)
+    kernels = compressible_kernels(cactus.network)
     seed = keras.random.SeedGenerator(0)
 
     def masks_only():

@@ -77,8 +77,10 @@ def build_steps(package, arch, x, y):
         keras.utils.set_random_seed(0)
         return package.models.get(arch, (28, 28, 1), 10)
 
-    quantization = package.Quantization(**_kwargs(
-        package.Quantization, bits=(("bits",), 8), steps=(("awp_steps", "steps"), 1)))
+    # The AWP member is `AWPQuantization`; versions before the rename call it `Quantization`.
+    awp_class = getattr(package, "AWPQuantization", None) or package.Quantization
+    quantization = awp_class(**_kwargs(
+        awp_class, bits=(("bits",), 8), steps=(("awp_steps", "steps"), 1)))
     models = {
         "ibp": package.CactusModel(network(), 0.1),
         "cactus (full + 1 pruned)": package.CactusModel(

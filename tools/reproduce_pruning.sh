@@ -14,10 +14,10 @@ for run in ibp cactus; do
   if [ "$run" = ibp ]; then compression=none; else compression=prune; fi
   if [ ! -f "$out/$run/model.keras" ]; then
     .venv/bin/cactus-keras train "${common[@]}" --compression "$compression" \
-      --prune-range 0.25 0.75 --pruning-method global_l1 --output "$out/$run" > "$out/$run.train.log" 2>&1
+      --ratio 0.25 0.75 --pruning-method global_l1 --output "$out/$run" > "$out/$run.train.log" 2>&1
   fi
   .venv/bin/cactus-keras evaluate --model "$out/$run/model.keras" --dataset fashion_mnist \
-    --epsilon 0.1 --prune 0,0.5,0.7 --pruning-method global_l1,local_l1,global_l2_structured \
+    --epsilon 0.1 --ratios 0,0.5,0.7 --pruning-methods global_l1,local_l1,global_l2_structured \
     --json "$out/$run/evaluate.json" > "$out/$run.evaluate.txt" 2>&1
 done
 .venv/bin/python tools/summarize_pruning.py "$out" | tee "$out/summary.md"

@@ -23,7 +23,7 @@ done
 for run in ibp cactus_awp4 cactus_awp8; do
   if [ "$run" = ibp ]; then model=$baseline; else model=$out/$run/model.keras; fi
   .venv/bin/cactus-keras evaluate --model "$model" --dataset fashion_mnist --epsilon 0.1 \
-    --prune 0 --bits 8,4 --json "$out/$run.evaluate.json" > "$out/$run.evaluate.txt" 2>&1
+    --ratios 0 --bits-list 8,4 --json "$out/$run.evaluate.json" > "$out/$run.evaluate.txt" 2>&1
   .venv/bin/cactus-keras export --model "$model" --dataset fashion_mnist \
     --output "$out/$run.int8.tflite" > "$out/$run.export.txt" 2>&1
   for rounding in floor_ceil nearest; do

@@ -29,7 +29,7 @@ def _members(config):
             low, high = m["ratio"]
             refresh = f", refresh {m['refresh_every']}" if m.get("refresh_every", 1) != 1 else ""
             parts.append(f"{m['pruning_method']} U({low:g}, {high:g}){refresh}")
-        elif m["kind"] == "quantization":
+        elif m["kind"] == "awp_quantization":
             parts.append(f"{m['bits']}-bit AWP eta {m['awp_radius']:g}")
         else:
             parts.append(m["kind"])

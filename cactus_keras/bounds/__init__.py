@@ -12,7 +12,9 @@ from cactus_keras.bounds.rules import (
     Relaxation,
     UnsupportedLayerError,
     register_rule,
+    registered_layer_classes,
     supported_layer_names,
+    unregister_rule,
 )
 from cactus_keras.bounds.margins import (
     BOUNDS,

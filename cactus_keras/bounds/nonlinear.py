@@ -109,14 +109,6 @@ class ActivationFunctionRule(MonotoneRule):
     def free_lower_slopes(self, lower, upper):
         return relu_free_lower_slopes(lower, upper) if self.activation == "relu" else None
 
-    def get_config(self):
-        return {**super().get_config(), "activation": self.activation}
-
-    @classmethod
-    def from_config(cls, config):
-        layer = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(layer, config["input_shapes"], config["activation"])
-
 
 def _activation_layer_rule(layer, input_shapes):
     name = activation_name(layer.activation)

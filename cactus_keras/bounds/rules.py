@@ -10,6 +10,27 @@ same rule serves float, masked and fake-quantized weights (for example inside
 * `MonotoneRule`: the layer is monotone non-decreasing in every input, so the interval
   of the output is `[f(lower), f(upper)]`. An elementwise rule may also give a linear
   relaxation for CROWN; without one CROWN uses the output interval itself.
+
+Shape contracts (what every rule method takes and returns; `B` is the batch, `S` the
+number of margin specifications of a backward pass, `in_k` the static shape of the
+layer's k-th input without the batch (`rule.input_shapes[k]`), `out` that of its
+output):
+
+| method | takes | returns |
+| --- | --- | --- |
+| `parameters(clean_inputs, training)` | list of `(B, *in_k)` (clean inputs) | anything; passed back as `params` |
+| `forward(inputs, params, training)` | list of `(B, *in_k)` | `(B, *out)` |
+| `interval(boxes, params)` | list of `Box`, each side `(B, *in_k)` | `Box`, each side `(B, *out)` |
+| `AffineRule.linear` / `abs_linear(inputs, params)` | list of `(B, *in_k)` | `(B, *out)`, without the offset |
+| `AffineRule.offset(params)` | | broadcastable to `(B, *out)`, or None |
+| `AffineRule.transpose(coefficients, params)` | `(B, S, *out)` | list of `(B, S, *in_k)`, one per input |
+| `MonotoneRule.function(x)` | `(B, *in_0)` | `(B, *out)` |
+| `MonotoneRule.relaxation(lower, upper)` | `(B, *in_0)` each | `Relaxation` of four `(B, *in_0)` tensors (elementwise layers only) |
+| `MonotoneRule.free_lower_slopes(lower, upper)` | `(B, *in_0)` each | float mask `(B, *in_0)`, or None |
+
+Every tensor is in the rule's `compute_dtype`. Rules must not change the batch
+dimension, and a rule of a layer with one input still receives and returns lists
+where the table says so.
 """
 
 from __future__ import annotations
@@ -38,11 +59,30 @@ class UnsupportedLayerError(ValueError):
 _REGISTRY = {}
 
 
-def register_rule(*layer_classes):
+def _is_rule(rule):
+    """A `BoundRule` subclass, or a factory function `(layer, input_shapes) -> BoundRule`
+    (for a layer whose rule depends on its settings, such as `Activation`)."""
+    if isinstance(rule, type):
+        return issubclass(rule, BoundRule)
+    return callable(rule)
+
+
+def register_rule(*layer_classes, replace=False):
     """Registers a rule class for one or more Keras layer classes.
 
-    Subclasses of a registered layer class use the same rule unless they register
-    their own.
+    A layer finds its rule along its class hierarchy: the rule registered for its own
+    class, else for the nearest base class (`type(layer).__mro__`). So subclasses of a
+    registered layer class use the same rule unless they register their own, and a rule
+    registered for a base class (even `keras.layers.Layer`) serves every subclass that
+    has none of its own.
+
+    A layer class that already has a rule is refused unless `replace=True`, so that a
+    rule of one's own never silently replaces a built-in one (`unregister_rule` undoes
+    a registration).
+
+    Args:
+        *layer_classes: `keras.layers.Layer` subclasses.
+        replace: replace the rule already registered for a class instead of refusing.
 
     Example:
 
@@ -52,13 +92,54 @@ def register_rule(*layer_classes):
         pass
     ```
     """
+    if not layer_classes:
+        raise TypeError("register_rule needs at least one Keras layer class, e.g. register_rule(MyLayer).")
+    for layer_cls in layer_classes:
+        if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
+            raise TypeError(
+                f"register_rule takes keras.layers.Layer subclasses, got {layer_cls!r}; "
+                "pass the layer class itself, e.g. register_rule(MyLayer)."
+            )
 
     def decorator(rule_cls):
+        if not _is_rule(rule_cls):
+            raise TypeError(
+                f"register_rule decorates BoundRule subclasses (or a function "
+                f"(layer, input_shapes) -> BoundRule), got {rule_cls!r}."
+            )
+        taken = [c for c in layer_classes if c in _REGISTRY and _REGISTRY[c] is not rule_cls]
+        if taken and not replace:
+            names = ", ".join(f"{c.__name__} ({getattr(_REGISTRY[c], '__name__', _REGISTRY[c])})" for c in taken)
+            raise ValueError(
+                f"register_rule: {names} already has a bound rule; pass replace=True to "
+                "replace it, or register the rule for a subclass of your own."
+            )
         for layer_cls in layer_classes:
             _REGISTRY[layer_cls] = rule_cls
         return rule_cls
 
     return decorator
+
+
+def unregister_rule(*layer_classes):
+    """Removes the rules registered for the given layer classes (a no-op for a class
+    without one); their layers fall back to a base class's rule, if any.
+
+    Example:
+
+    ```python
+    cactus_keras.bounds.register_rule(MyScale)(MyScaleRule)
+    ...
+    cactus_keras.bounds.unregister_rule(MyScale)
+    ```
+    """
+    for layer_cls in layer_classes:
+        _REGISTRY.pop(layer_cls, None)
+
+
+def registered_layer_classes():
+    """The layer classes that have a rule of their own, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def _registered(layer):

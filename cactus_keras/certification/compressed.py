@@ -7,10 +7,10 @@ import dataclasses
 import keras
 import numpy as np
 
-from cactus_keras import atomic_write, validation
+from cactus_keras import atomic_write, validation, vocabulary
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.certification.certificates import certify, network_of
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 from cactus_keras.compression.masks import (
     check_pruning_method,
     check_ratio,
@@ -21,7 +21,7 @@ from cactus_keras.compression.quantization import check_bits, fake_quantize
 
 # Row forms: pruned kernels, or weight-only fake-quantized kernels. (The int8 .tflite
 # file is a third form, certified by `cactus_keras.export.verify_tflite`.)
-PRUNED, QUANTIZED = "prune", "quantize"
+PRUNED, QUANTIZED = vocabulary.PRUNE, vocabulary.QUANTIZE
 
 
 @dataclasses.dataclass
@@ -219,7 +219,7 @@ def evaluate_compressed(
     kernels_of = {}
     for level, transform, excluded in settings:
         if excluded not in kernels_of:
-            kernels_of[excluded] = prunable_kernels(network, excluded)
+            kernels_of[excluded] = compressible_kernels(network, excluded)
         kernels = kernels_of[excluded]
         achieved = _compress_into(copy, network, kernels, transform)
         if recalibrate_batchnorm is not None:

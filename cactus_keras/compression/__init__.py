@@ -2,14 +2,14 @@
 
 Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
 (`fake_quantize`). Members (`CompressionMember` subclasses): `Pruning`,
-`Quantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
+`AWPQuantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
 user registers with `register_member`. `members_from_tables` builds a set from plain
 tables (`{"kind": "pruning", "ratio": [0.5, 0.95]}`), as TOML configs and the CLI do.
 """
 
-from cactus_keras.compression.awp import Quantization
+from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.fixed_mask import FixedMaskPruning
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 from cactus_keras.compression.masks import PRUNING_METHODS, magnitude_masks, sparsity
 from cactus_keras.compression.member import (
     CompressionMember,
@@ -18,6 +18,7 @@ from cactus_keras.compression.member import (
     member_from_config,
     member_kinds,
     register_member,
+    unregister_member,
 )
 from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning

@@ -1,4 +1,4 @@
-"""`Quantization`: the quantization member of the compression set, trained by
+"""`AWPQuantization`: the quantization member of the compression set, trained by
 adversarial weight perturbation (AWP)."""
 
 from __future__ import annotations
@@ -6,12 +6,13 @@ from __future__ import annotations
 from keras import ops
 
 from cactus_keras import backend
+from cactus_keras import vocabulary
 from cactus_keras.compression.member import CompressionMember, register_member
 from cactus_keras.compression.quantization import check_bits, fake_quantize, quantization_scale
 
 
-@register_member("quantization")
-class Quantization(CompressionMember):
+@register_member(vocabulary.AWP_QUANTIZATION)
+class AWPQuantization(CompressionMember):
     """The quantization member of the CACTUS compression set, by adversarial weight
     perturbation (AWP).
 
@@ -44,7 +45,7 @@ class Quantization(CompressionMember):
 
     ```python
     model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[
-        cactus_keras.Pruning((0.25, 0.75)), cactus_keras.Quantization(bits=8, awp_radius=0.5)])
+        cactus_keras.Pruning((0.25, 0.75)), cactus_keras.AWPQuantization(bits=8, awp_radius=0.5)])
     ```
     """
 

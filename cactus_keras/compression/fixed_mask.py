@@ -12,10 +12,11 @@ from cactus_keras.compression.masks import (
     magnitude_masks,
     output_is_excluded,
 )
+from cactus_keras import vocabulary
 from cactus_keras.compression.member import CompressionMember, register_member
 
 
-@register_member("fixed_mask_pruning")
+@register_member(vocabulary.FIXED_MASK_PRUNING)
 class FixedMaskPruning(CompressionMember):
     """The network pruned once by magnitude at `ratio`, with the mask kept fixed.
 

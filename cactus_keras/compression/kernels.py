@@ -9,10 +9,11 @@ from cactus_keras.bounds.graph import parse_network
 AFFINE_KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
-def prunable_kernels(network, exclude_output=False):
-    """Kernel variables of the Dense and Conv layers of `network`, in graph order.
+def compressible_kernels(network, exclude_output=False):
+    """Kernel variables of the Dense and Conv layers of `network`, in graph order: what
+    the members of the compression set prune or quantize.
 
-    Biases and batch norm are never pruned. With `exclude_output`, the kernel of the
+    Biases and batch norm are never compressed. With `exclude_output`, the kernel of the
     layer producing the logits is left out.
     """
     graph = parse_network(network)
@@ -28,8 +29,8 @@ def prunable_kernels(network, exclude_output=False):
         kernels = [k for k in kernels if k is not output_layer.kernel]
     if not kernels:
         raise ValueError(
-            f"Network '{network.name}' has no prunable kernel (Dense or Conv layers"
+            f"Network '{network.name}' has no compressible kernel (Dense or Conv layers"
             + (", other than the output layer" if exclude_output else "")
-            + "); pruning needs at least one."
+            + "); pruning and quantization members need at least one."
         )
     return kernels

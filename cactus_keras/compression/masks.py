@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from keras import ops
 
-PRUNING_METHODS = ("global_l1", "local_l1", "global_l2_structured")
+from cactus_keras.vocabulary import PRUNING_METHODS
 
 
 def check_pruning_method(pruning_method, name="pruning_method"):

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import Any, Callable, Sequence
 
 import keras
 
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 
 _REGISTRY = {}
 
@@ -67,11 +68,11 @@ class MemberContext:
     """
 
     name: str
-    step: object
-    seed_generator: object
+    step: Any
+    seed_generator: keras.random.SeedGenerator
     training: bool
-    loss: object
-    state: object = None
+    loss: Callable[[Sequence[Any]], Any]
+    state: Any = None
 
 
 class CompressionMember:
@@ -85,9 +86,9 @@ class CompressionMember:
     `@register_member("kind")` so that saved models load and configs can name them.
     """
 
-    kind = None
+    kind: str | None = None
 
-    def __init__(self, exclude_output=False, name="compressed"):
+    def __init__(self, exclude_output: bool = False, name: str = "compressed"):
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(
                 f"`name` of a compression member must be an identifier (it becomes part "
@@ -97,33 +98,38 @@ class CompressionMember:
         self.name = name
 
     @property
-    def excludes_output(self):
+    def excludes_output(self) -> bool:
         """Whether the output layer's kernel is left out (some methods force it)."""
         return self.exclude_output
 
-    def names(self):
+    def names(self) -> list[str]:
         return [self.name]
 
-    def select_kernels(self, network):
-        return prunable_kernels(network, self.excludes_output)
+    def select_kernels(self, network: keras.Model) -> list[keras.Variable]:
+        return compressible_kernels(network, self.excludes_output)
 
-    def build(self, kernels, add_variable):
+    def build(
+        self,
+        kernels: Sequence[keras.Variable],
+        add_variable: Callable[..., keras.Variable],
+    ) -> Any:
         """Creates the member's state; the returned object is `context.state`."""
         return None
 
-    def compress(self, kernels, context):
+    def compress(self, kernels: Sequence[Any], context: MemberContext) -> list[Any]:
+        """The compressed values of `kernels` (tensors, one per kernel, same shapes)."""
         raise NotImplementedError(
             f"{type(self).__name__} must define compress(kernels, context), returning the "
             "compressed values of `kernels`."
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         # Every __init__ argument stored under its own name, by convention.
         params = inspect.signature(type(self).__init__).parameters
         return {p: getattr(self, p) for p in params if p not in ("self", "args", "kwargs")}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> CompressionMember:
         return cls(**config)
 
     def __repr__(self):
@@ -131,7 +137,7 @@ class CompressionMember:
         return f"{type(self).__name__}({settings})"
 
 
-def register_member(kind, package="cactus_keras"):
+def register_member(kind: str, package: str = "cactus_keras") -> Callable[[type], type]:
     """Registers a `CompressionMember` class under `kind`, and with Keras for saving.
 
     `kind` is the name configs use for it (`member_from_config({"kind": kind, ...})`).
@@ -163,16 +169,34 @@ def register_member(kind, package="cactus_keras"):
     return decorator
 
 
-def member_kinds():
+def unregister_member(kind: str) -> None:
+    """Removes the member class registered under `kind` (a no-op for an unknown kind),
+    so that configs can no longer name it. Keras's serialization registry keeps the
+    class, under its own `package>ClassName` key, which is harmless.
+
+    Example:
+
+    ```python
+    cactus_keras.compression.register_member("my_quantizer")(MyQuantizer)
+    ...
+    cactus_keras.compression.unregister_member("my_quantizer")
+    ```
+    """
+    cls = _REGISTRY.pop(kind, None)
+    if cls is not None and cls.kind == kind:
+        cls.kind = None
+
+
+def member_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def member_class(kind):
+def member_class(kind: str) -> type[CompressionMember] | None:
     """The member class registered under `kind`, or None."""
     return _REGISTRY.get(kind) if isinstance(kind, str) else None
 
 
-def member_from_config(config):
+def member_from_config(config: dict[str, Any]) -> CompressionMember:
     """A member from `{"kind": KIND, **settings}` (as in a TOML table)."""
     config = dict(config)
     kind = config.pop("kind", None)
@@ -184,7 +208,7 @@ def member_from_config(config):
     return _REGISTRY[kind].from_config(config)
 
 
-def check_members(members):
+def check_members(members: Sequence[CompressionMember]) -> list[CompressionMember]:
     """The members as a list, each checked against the protocol, names distinct."""
     members = list(members)
     for member in members:
@@ -192,7 +216,7 @@ def check_members(members):
             raise TypeError(
                 f"Compression member {member!r} is not a "
                 "cactus_keras.compression.CompressionMember; members are objects such as "
-                "cactus_keras.Pruning(ratio=(0.25, 0.75)) or cactus_keras.Quantization(bits=8), "
+                "cactus_keras.Pruning(ratio=(0.25, 0.75)) or cactus_keras.AWPQuantization(bits=8), "
                 "or a subclass of CompressionMember of your own."
             )
     names = [n for m in members for n in m.names()]

@@ -17,8 +17,8 @@ Example:
 members = cactus_keras.compression.members_from_tables([
     {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
     {"kind": "pruning", "ratio": [0.1, 0.6], "pruning_method": "global_l2_structured"},
-    {"kind": "quantization", "bits": 8},
-    {"kind": "quantization", "bits": 4},
+    {"kind": "awp_quantization", "bits": 8},
+    {"kind": "awp_quantization", "bits": 4},
 ])
 [m.name for m in members]
 # ['pruned_global_l1', 'pruned_global_l2_structured', 'quantized8', 'quantized4']

@@ -11,6 +11,7 @@ from cactus_keras.compression.masks import (
     magnitude_masks,
     output_is_excluded,
 )
+from cactus_keras import vocabulary
 from cactus_keras.compression.member import CompressionMember, register_member
 from cactus_keras.compression.ratio_schedules import as_ratio_schedule
 
@@ -27,7 +28,7 @@ def check_ratio_range(ratio, name="ratio"):
     return check_ratio(ratio, name)
 
 
-@register_member("pruning")
+@register_member(vocabulary.PRUNING)
 class Pruning(CompressionMember):
     """Pruned members of the CACTUS compression set.
 

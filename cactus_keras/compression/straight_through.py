@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from keras import ops
 
+from cactus_keras import vocabulary
 from cactus_keras.compression.member import CompressionMember, register_member
 from cactus_keras.compression.quantization import check_bits, fake_quantize
 
 
-@register_member("straight_through_quantization")
+@register_member(vocabulary.STRAIGHT_THROUGH_QUANTIZATION)
 class StraightThroughQuantization(CompressionMember):
     """Fake-quantized kernels in the forward pass; the gradient passes to the float
     kernel as if rounding were the identity (the STE of quantization-aware training).
@@ -20,7 +21,7 @@ class StraightThroughQuantization(CompressionMember):
     Args:
         bits: bit width, 2 to 8.
         per_channel: per-output-channel scales (as int8 TFLite kernels) or per tensor.
-        exclude_output, name: as `Quantization`.
+        exclude_output, name: as `AWPQuantization`.
 
     Example:
 

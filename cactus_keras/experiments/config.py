@@ -30,14 +30,14 @@ global_l2_structured = [0.3, 0.5, 0.7]
 method = "ibp-then-compress"
 [methods.cactus]
 method = "cactus"
-compression = "prune+quant"    # TrainConfig fields override [training]
+compression = "pruning+awp_quantization"  # TrainConfig fields override [training]
 [methods.ibp-finetune]
 method = "ibp-then-finetune"
 source = "ibp"                 # the run whose networks it fine-tunes, at every level
 [methods.cactus-set]           # any set: a list of member tables, each with its settings
 method = "cactus"
 compression = [{kind = "pruning", ratio = [0.5, 0.95], pruning_method = "global_l1"},
-               {kind = "quantization", bits = 4}]
+               {kind = "awp_quantization", bits = 4}]
 member_weight = 1.0            # each member's weight relative to the full network
 member_weight_ramp = "epsilon" # the weight follows the epsilon ramp ("none": constant)
 member_batch_fraction = 0.25   # each member trains on its own quarter of each batch
@@ -93,8 +93,8 @@ class ExperimentConfig:
     def train_config(self, overrides, seed):
         """The TrainConfig of a trained run: [training], then the run's overrides."""
         fields = {**self.training, **overrides}
-        if "prune_range" in fields:
-            fields["prune_range"] = tuple(fields["prune_range"])
+        if "ratio" in fields:
+            fields["ratio"] = tuple(fields["ratio"])
         return TrainConfig(dataset=self.dataset, epsilon=self.epsilon, seed=seed, **fields)
 
     def ordered_runs(self):

@@ -272,14 +272,14 @@ class Cactus(TrainedMethod):
         # for the IBP runs, so CACTUS's own default is the full compression set.
         overrides = super().overrides()
         if self.config.training.get("compression", "none") == "none":
-            overrides.setdefault("compression", "prune+quant")
+            overrides.setdefault("compression", "pruning+awp_quantization")
         return overrides
 
     def check_compression(self, compression):
         if compression in ("none", []):
             raise ConfigError(
-                f"{self.where}: a cactus run needs compression prune, quant, "
-                "prune+quant or a list of member tables; for plain IBP training use "
+                f"{self.where}: a cactus run needs compression pruning, awp_quantization, "
+                "pruning+awp_quantization or a list of member tables; for plain IBP training use "
                 "method = \"ibp-then-compress\"."
             )
 
@@ -503,7 +503,7 @@ class TFMOT(_FromSource):
 
     def run(self, ctx):
         from cactus_keras.certification.certificates import certify
-        from cactus_keras.compression import prunable_kernels, sparsity
+        from cactus_keras.compression import compressible_kernels, sparsity
         from cactus_keras.interop import tfmot
 
         x, y = self.train_data(ctx)
@@ -517,7 +517,7 @@ class TFMOT(_FromSource):
                 network = ctx.source_network(self.settings["source"])
                 pruned = tfmot.tfmot_prune(network, x, y, ratio, **fit)
                 pruned.save(os.path.join(ctx.directory, f"pruned_{ratio:g}.keras"))
-                kept = [keras.ops.convert_to_numpy(k) != 0 for k in prunable_kernels(pruned)]
+                kept = [keras.ops.convert_to_numpy(k) != 0 for k in compressible_kernels(pruned)]
                 n = self.config.evaluation.get("bound_samples") or len(ctx.x_test)
                 result = certify(pruned, ctx.x_test[:n], ctx.y_test[:n], self.config.epsilon,
                                  bound=self.config.evaluation["bound"],

@@ -13,11 +13,11 @@ import threading
 import keras
 import numpy as np
 
-from cactus_keras import atomic_write, backend, models, validation
+from cactus_keras import atomic_write, backend, keras_internals, models, validation, vocabulary
+from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.data.digest import data_digest
 from cactus_keras.experiments.progress import EpochLine
 from cactus_keras.run_lock import folder_lock
-from cactus_keras.compression.awp import Quantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.member_tables import member_table, members_from_tables
 from cactus_keras.compression.pruning import Pruning
@@ -36,7 +36,7 @@ from cactus_keras.training.batch_slices import check_member_batch_fraction
 from cactus_keras.training.model import check_member_weight
 
 # The short forms of `compression`; a list of member tables gives any set.
-COMPRESSIONS = ("none", "prune", "quant", "prune+quant")
+COMPRESSIONS = vocabulary.TRAIN_COMPRESSIONS
 # "epsilon": the members' weight follows the epsilon ramp (MemberWeightRamp).
 MEMBER_WEIGHT_RAMPS = ("none", "epsilon")
 # Gradient clipping as in Shi et al. (2021): IBP losses have rare huge gradients.
@@ -58,8 +58,9 @@ class TrainConfig:
     70% and 85% of `epochs`, as Shi et al. 2021 and CTBench) or "cosine"
     (`training.EpochLearningRate`). `ibp_regularization` (Shi et al.'s regularisers
     during the ramp) and `l1_regularization` are `CactusModel`'s options.
-    The compression set: `compression` is a short form ("none", "prune", "quant",
-    "prune+quant", set by `prune_range`, `pruning_method`, `bits`, `awp_radius`,
+    The compression set: `compression` is a short form ("none", "pruning",
+    "awp_quantization", "pruning+awp_quantization", set by the members' own settings
+    `ratio`, `pruning_method`, `bits`, `awp_radius`,
     `awp_steps`), or a list of member tables, each `{"kind": KIND, **settings}` with its
     own settings (`cactus_keras.compression.members_from_tables`, which names the
     unnamed members); the short-form fields are then unused. A list is stored with
@@ -75,7 +76,7 @@ class TrainConfig:
     TrainConfig(dataset="fashion_mnist", epsilon=0.1, compression=[
         {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
         {"kind": "pruning", "ratio": [0.1, 0.6], "pruning_method": "global_l2_structured"},
-        {"kind": "quantization", "bits": 8}, {"kind": "quantization", "bits": 4}],
+        {"kind": "awp_quantization", "bits": 8}, {"kind": "awp_quantization", "bits": 4}],
         member_weight=1.0, member_weight_ramp="epsilon", member_batch_fraction=0.25)
     ```
     """
@@ -90,8 +91,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_decay_epochs: tuple | None = None
     lr_decay_factor: float | None = None
-    compression: str | list = "prune"
-    prune_range: tuple = (0.25, 0.75)
+    compression: str | list = "pruning"
+    ratio: tuple = (0.25, 0.75)
     pruning_method: str = "global_l1"
     bits: int = 8
     awp_radius: float = 0.5
@@ -126,10 +127,10 @@ class TrainConfig:
             raise ValueError(
                 f"Unknown compression {self.compression!r}; expected one of "
                 f"{', '.join(COMPRESSIONS)}, or a list of member tables such as "
-                '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "quantization", bits = 4}].'
+                '[{kind = "pruning", ratio = [0.5, 0.95]}, {kind = "awp_quantization", bits = 4}].'
             )
         check_pruning_method(self.pruning_method)
-        self.prune_range = tuple(self.prune_range)
+        self.ratio = tuple(self.ratio)
         # Building the members validates their arguments before any training.
         members = self.compression_members()
         if not isinstance(self.compression, str):
@@ -200,14 +201,11 @@ class TrainConfig:
         if not isinstance(self.compression, str):
             return members_from_tables(self.compression, key="compression")
         members = []
-        if "prune" in self.compression:
-            try:
-                members.append(Pruning(ratio=tuple(self.prune_range), pruning_method=self.pruning_method))
-            except (TypeError, ValueError) as exc:
-                # Pruning calls its range `ratio`; here it is `prune_range`.
-                raise type(exc)(str(exc).replace("`ratio`", "`prune_range`")) from None
-        if "quant" in self.compression:
-            members.append(Quantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
+        kinds = self.compression.split("+")
+        if vocabulary.PRUNING in kinds:
+            members.append(Pruning(ratio=tuple(self.ratio), pruning_method=self.pruning_method))
+        if vocabulary.AWP_QUANTIZATION in kinds:
+            members.append(AWPQuantization(bits=self.bits, awp_radius=self.awp_radius, awp_steps=self.awp_steps))
         return members
 
     def compression_names(self):
@@ -218,7 +216,7 @@ class TrainConfig:
 
     def to_dict(self):
         data = dataclasses.asdict(self)
-        data["prune_range"] = list(self.prune_range)
+        data["ratio"] = list(self.ratio)
         if self.lr_decay_epochs is not None:
             data["lr_decay_epochs"] = list(self.lr_decay_epochs)
         return data
@@ -558,7 +556,7 @@ class EpochOfBatches(keras.callbacks.Callback):
         self.batches.epoch = epoch
 
 
-class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
+class InterruptSafeBackup(keras_internals.WrapsBackupWrite, keras.callbacks.BackupAndRestore):
     """Keras's `BackupAndRestore` (at each epoch's end, kept after training), with
     Ctrl-C held back while a backup is written, so that it is never left half-written.
 
@@ -583,25 +581,25 @@ class InterruptSafeBackup(keras.callbacks.BackupAndRestore):
                 for variable, value in zip(variables, values):
                     variable.assign(value)
 
-    def _save_model(self):
+    def write_backup(self, save):
         if threading.current_thread() is not threading.main_thread():
-            return self._save_all()
+            return self._save_all(save)
         pending = []
         previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
         try:
-            self._save_all()
+            self._save_all(save)
         finally:
             signal.signal(signal.SIGINT, previous)
         if pending:
             raise KeyboardInterrupt
 
-    def _save_all(self):
+    def _save_all(self, save):
         import io
 
         buffer = io.BytesIO()
         np.savez(buffer, **{f"v{i}": keras.ops.convert_to_numpy(v.value)
                             for i, v in enumerate(self.model.non_trainable_variables)})
-        super()._save_model()
+        save()
         atomic_write.write_bytes(self._states_path, buffer.getvalue())
 
 

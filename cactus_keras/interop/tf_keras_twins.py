@@ -86,7 +86,7 @@ def layer_chain(network):
                 "TF-MOT twin does not support. Supported layer types: "
                 f"{', '.join(SUPPORTED_LAYERS)}. Replace the layer (nested models must be "
                 "flattened into one chain) or compress the network with cactus_keras's "
-                "own Pruning/Quantization."
+                "own Pruning/AWPQuantization."
             )
         calls = [node for node in nodes if node.operation is layer]
         if len(calls) > 1:

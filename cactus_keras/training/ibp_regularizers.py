@@ -43,7 +43,7 @@ import math
 from keras import ops
 
 from cactus_keras.bounds.nonlinear import is_relu
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 
 # Shi et al.'s tolerance tau of both terms.
 TOLERANCE = 0.5
@@ -130,7 +130,7 @@ def ramp_decay(epsilon, epsilon_target):
 
 def regularized_kernels(network):
     """The kernels L1 regularisation acts on: every Dense and Conv kernel."""
-    return prunable_kernels(network)
+    return compressible_kernels(network)
 
 
 def l1_norm(kernels):

@@ -47,7 +47,9 @@ def _metric_name(kind, member_name):
 
 
 @keras.saving.register_keras_serializable(package="cactus_keras")
-class CactusModel(keras.Model):
+# BuildsOnOneReplica: the TensorFlow trainer's build on a distributed first batch fails
+# under MultiWorkerMirroredStrategy; see keras_internals.symbolic_build.
+class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
     """Trains `network` to be certifiably robust, also after compression.
 
     Each batch the loss is the weighted mean over the compression set (the full network
@@ -74,7 +76,7 @@ class CactusModel(keras.Model):
         network: a Sequential or functional Keras model returning logits.
         epsilon: L-infinity training radius in the data space (the target of a ramp).
         compression: a list of members (`cactus_keras.compression.CompressionMember`),
-            e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)), cactus_keras.Quantization(bits=8)]`;
+            e.g. `[cactus_keras.Pruning(ratio=(0.25, 0.75)), cactus_keras.AWPQuantization(bits=8)]`;
             empty for plain certified training. The quantization member is AWP in
             training and the fake-quantized network in evaluation (so
             `certified_accuracy_quantized` is that of the quantized kernels).
@@ -266,12 +268,6 @@ class CactusModel(keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_arrays(x, y)
         return super().evaluate(x, y, *args, **kwargs)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # The TensorFlow trainer's build on a distributed first batch fails under
-        # MultiWorkerMirroredStrategy; see keras_internals.symbolic_build.
-        return keras_internals.symbolic_build(self, super()._maybe_symbolic_build,
-                                              iterator, data_batch)
 
     # The network's inference pass. Training-mode work (batch statistics, bounds) is in
     # compute_loss, so the moving averages are updated exactly once per step.
@@ -533,15 +529,22 @@ class CactusModel(keras.Model):
         return alpha * worst_case + (1.0 - alpha) * adversarial, margins, logits, interval
 
     def load_own_variables(self, store):
-        # Models saved before `member_weight` existed have one variable fewer: load
-        # the others in their order and keep the weight at its configured value.
-        own = self._trainable_variables + self._non_trainable_variables
-        if len(store.keys()) == len(own) - 1:
-            kept = [v for v in own if v is not self.member_weight]
-            for i, variable in enumerate(kept):
-                variable.assign(store[f"{i}"])
-            return
-        super().load_own_variables(store)
+        # A model saved before `member_weight` existed says so in its config (it has
+        # no `member_weight` key, see from_config), and its weights file has one
+        # variable fewer: load the others in their order and keep the weight at its
+        # configured value. Recognising the version by the config, not by counting
+        # the variables, leaves any other mismatch to Keras's own error.
+        if not getattr(self, "_saved_without_member_weight", False):
+            return super().load_own_variables(store)
+        kept = [v for v in keras_internals.own_variables(self) if v is not self.member_weight]
+        if len(store.keys()) != len(kept):
+            raise ValueError(
+                f"The weights file of this CactusModel (saved before `member_weight` "
+                f"existed) holds {len(store.keys())} variables of the model itself, "
+                f"expected {len(kept)}; it was saved by another version of cactus_keras."
+            )
+        for i, variable in enumerate(kept):
+            variable.assign(store[f"{i}"])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         compiled = keras_internals.compiled_metrics(self)
@@ -578,7 +581,9 @@ class CactusModel(keras.Model):
         config["compression"] = [
             keras.saving.deserialize_keras_object(m) for m in config.get("compression", [])
         ]
-        return cls(**config)
+        model = cls(**config)
+        model._saved_without_member_weight = "member_weight" not in config
+        return model
 
 
 def check_member_weight(member_weight):

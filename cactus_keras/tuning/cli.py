@@ -7,6 +7,8 @@ import os
 import shlex
 import time
 
+from cactus_keras import vocabulary
+
 DEFAULT_TARGETS = "prune:0.7,quantize:8"
 DEFAULT_MAX_TRIALS = 10
 
@@ -46,8 +48,8 @@ def add_parser(subparsers):
                    help="run no trials: print the best hyperparameters of the search in DIR and "
                    "write DIR/best_model.keras and DIR/best_network.keras")
     p.add_argument("--compression", default=None,
-                   help="members of the training set (what trains), as in `train`: none, prune, "
-                   "quant or prune+quant (default: from --targets)")
+                   help="members of the training set (what trains), as in `train`: none, pruning, "
+                   "awp_quantization or pruning+awp_quantization (default: from --targets)")
     p.add_argument("--standard-weight", type=float, nargs="+", default=None, metavar="LAMBDA",
                    help="lambda: LOW HIGH searches that range, one number fixes it (default 0.0 0.9)")
     p.add_argument("--awp-radius", type=float, nargs="+", default=None, metavar="ETA",
@@ -197,14 +199,14 @@ def _check_members_flags(args, hypermodel):
     written into the results without effect: refused."""
     compression = hypermodel.compression
     for flag, given, member in (
-            ("--awp-radius", args.awp_radius is not None, "quant"),
-            ("--awp-steps", "awp_steps" in args.given, "quant"),
-            ("--search-prune-range", args.search_prune_range, "prune")):
-        if given and member not in compression:
+            ("--awp-radius", args.awp_radius is not None, vocabulary.AWP_QUANTIZATION),
+            ("--awp-steps", "awp_steps" in args.given, vocabulary.AWP_QUANTIZATION),
+            ("--search-prune-range", args.search_prune_range, vocabulary.PRUNING)):
+        if given and member not in compression.split("+"):
             raise ValueError(
                 f"{flag} configures the {member} member, which this search does not train "
                 f"(--compression {compression}, from --targets {args.targets} unless given); "
-                f"drop {flag}, or give --compression {'prune+quant'}.")
+                f"drop {flag}, or give --compression {vocabulary.TRAIN_COMPRESSIONS[-1]}.")
 
 
 def _hypermodel(args, shape_holder):

@@ -8,8 +8,8 @@ import math
 import keras
 import keras_tuner
 
-from cactus_keras import backend, validation
-from cactus_keras.compression.awp import Quantization
+from cactus_keras import backend, validation, vocabulary
+from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.masks import check_pruning_method
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.compression.quantization import check_bits
@@ -134,9 +134,9 @@ class CactusHyperModel(keras_tuner.HyperModel):
         epsilon: certification (and training) radius.
         targets: compressions the network must stay certified under, e.g.
             `"prune:0.7,quantize:8"` or `["prune:0.7", "quantize:8"]`.
-        compression: members of the training set: "none", "prune", "quant" or
-            "prune+quant"; default: pruning if a target prunes, quantization if a target
-            quantizes.
+        compression: members of the training set: "none", "pruning",
+            "awp_quantization" or "pruning+awp_quantization"; default: pruning if a
+            target prunes, AWP quantization if a target quantizes.
         epochs: epochs of each trial, for the ramps (`search(epochs=...)` if None; for
             Hyperband, its `max_epochs`).
         bits: bit width of the quantization member (default: the quantization target's,
@@ -215,8 +215,10 @@ class CactusHyperModel(keras_tuner.HyperModel):
         self.epsilon = validation.check_epsilon(epsilon)
         self.targets = parse_targets(targets)
         if compression is None:
-            kinds = {t.kind for t in self.targets}
-            parts = [p for p, k in (("prune", "prune"), ("quant", "quantize")) if k in kinds]
+            kinds = {t.form for t in self.targets}
+            parts = [member for member, form in ((vocabulary.PRUNING, vocabulary.PRUNE),
+                                                  (vocabulary.AWP_QUANTIZATION, vocabulary.QUANTIZE))
+                     if form in kinds]
             compression = "+".join(parts) or "none"
         if compression not in COMPRESSIONS:
             raise ValueError(
@@ -247,8 +249,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
                 f"{high!r}: let the ranges meet at most at one value (e.g. (0.0, 0.5) and "
                 "(0.5, 0.95))."
             )
-        quant_targets = [t.bits for t in self.targets if t.kind == "quantize"]
-        prune_targets = [t.pruning_method for t in self.targets if t.kind == "prune"]
+        quant_targets = [t.bits for t in self.targets if t.form == vocabulary.QUANTIZE]
+        prune_targets = [t.pruning_method for t in self.targets if t.form == vocabulary.PRUNE]
         self.bits = check_bits(bits if bits is not None else (quant_targets[0] if quant_targets else 8))
         self.pruning_method = check_pruning_method(
             pruning_method if pruning_method is not None else (prune_targets[0] if prune_targets else "global_l1")
@@ -273,11 +275,11 @@ class CactusHyperModel(keras_tuner.HyperModel):
     def searched(self):
         """Names of the hyperparameters this hypermodel declares."""
         names = ["standard_weight", "learning_rate"]
-        if "quant" in self.compression:
+        if vocabulary.AWP_QUANTIZATION in self.compression.split("+"):
             names.insert(1, "awp_radius")
         if self.certified_loss == "mtl-ibp":
             names.insert(1, "mtl_alpha")
-        if "prune" in self.compression:
+        if vocabulary.PRUNING in self.compression.split("+"):
             names += ["prune_ratio_low", "prune_ratio_high"]
         return names
 
@@ -309,13 +311,13 @@ class CactusHyperModel(keras_tuner.HyperModel):
         if self.ibp_init:
             ibp_initialize(network, seed=self.seed)
         members = []
-        if "prune" in self.compression:
+        if vocabulary.PRUNING in self.compression.split("+"):
             low, high = values["prune_ratio_low"], values["prune_ratio_high"]
             ratio = (low, high) if low < high else low
             members.append(Pruning(ratio=ratio, pruning_method=self.pruning_method))
-        if "quant" in self.compression:
+        if vocabulary.AWP_QUANTIZATION in self.compression.split("+"):
             members.append(
-                Quantization(bits=self.bits, awp_radius=values["awp_radius"], awp_steps=self.awp_steps)
+                AWPQuantization(bits=self.bits, awp_radius=values["awp_radius"], awp_steps=self.awp_steps)
             )
         model = CactusModel(
             network,

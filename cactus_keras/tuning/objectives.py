@@ -13,7 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from cactus_keras import validation
+from cactus_keras import validation, vocabulary
 from cactus_keras.compression.masks import PRUNING_METHODS, check_pruning_method, check_ratio
 from cactus_keras.compression.quantization import check_bits
 
@@ -32,12 +32,13 @@ DEFAULT_OBJECTIVE = "mean"
 class CompressionTarget:
     """A compression the tuned network must stay certified under.
 
-    `kind` is "prune" (with `ratio` and `pruning_method`) or "quantize" (with `bits`:
-    weight-only fake quantization, kernels symmetric per output channel as int8 TFLite
-    kernels; not the int8 `.tflite` file, which `verify_tflite` certifies).
+    `form` is one of the evaluated forms (`cactus_keras.vocabulary.EVALUATED_FORMS`):
+    "prune" (with `ratio` and `pruning_method`) or "quantize" (with `bits`: weight-only
+    fake quantization, kernels symmetric per output channel as int8 TFLite kernels; not
+    the int8 `.tflite` file, which `verify_tflite` certifies).
     """
 
-    kind: str
+    form: str
     ratio: float | None = None
     pruning_method: str = "global_l1"
     bits: int | None = None
@@ -45,7 +46,7 @@ class CompressionTarget:
     @property
     def key(self):
         """The suffix of this target's metrics, e.g. `prune70` or `quantize8`."""
-        if self.kind == "quantize":
+        if self.form == vocabulary.QUANTIZE:
             return f"quantize{self.bits}"
         key = f"prune{round(self.ratio * 100):02d}"
         return key if self.pruning_method == "global_l1" else f"{key}_{self.pruning_method}"
@@ -53,7 +54,7 @@ class CompressionTarget:
     @property
     def spec(self):
         """The string form `parse_targets` reads (`prune:0.7`, `quantize:8`)."""
-        if self.kind == "quantize":
+        if self.form == vocabulary.QUANTIZE:
             return f"quantize:{self.bits}"
         spec = f"prune:{self.ratio:g}"
         return spec if self.pruning_method == "global_l1" else f"{spec}:{self.pruning_method}"
@@ -66,19 +67,27 @@ TARGET_FORMS = ("prune:RATIO, prune:RATIO:PRUNING_METHOD or quantize:BITS "
 def _parse_target(text):
     text = text.strip().lower()
     parts = text.split(":")
-    if parts[0] == "quantize" and len(parts) == 2:
+    if parts[0] in (vocabulary.PRUNING, vocabulary.AWP_QUANTIZATION, "quantization"):
+        # Member kinds name what trains; a target is what is evaluated.
+        form = vocabulary.PRUNE if parts[0] == vocabulary.PRUNING else vocabulary.QUANTIZE
+        raise ValueError(
+            f"Compression target {text!r}: {parts[0]!r} names what trains (a member of the "
+            f"compression set); a target names what is evaluated: write {form}:... (e.g. "
+            "prune:0.7, quantize:8)."
+        )
+    if parts[0] == vocabulary.QUANTIZE and len(parts) == 2:
         try:
             bits = int(parts[1])
         except ValueError:
             raise ValueError(f"Compression target {text!r}: the bit width must be an integer.") from None
-        return CompressionTarget("quantize", bits=check_bits(bits))
+        return CompressionTarget(vocabulary.QUANTIZE, bits=check_bits(bits))
     if text in ("tflite", "int8") or text.startswith("int"):
         raise ValueError(
             f"Compression target {text!r}: tuning certifies weight-only fake quantization, "
             "written quantize:BITS (e.g. quantize:8); the int8 .tflite file is certified "
             "after export with `cactus-keras verify-tflite`."
         )
-    if parts[0] in ("prune", "pruning") and len(parts) in (2, 3):
+    if parts[0] == vocabulary.PRUNE and len(parts) in (2, 3):
         try:
             ratio = float(parts[1])
         except ValueError:
@@ -90,7 +99,7 @@ def _parse_target(text):
                 "evaluated; give a ratio in (0, 1)."
             )
         method = check_pruning_method(parts[2]) if len(parts) == 3 else "global_l1"
-        return CompressionTarget("prune", ratio=ratio, pruning_method=method)
+        return CompressionTarget(vocabulary.PRUNE, ratio=ratio, pruning_method=method)
     raise ValueError(
         f"Unknown compression target {text!r}; expected {TARGET_FORMS}. Pruning methods: "
         f"{', '.join(PRUNING_METHODS)}."
@@ -260,7 +269,7 @@ class CompressedCertification(keras.callbacks.Callback):
         logs = {CERTIFIED: float(full.certified_accuracy)}
         compressed = []
         for target in self.targets:
-            if target.kind == "prune":
+            if target.form == vocabulary.PRUNE:
                 table = evaluate_compressed(network, self.x, self.y, epsilon,
                                             pruning=[target.ratio],
                                             pruning_method=target.pruning_method,
