@@ -568,7 +568,7 @@ def train(config, data, output_dir, verbose=2, callbacks=(), *, resume=False, ov
                                 {**settings, "distribute": distribute})
     with backend.distribution_scope(distribute):
         model = build_model(config, data.input_shape, data.num_classes, data.input_range)
-        x, y = validation.check_data(model.network, x, y, data.num_classes)
+        x, y = validation.check_data(model.network, x, y, data.num_classes, data.input_range)
         batches = ShuffledBatches(x, y, config.batch_size, config.seed)
         # On one TensorFlow device the same batches go through tf.data (see
         # ShuffledBatches); distributed runs and JAX keep Keras's PyDataset path.
