@@ -118,7 +118,7 @@ def pgd(
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     input_range = validation.check_input_range(input_range)
     num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
-    x, y = validation.check_data(model, x, y, num_classes)
+    x, y = validation.check_data(model, x, y, num_classes, input_range)
     if step_size is None:
         step_size = 2.5 * epsilon / steps
     value_and_grad = backend.value_and_input_gradient(margin_objective(model))

@@ -48,8 +48,56 @@ def check_input_range(input_range):
     return low, high
 
 
-def check_data(model, x, y, num_classes=None):
-    """Returns `x` as float32 and `y` as int64 after checking them against `model`."""
+# Inputs may exceed the data range by this fraction of its width (rounding of a
+# normalization, for example) before they are refused.
+RANGE_TOLERANCE = 1e-4
+
+
+def check_in_range(x, input_range, name="x"):
+    """Refuses inputs that are not finite or that lie outside `input_range`.
+
+    Every entry point that certifies, attacks, trains or calibrates on inputs calls
+    this before any work: the epsilon ball is cut to `input_range`, so a point outside
+    it (raw 0..255 pixels with the default (0, 1), say) gets a box that does not hold
+    the ball around it, and the certificate is about another point, silently. A
+    tolerance of `RANGE_TOLERANCE` times the range's width allows for rounding.
+    `input_range=None` (no cut) checks only that the values are finite.
+
+    Returns `x` unchanged.
+
+    Example:
+
+    ```python
+    validation.check_in_range(x_uint8 / 255.0, (0.0, 1.0))  # passes
+    validation.check_in_range(x_uint8, (0.0, 1.0))          # ValueError: scale it
+    ```
+    """
+    values = np.asarray(x)
+    if values.size == 0:
+        return x
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+        count = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise ValueError(f"`{name}` holds {count} NaN or infinite values; every input must "
+                         "be a finite number.")
+    if input_range is None:
+        return x
+    low, high = input_range
+    lowest, highest = float(values.min()), float(values.max())
+    slack = RANGE_TOLERANCE * (high - low)
+    if lowest < low - slack or highest > high + slack:
+        hint = (" (images in 0..255: x / 255)" if (low, high) == (0.0, 1.0) and highest > 1.5
+                else "")
+        raise ValueError(
+            f"`{name}` holds values in [{lowest:g}, {highest:g}], outside the data range "
+            f"[{low:g}, {high:g}] that the epsilon ball is cut to: scale the inputs into "
+            f"it{hint}, or pass the range they are in as `input_range` (None for no cut)."
+        )
+    return x
+
+
+def check_data(model, x, y, num_classes=None, input_range=None):
+    """Returns `x` as float32 and `y` as int64 after checking them against `model`
+    and, with `check_in_range`, `x` against `input_range` (None: finite only)."""
     x = np.asarray(x)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number):
         raise TypeError(f"`x` must be a numeric array, got dtype {x.dtype}.")
@@ -86,6 +134,7 @@ def check_data(model, x, y, num_classes=None):
             f"Labels must lie in [0, {num_classes}) for a model with {num_classes} "
             f"outputs; found labels from {y.min()} to {y.max()}."
         )
+    check_in_range(x, input_range)
     return x, y
 
 

@@ -188,3 +188,45 @@ def test_crown_memory_is_estimated_and_refused_with_advice(monkeypatch):
         cactus_keras.certify(net, x, y, 0.1, bound="crown")
     # IBP needs no such memory and still runs.
     assert cactus_keras.certify(net, x, y, 0.1, bound="ibp", verbose=0).certified.shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "shape, filters, padding",
+    [((1, 6, 6), 4, "same"), ((1, 6, 4), 4, "valid"), ((2, 5, 7), 3, "valid")],
+)
+def test_channels_first_conv_margins_and_predictions_are_one_computation(shape, filters,
+                                                                        padding):
+    keras.utils.set_random_seed(0)
+    conv = keras.layers.Conv2D(filters, 3, padding=padding, data_format="channels_first",
+                               bias_initializer=keras.initializers.RandomNormal(stddev=3.0))
+    net = keras.Sequential([keras.Input(shape), conv, keras.layers.Flatten(),
+                            keras.layers.Dense(3)])
+    x = np.random.default_rng(0).uniform(0, 1, (32, *shape)).astype("float32")
+    logits = net.predict(x, verbose=0)
+    np.testing.assert_allclose(net(x).numpy(), logits, atol=1e-4)
+    y = np.random.default_rng(1).integers(0, 3, 32)
+    result = cactus_keras.certify(net, x, y, 0.0, verbose=0)
+    # At epsilon 0 the margin bounds are the margins of the logits that `predicted` and
+    # the clean accuracy come from.
+    margins = logits[np.arange(32), y][:, None] - logits
+    np.testing.assert_allclose(result.margin_lower, margins, atol=1e-3)
+    np.testing.assert_array_equal(result.predicted, logits.argmax(-1))
+    np.testing.assert_array_equal(result.certified, result.correct & (np.sort(
+        np.where(np.eye(3, dtype=bool)[y], np.inf, margins), axis=1)[:, 0] > 0))
+
+
+@pytest.mark.parametrize("shape, filters, padding",
+                         [((1, 6, 6), 4, "valid"), ((2, 5, 5), 5, "same")])
+def test_channels_first_conv_with_as_many_filters_as_columns_is_refused(shape, filters,
+                                                                       padding):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras adds the bias along the channels on this backend")
+    conv = keras.layers.Conv2D(filters, 3, padding=padding, data_format="channels_first",
+                               name="cf_conv")
+    net = keras.Sequential([keras.Input(shape), conv, keras.layers.Flatten(),
+                            keras.layers.Dense(3)])
+    x = np.random.default_rng(0).uniform(0, 1, (4, *shape)).astype("float32")
+    with pytest.raises(bounds.UnsupportedModelError,
+                       match=r"Conv layer 'cf_conv' \(data_format='channels_first'\) has as "
+                             r"many filters.*data_format='channels_last'"):
+        cactus_keras.certify(net, x, np.zeros(4, "int64"), 0.01, verbose=0)

@@ -228,6 +228,42 @@ def test_load_npz_float_out_of_range(tmp_path):
     assert "x_train" in str(e.value)
 
 
+def test_a_training_label_outside_the_test_splits_classes_is_refused(tmp_path):
+    # One stray label 10 in a 10-class set: without the check, an 11-class model.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 4, 4), dtype=np.uint8)
+    y = np.arange(200) % 10
+    bad = y.copy()
+    bad[17] = 10
+    path = tmp_path / "stray.npz"
+    np.savez(path, x_train=x, y_train=bad, x_test=x[:50], y_test=y[:50])
+    with pytest.raises(DatasetFormatError) as e:
+        load(path)
+    message = str(e.value)
+    assert "1 labels in" in message and "y_train] (first at index 17: 10)" in message
+    assert "0..9, 10 classes" in message and "num_classes=K" in message
+    assert "\n" not in message
+    # A label far beyond, leaving classes that no sample has (255 for "unknown").
+    bad[17] = 255
+    bad[:100:10] = 255
+    np.savez(path, x_train=x, y_train=bad, x_test=x[:50], y_test=y[:50])
+    with pytest.raises(DatasetFormatError, match=r"11 labels in .*first at index 0: 255"):
+        load(path)
+    # Declared, the count is what the labels are checked against...
+    np.savez(path, x_train=x, y_train=bad, x_test=x, y_test=y, num_classes=10)
+    with pytest.raises(DatasetFormatError, match=r"must be in \[0, 10\); 11 are not"):
+        load(path)
+    np.savez(path, x_train=x, y_train=bad, x_test=x, y_test=y, num_classes=256)
+    assert load(path).num_classes == 256
+    # ...and a small test split that lacks common classes needs no declaration.
+    np.savez(path, x_train=x, y_train=y, x_test=x[:5], y_test=y[:5])
+    assert load(path).num_classes == 10
+    for declared in (1, 2.5, [10, 10]):
+        np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y, num_classes=declared)
+        with pytest.raises(DatasetFormatError, match=r"num_classes\] must be one integer"):
+            load(path)
+
+
 def test_load_npz_missing_key(tmp_path):
     arrays = make_arrays()
     del arrays["y_test"]

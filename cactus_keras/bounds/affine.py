@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
-from cactus_keras.bounds.rules import AffineRule, UnsupportedLayerError, register_rule
+from cactus_keras.bounds.rules import (AffineRule, RefusedLayerError, UnsupportedLayerError,
+                                       register_rule)
 
 
 def _merge_spec_axis(coefficients):
@@ -66,15 +68,18 @@ class ConvRule(AffineRule):
     def __init__(self, layer, input_shapes):
         super().__init__(layer, input_shapes)
         if layer.groups != 1:
-            raise UnsupportedLayerError(
+            raise RefusedLayerError(
                 f"Conv layer '{layer.name}' uses groups={layer.groups}; only groups=1 "
                 "has a bound rule."
             )
         if layer.padding not in ("valid", "same"):
-            raise UnsupportedLayerError(
+            raise RefusedLayerError(
                 f"Conv layer '{layer.name}' uses padding='{layer.padding}'; bounds "
                 "support 'valid' and 'same'."
             )
+        # Checked here, eagerly: the offset is used inside compiled steps.
+        if layer.data_format == "channels_first" and layer.use_bias:
+            self._check_channels_first_bias()
 
     def parameters(self, clean_inputs, training):
         return self.layer.kernel, self.layer.bias
@@ -101,14 +106,38 @@ class ConvRule(AffineRule):
         if bias is None:
             return None
         if self.layer.data_format == "channels_first":
-            # The layer's own bias add, so the bounds describe what it computes: on
-            # TensorFlow, `ops.add` adds a (1, filters, 1, ...) bias along the last
-            # axis when that axis also has `filters` elements.
+            # An explicit broadcast along the channels: `ops.add` would become
+            # TensorFlow's BiasAdd, which fails on this pass's constant shapes in a
+            # compiled step (see also `_check_channels_first_bias`).
             rank = len(self.layer.kernel_size)
-            out_shape = self.layer.compute_output_shape((1, *self.input_shapes[0]))
-            zeros = ops.zeros(out_shape, dtype=bias.dtype)
-            return ops.add(zeros, ops.reshape(bias, (1, -1) + (1,) * rank))
+            out_shape = tuple(self.layer.compute_output_shape((1, *self.input_shapes[0])))
+            return ops.reshape(bias, (1, -1) + (1,) * rank) * ops.ones(out_shape, bias.dtype)
         return bias
+
+    def _check_channels_first_bias(self):
+        """Refuses a channels-first layer whose bias Keras does not add along the
+        channels in every call.
+
+        Keras adds a channels-first bias with `ops.add`, which on TensorFlow becomes a
+        BiasAdd along the last axis when that axis is known to have `filters` elements
+        too: in eager calls, while a compiled call adds it along the channels.
+        `model(x)` and `model.predict(x)` then disagree, and no certificate can
+        describe the network. The same `ops.add` runs here on a probe, so the check
+        follows Keras on any backend (on JAX it always passes)."""
+        layer = self.layer
+        rank = len(layer.kernel_size)
+        out_shape = tuple(layer.compute_output_shape((1, *self.input_shapes[0])))
+        probe = np.arange(1, layer.filters + 1, dtype="float32").reshape((1, -1) + (1,) * rank)
+        added = ops.convert_to_numpy(ops.add(ops.zeros(out_shape), probe))
+        if not np.array_equal(added, np.broadcast_to(probe, out_shape)):
+            raise RefusedLayerError(
+                f"Conv layer '{layer.name}' (data_format='channels_first') has as many "
+                f"filters as its output's last axis ({layer.filters}): Keras on "
+                f"{keras.backend.backend()} then adds the bias along that axis in eager "
+                "calls and along the channels in compiled ones, so model(x) and "
+                "model.predict(x) disagree and no certificate can describe it. Use "
+                "data_format='channels_last', or another number of filters."
+            )
 
     def transpose(self, coefficients, params):
         layer = self.layer

@@ -113,6 +113,8 @@ class _Builder:
     def __init__(self):
         self.nodes = []
         self.unsupported = []
+        # Layers whose rule exists but refuses this use of them, with the rule's reason.
+        self.refused = []
         self._fresh = 0
 
     def fresh_key(self, hint):
@@ -159,6 +161,9 @@ class _Builder:
             )
         try:
             rule = rules_lib.rule_for(layer, shapes)
+        except rules_lib.RefusedLayerError as error:
+            self.refused.append(str(error))
+            return ("unsupported", id(out_tensor))
         except rules_lib.UnsupportedLayerError:
             self.unsupported.append(layer)
             return ("unsupported", id(out_tensor))
@@ -204,6 +209,8 @@ def parse_network(model) -> BoundGraph:
     builder = _Builder()
     input_key = ("tensor", id(functional.inputs[0]))
     (output_key,) = builder.add_model(model, [input_key])
+    if builder.refused:
+        raise UnsupportedModelError(" ".join(builder.refused))
     if builder.unsupported:
         names = ", ".join(
             f"'{layer.name}' ({type(layer).__name__}"

@@ -56,6 +56,11 @@ class UnsupportedLayerError(ValueError):
     """Raised when a layer has no bound rule."""
 
 
+class RefusedLayerError(UnsupportedLayerError):
+    """Raised by a rule that exists but refuses a configuration of its layer; its
+    message (which names the layer, the reason and the fix) is shown as it is."""
+
+
 _REGISTRY = {}
 
 

@@ -148,7 +148,7 @@ def certify(
     validation.check_epsilon_range(epsilon, input_range)
     model = network_of(model)
     graph = parse_network(model)
-    x, y = validation.check_data(model, x, y, graph.num_classes)
+    x, y = validation.check_data(model, x, y, graph.num_classes, input_range)
     if bound in CROWN_BOUNDS:
         per_sample = crown_bytes_per_sample(graph)
         if per_sample > CROWN_SAMPLE_LIMIT:

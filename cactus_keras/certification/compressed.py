@@ -198,6 +198,12 @@ def evaluate_compressed(
     if isinstance(input_range, str) and input_range == "auto":
         input_range = getattr(model_or_network, "input_range", (0.0, 1.0))
     input_range = validation.check_input_range(input_range)
+    # The data are checked once here, before any network is compressed (certify checks
+    # them again per row, cheaply).
+    num_classes = int(network.outputs[0].shape[-1]) if getattr(network, "outputs", None) else None
+    validation.check_data(network, x, y, num_classes, input_range)
+    if recalibrate_batchnorm is not None:
+        validation.check_in_range(recalibrate_batchnorm, input_range, "recalibrate_batchnorm")
     ratios = [check_ratio(r, "pruning ratio") for r in pruning]
     methods = [pruning_method] if isinstance(pruning_method, str) else list(pruning_method)
     methods = [check_pruning_method(m) for m in methods]

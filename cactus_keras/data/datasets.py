@@ -31,6 +31,8 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# An optional scalar in an .npz: the number of classes, when the test split may lack one.
+NUM_CLASSES_KEY = "num_classes"
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 
@@ -110,7 +112,10 @@ def load(name_or_path, *, data_dir=None, download=True):
     4. TensorFlow Datasets, which may download; only if `download=True`.
 
     A path is loaded as-is: a directory of the four IDX files (or CIFAR-10
-    python batches), or an `.npz` with `x_train, y_train, x_test, y_test`.
+    python batches), or an `.npz` with `x_train, y_train, x_test, y_test` and
+    optionally `num_classes` (one integer). Without it the class count is the largest
+    label + 1, and a training label above every test label whose class is a stray
+    (far rarer in training than the test split's classes) is refused as a wrong label.
     Known names win over a same-named directory; write `"./mnist"` to mean
     the directory.
 
@@ -122,6 +127,7 @@ def load(name_or_path, *, data_dir=None, download=True):
     model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_test, ds.y_test))
 
     ds = load("/data/my_digits.npz")  # num_classes = max label + 1
+    np.savez("tiny.npz", x_train=x, y_train=y, x_test=x[:5], y_test=y[:5], num_classes=10)
     ```
 
     Args:
@@ -424,6 +430,8 @@ def _read_npz(path):
                     f"{', '.join(found) or 'none'}."
                 )
             raw = {k: (f[k], f"{path}[{k}]") for k in NPZ_KEYS}
+            if NUM_CLASSES_KEY in found:
+                raw[NUM_CLASSES_KEY] = (f[NUM_CLASSES_KEY], f"{path}[{NUM_CLASSES_KEY}]")
     except DatasetFormatError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -538,7 +546,10 @@ def _build(raw, *, name, source, num_classes, image_shape):
             "dataset?"
         )
 
+    if num_classes is None and NUM_CLASSES_KEY in raw:
+        num_classes = _declared_classes(*raw[NUM_CLASSES_KEY])
     if num_classes is None:
+        _check_train_labels_against_test(y_train, y_test, raw)
         top = max(int(y_train.max()), int(y_test.max()) if len(y_test) else 0)
         num_classes = max(top + 1, 2)
     _check_labels(y_train, num_classes, raw["y_train"][1])
@@ -624,6 +635,51 @@ def _as_labels(array, origin):
     raise DatasetFormatError(
         f"Labels in {origin} should be integers, got dtype {array.dtype}."
     )
+
+
+def _declared_classes(value, origin):
+    value = np.asarray(value)
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer) or int(value) < 2:
+        raise DatasetFormatError(
+            f"{origin} must be one integer >= 2 (the number of classes), got "
+            f"{value.tolist()!r}."
+        )
+    return int(value)
+
+
+# A training class the test split lacks is taken for a wrong label when it holds fewer
+# than this fraction of the samples of the rarest class the test split shows.
+STRAY_CLASS_FRACTION = 0.1
+
+
+def _check_train_labels_against_test(y_train, y_test, raw):
+    """Without a declared class count the test split shows the classes. A training
+    label above every test label is refused as a wrong label when its class is a stray:
+    far rarer in training than every class the test split shows
+    (`STRAY_CLASS_FRACTION`), or beyond a class that no sample has. One stray 10 in a
+    10-class set would otherwise build an 11-class model, silently. A small test split
+    that lacks a class by chance is accepted (the class is common in training)."""
+    if not len(y_test) or not len(y_train) or y_train.min() < 0:
+        return  # the range check names negative labels
+    test_top = int(y_test.max())
+    counts = np.bincount(y_train)
+    shown = counts[: test_top + 1]
+    rarest = int(shown[shown > 0].min()) if np.any(shown > 0) else 0
+    stray = []
+    for label in range(test_top + 1, len(counts)):
+        if counts[label] and (counts[label] < STRAY_CLASS_FRACTION * rarest
+                              or not np.all(counts[test_top + 1: label])):
+            stray.append(label)
+    if stray:
+        beyond = np.isin(y_train, stray)
+        first = int(np.argmax(beyond))
+        raise DatasetFormatError(
+            f"{int(beyond.sum())} labels in {raw['y_train'][1]} (first at index {first}: "
+            f"{int(y_train[first])}) name a class that {raw['y_test'][1]} does not have "
+            f"(its labels are 0..{test_top}, {test_top + 1} classes) and that few "
+            "training samples have. Fix those labels, or, if the class is real, declare "
+            f"the class count in the .npz: np.savez(..., {NUM_CLASSES_KEY}=K)."
+        )
 
 
 def _check_labels(labels, num_classes, origin):

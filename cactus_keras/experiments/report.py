@@ -227,9 +227,25 @@ def _pruning_methods(config, summary):
     return found
 
 
-def report_markdown(config, summary, runs, data_note, command, timings, entries=None):
+def unreached_lines(config, run_records):
+    """Markdown lines naming each run whose training never reached the experiment's
+    epsilon (its `epsilon_reached`, from the run's config.json), else none."""
+    short = [r for r in run_records
+             if r.get("epsilon_reached") is not None
+             and r["epsilon_reached"] < config.epsilon * (1 - 1e-6)]
+    if not short:
+        return []
+    runs = ", ".join(f"{r['run']} seed {r['seed']} at {r['epsilon_reached']:.4g}" for r in short)
+    return [f"**Epsilon not reached in training:** {runs} (of {config.epsilon:g}): their "
+            "epsilon ramp ends with training, so the last batch trained below the target "
+            "(`epsilon_reached` in each run's config.json). Train for more epochs or "
+            "shorten the ramp.", ""]
+
+
+def report_markdown(config, summary, runs, data_note, command, timings, entries=None,
+                    run_records=()):
     """The report: the headline (`headline` entries), then method-by-level tables as
-    in the paper."""
+    in the paper; first a warning when a run never trained at the epsilon."""
     evaluation = config.evaluation
     seeds = max((e["seeds"] for e in summary), default=0)
     lines = [f"# Experiment {config.name}", ""]
@@ -245,6 +261,7 @@ def report_markdown(config, summary, runs, data_note, command, timings, entries=
         f"Command: `{command}`",
         "",
     ]
+    lines += unreached_lines(config, run_records)
     lines += headline_markdown(entries or [], baseline_runs(config), seeds)
     lines += [
         "Cells below are clean / certified accuracy. Pruning ratio 0 is the uncompressed "
@@ -324,5 +341,5 @@ def write_results(output, config, run_records, data_note, command):
                              title=f"{config.name}: epsilon {config.epsilon:g}")
     path = os.path.join(output, "report.md")
     atomic_write.write_text(path, report_markdown(config, summary, runs, data_note, command,
-                                                  timings, entries))
+                                                  timings, entries, run_records))
     return path

@@ -45,6 +45,17 @@ def load_data(config):
             f"{config.config_dataset!r}): {text}{hint}") from None
 
 
+def _epsilon_reached(directory):
+    """The epsilon a run trained in `directory` reached (its config.json), or None
+    for a run that trained no certified network there."""
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            value = json.load(f).get("epsilon_reached")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _read_seconds(path):
     try:
         with open(path) as f:
@@ -200,6 +211,9 @@ def _run_locked(config, output, verbose, progress, command, data, digest):
         record = {"run": name, "method": method.name, "seed": seed,
                   "seconds": spent + time.perf_counter() - start,
                   "rows": [{"run": name, "method": method.name, "seed": seed, **r} for r in rows]}
+        reached = _epsilon_reached(directory)
+        if reached is not None:
+            record["epsilon_reached"] = reached
         write_json(done, record)
         records.append(record)
     bar.close()

@@ -293,6 +293,15 @@ def ramp_callbacks(warmup_epochs, ramp_epochs):
     ]
 
 
+def epsilon_reached(config, steps_per_epoch):
+    """The epsilon the last batch of `config`'s training trains at, with
+    `steps_per_epoch` batches per epoch: `config.epsilon` unless the ramp ends with
+    training (see `EpsilonRamp.final_value`)."""
+    ramp = EpsilonRamp(config.ramp_epochs, start_epoch=config.warmup_epochs, shape="smooth",
+                       end=config.epsilon)
+    return ramp.final_value(config.epochs, steps_per_epoch)
+
+
 def schedule_callbacks(config):
     """The run's ramps (epsilon, lambda, and the members' weight when it follows
     epsilon), and its learning-rate schedule unless it is constant."""
@@ -665,14 +674,19 @@ def _train(config, data, output_dir, verbose, callbacks, resume, overwrite, dist
         n = config.validation_samples
         validation_data = (data.x_test[:n], data.y_test[:n])
     log_path = os.path.join(output_dir, "training_log.csv")
+    # The epsilon the last batch trains at (below the target when the ramp ends with
+    # training): recorded beside the settings, and said at the start by EpsilonRamp.
+    steps = -(-len(x) // config.batch_size)
+    reached = epsilon_reached(config, steps)
     if state == "unfinished":
         _keep_log_rows(log_path, resumed_epoch(output_dir))
     else:
         atomic_write.write_json(os.path.join(output_dir, "config.json"),
-                                {**settings, "distribute": distribute})
+                                {**settings, "distribute": distribute,
+                                 "epsilon_reached": reached})
     with backend.distribution_scope(distribute):
         model = build_model(config, data.input_shape, data.num_classes, data.input_range)
-        x, y = validation.check_data(model.network, x, y, data.num_classes)
+        x, y = validation.check_data(model.network, x, y, data.num_classes, data.input_range)
         batches = ShuffledBatches(x, y, config.batch_size, config.seed)
         # On one TensorFlow device the same batches go through tf.data (see
         # ShuffledBatches); distributed runs and JAX keep Keras's PyDataset path.

@@ -27,7 +27,7 @@ def _network(model_or_network):
     return validation.check_single_io(model_or_network, "exporting")
 
 
-def _check_samples(x, input_shape, what):
+def _check_samples(x, input_shape, what, input_range=None):
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise TypeError(f"{what} must be numeric, got dtype {x.dtype}.")
@@ -48,12 +48,16 @@ def _check_samples(x, input_shape, what):
     x = x.astype("float32", copy=False)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{what} contains NaN or infinite values.")
+    # Calibrating on data outside the range the model is used in gives activation
+    # ranges that waste the int8 levels (or clip the real data): a bad file, silently.
+    validation.check_in_range(x, input_range, "representative_data")
     return x
 
 
-def representative_samples(representative_data, input_shape, limit):
+def representative_samples(representative_data, input_shape, limit, input_range=None):
     """Up to `limit` float32 samples (samples, *input_shape) from a NumPy array or a
-    tf.data.Dataset of inputs or (inputs, labels[, weights]) elements, batched or not."""
+    tf.data.Dataset of inputs or (inputs, labels[, weights]) elements, batched or not,
+    checked against `input_range` (`validation.check_in_range`; None: finite only)."""
     import tensorflow as tf
 
     what = "`representative_data`"
@@ -74,7 +78,8 @@ def representative_samples(representative_data, input_shape, limit):
             element = np.asarray(element)
             if element.ndim == len(input_shape):
                 element = element[None]  # unbatched dataset
-            chunk = _check_samples(element, input_shape, f"{what} (a dataset element)")
+            chunk = _check_samples(element, input_shape, f"{what} (a dataset element)",
+                                   input_range)
             chunks.append(chunk[: limit - count])
             count += len(chunks[-1])
             if count >= limit:
@@ -96,7 +101,7 @@ def representative_samples(representative_data, input_shape, limit):
             f"{what} is empty (shape {x.shape}); pass at least one input sample (about "
             "100-500 training images is typical)."
         )
-    return _check_samples(x, input_shape, what)[:limit]
+    return _check_samples(x, input_shape, what, input_range)[:limit]
 
 
 def configure_int8(converter, samples):
@@ -189,7 +194,7 @@ def _export_saved_model(network, samples, int8, what, hint):
 
 
 def to_tflite(model_or_network, path, representative_data=None, int8=True,
-              num_calibration_samples=200, exporter="auto"):
+              num_calibration_samples=200, exporter="auto", *, input_range="auto"):
     """Exports a Keras model to a `.tflite` file, full-integer int8 by default.
 
     Which exporter writes the file (`exporter`):
@@ -222,6 +227,10 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
         int8: full-integer int8 (True) or float32 (False).
         num_calibration_samples: at most this many samples are used for calibration.
         exporter: "auto", "litert" or "saved_model" (see above).
+        input_range: the data range `representative_data` must lie in (the range the
+            file is certified in by `verify_tflite`); "auto" takes a `CactusModel`'s own
+            `input_range` and (0, 1) for a plain network; None checks only that the
+            samples are finite.
 
     Returns:
         `path`, as a string.
@@ -234,6 +243,9 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     ```
     """
     network = _network(model_or_network)
+    if isinstance(input_range, str) and input_range == "auto":
+        input_range = getattr(model_or_network, "input_range", (0.0, 1.0))
+    input_range = validation.check_input_range(input_range)
     num_calibration_samples = validation.check_positive_int(
         num_calibration_samples, "num_calibration_samples")
     if exporter not in EXPORTERS:
@@ -245,7 +257,7 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     samples = None
     if int8 or representative_data is not None:
         samples = representative_samples(representative_data, input_shape,
-                                         num_calibration_samples)
+                                         num_calibration_samples, input_range)
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"`path` '{path}' is a directory; pass a file name such as "

@@ -235,7 +235,7 @@ def _inconsistent_graph_errors(path):
         ) from None
 
 
-def _check_x(graph, x, y):
+def _check_x(graph, x, y, input_range):
     x = np.asarray(x)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number):
         raise TypeError(f"`x` must be a numeric array, got dtype {x.dtype}.")
@@ -251,7 +251,7 @@ def _check_x(graph, x, y):
             f"{', '.join(str(e) for e in expected)}). Reshape the data to match."
         )
     # check_data checks the labels; the shape was checked above (no Keras model here).
-    return validation.check_data(_NoShape, x, y, graph.num_classes)
+    return validation.check_data(_NoShape, x, y, graph.num_classes, input_range)
 
 
 class _NoShape:
@@ -329,7 +329,7 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     epsilon = validation.check_epsilon(epsilon)
     input_range = validation.check_input_range(input_range)
     batch_size = validation.check_positive_int(batch_size, "batch_size")
-    x, y = _check_x(graph, x, y)
+    x, y = _check_x(graph, x, y, input_range)
     interpreter, name = make_interpreter(graph.path, kernels)
     with _inconsistent_file_errors(graph.path, name):
         run = InterpreterRunner(interpreter)

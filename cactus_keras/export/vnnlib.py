@@ -91,7 +91,7 @@ def write_benchmark(model_or_network, x, y, epsilon, folder, input_range=(0.0, 1
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}.")
     num_classes = int(np.prod(network.outputs[0].shape[1:]))
-    x, y = validation.check_data(network, x, y, num_classes)
+    x, y = validation.check_data(network, x, y, num_classes, input_range)
     folder = os.fspath(folder)
     if os.path.isfile(folder):
         raise ValueError(f"`folder` '{folder}' is a file; pass a folder for the benchmark.")

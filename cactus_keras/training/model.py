@@ -248,25 +248,55 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
                                           ("loss_l1_regularization", self.l1_regularization))
                 if weight]
 
-    def _check_arrays(self, x, y):
-        # Arrays can be checked before tracing; datasets are the user's to keep valid.
-        if x is None or y is None or not hasattr(x, "shape") or not hasattr(y, "shape"):
-            return
-        validation.check_data(self.network, x, y, self.graph.num_classes)
+    def _check_inputs(self, x, y, name="x"):
+        """Checks training or evaluation data before any step runs.
 
-    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        Arrays (x and y) are checked whole: shape, labels in range, and inputs finite
+        and within `input_range` (`validation.check_in_range`), which costs one pass
+        over memory that is there anyway. A `tf.data.Dataset` or a
+        `keras.utils.PyDataset` is checked on its first batch only: that catches the
+        usual mistake (the whole data set unscaled, raw 0..255 pixels) at the cost of
+        one batch, without reading the data set twice. Python generators are not
+        checked (peeking would consume a batch). A check inside the compiled step
+        would see every batch, but a failed check cannot stop a compiled step on every
+        backend; the input pipeline is the user's there.
+        """
+        if x is None:
+            return
+        if hasattr(x, "shape") and y is not None and hasattr(y, "shape"):
+            validation.check_data(self.network, x, y, self.graph.num_classes,
+                                  self.input_range)
+            return
+        first = _first_batch(x)
+        if first is not None:
+            validation.check_in_range(first, self.input_range, f"{name} (its first batch)")
+
+    def fit(self, x=None, y=None, *args, callbacks=None, validation_data=None, **kwargs):
         """`keras.Model.fit`, with `StopOnNonFiniteLoss` added unless given.
 
-        NumPy inputs are checked first (shape, labels in range).
+        The data are checked first (`_check_inputs`): arrays whole (shape, labels,
+        inputs finite and within `input_range`), a `tf.data.Dataset` or `PyDataset`
+        on its first batch; `validation_data` the same way.
+
+        Example:
+
+        ```python
+        model.fit(x_train / 255.0, y_train, epochs=5)  # pixels scaled to input_range
+        ```
         """
-        self._check_arrays(x, y)
+        self._check_inputs(x, y)
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
+            self._check_inputs(validation_data[0], validation_data[1], "validation_data")
+        elif validation_data is not None:
+            self._check_inputs(validation_data, None, "validation_data")
         callbacks = list(callbacks or [])
         if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(StopOnNonFiniteLoss())
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        return super().fit(x, y, *args, callbacks=callbacks, validation_data=validation_data,
+                           **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._check_arrays(x, y)
+        self._check_inputs(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
     # The network's inference pass. Training-mode work (batch statistics, bounds) is in
@@ -584,6 +614,23 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
         model = cls(**config)
         model._saved_without_member_weight = "member_weight" not in config
         return model
+
+
+def _first_batch(data):
+    """The inputs of the first batch of a `tf.data.Dataset` or `keras.utils.PyDataset`
+    (None for anything else, e.g. a generator, which cannot be peeked at)."""
+    if isinstance(data, keras.utils.PyDataset):
+        element = data[0]
+    elif type(data).__module__.startswith("tensorflow") and hasattr(data, "take") and \
+            hasattr(data, "element_spec"):
+        element = next(iter(data.take(1)), None)
+    else:
+        return None
+    if isinstance(element, (tuple, list)):
+        element = element[0] if element else None
+    if element is None or isinstance(element, dict):
+        return None
+    return ops.convert_to_numpy(element)
 
 
 def check_member_weight(member_weight):

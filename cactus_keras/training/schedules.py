@@ -83,6 +83,20 @@ class VariableRamp(keras.callbacks.Callback):
             progress = smooth_ramp(progress)
         return self.start + (self.end - self.start) * progress
 
+    def final_value(self, epochs, steps_per_epoch):
+        """The value the last batch of `epochs` epochs of `steps_per_epoch` batches
+        trains at (batch b of epoch e trains at `value_at(e + b / steps_per_epoch)`):
+        below `end` when the ramp ends with training or later.
+
+        Example:
+
+        ```python
+        EpsilonRamp(1, start_epoch=1, end=0.1).final_value(epochs=2, steps_per_epoch=1)  # 0.0
+        ```
+        """
+        steps = max(int(steps_per_epoch), 1)
+        return self.value_at(epochs - 1 + (steps - 1) / steps)
+
     def on_train_batch_begin(self, batch, logs=None):
         steps = self.params.get("steps") if self.params else None
         fraction = batch / steps if steps else 0.0
@@ -108,6 +122,40 @@ class EpsilonRamp(VariableRamp):
 
     def __init__(self, ramp_epochs, start_epoch=0, shape="smooth", start=0.0, end=None):
         super().__init__("epsilon", ramp_epochs, start_epoch, start, end, shape)
+        # The epsilon the last batch trains at, once `fit` says how long it trains.
+        self.reached = None
+
+    def on_train_begin(self, logs=None):
+        """Says at the start, in one line, when the ramp cannot reach its target
+        (it ends with training or later, or one batch per epoch leaves its last
+        epoch at the epoch's start value); `reached` holds the final epsilon."""
+        super().on_train_begin(logs)
+        epochs = self.params.get("epochs") if self.params else None
+        steps = self.params.get("steps") if self.params else None
+        if not epochs or not steps:
+            return
+        self.reached = self.final_value(epochs, steps)
+        message = unreached_message(self, epochs, steps, self.reached)
+        if message:
+            print(message)
+
+
+def unreached_message(ramp, epochs, steps_per_epoch, reached):
+    """One warning line when `reached` (the final epsilon) is below the ramp's target,
+    else None."""
+    target = float(ramp.end)
+    if not reached < target * (1 - 1e-6):
+        return None
+    last = ramp.start_epoch + ramp.ramp_epochs
+    fix = f"train at least {last + 1} epochs, or give a shorter ramp"
+    if steps_per_epoch < 10:
+        fix += " or more batches per epoch (a smaller batch size)"
+    return (
+        f"Warning: epsilon cannot reach its target {target:g}: the ramp ends at epoch "
+        f"{last} of {epochs} ({steps_per_epoch} batch{'es' if steps_per_epoch > 1 else ''} "
+        f"per epoch), so the last batch trains at epsilon {reached:.4g}. To train at the "
+        f"target, {fix}."
+    )
 
 
 class StandardWeightRamp(VariableRamp):
