@@ -533,8 +533,8 @@ def _check_evaluate(args):
     validation.check_epsilon(args.epsilon, "--epsilon")
     _check_limit(args.limit, "--limit")
     _check_output_file(args.json_path, "--json")
-    _parse_list(args.prune, float, "--prune")
-    _parse_list(args.bits, int, "--bits")
+    _parse_list(args.ratios, float, "--ratios")
+    _parse_list(args.bits_list, int, "--bits-list")
 
 
 def _parse_list(text, convert, flag):
