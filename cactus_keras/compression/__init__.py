@@ -3,9 +3,10 @@
 Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
 (`fake_quantize`). Members (`CompressionMember` subclasses): `Pruning`,
 `Quantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
-user registers with `register_member`. `prune_structured` zeroes whole channels and
-`shrink` rebuilds such a network as a plain, narrower Keras model. `members_from_tables` builds a set from plain
+user registers with `register_member`. `members_from_tables` builds a set from plain
 tables (`{"kind": "pruning", "ratio": [0.5, 0.95]}`), as TOML configs and the CLI do.
+`prune_structured` zeroes whole channels; `shrink` rebuilds such a network as a plain,
+narrower Keras model that computes the same.
 """
 
 from cactus_keras.compression.awp import Quantization
