@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cactus_keras import cli
-from cactus_keras.compress import NoCandidateMeetsFloor, SearchConfig, candidates, pareto_front, search
+from cactus_keras.compress import NoCandidateMeetsFloor, SearchConfig, candidates, pareto_front, run_search
 
 # The module (the package's `search` attribute is the function of that name).
 search_module = importlib.import_module("cactus_keras.compress.search")
@@ -78,7 +78,7 @@ def test_search_meets_the_floor_reads_the_test_set_last_and_resumes(problem, tmp
         return x_test, y_test
 
     config = _config()
-    report = search(net, x, y, config, str(output), load_test=load_test, verbose=0)
+    report = run_search(net, x, y, config, str(output), load_test=load_test, verbose=0)
     assert len(calls) == 1
     front = json.loads((output / "pareto.json").read_text())
     certified = front["certified"]
@@ -99,11 +99,11 @@ def test_search_meets_the_floor_reads_the_test_set_last_and_resumes(problem, tmp
     monkeypatch.setattr(search_module, "to_tflite", fail)
     monkeypatch.setattr(search_module, "verify_tflite",
                         lambda path, x_, y_, *a, **k: _assert_test_only(x_, x_test, path))
-    again = search(net, x, y, config, str(output), load_test=load_test, verbose=0)
+    again = run_search(net, x, y, config, str(output), load_test=load_test, verbose=0)
     assert again["chosen"]["key"] == chosen["key"]
 
     with pytest.raises(ValueError, match="another configuration"):
-        search(net, x, y, _config(finalists=2), str(output), load_test=load_test, verbose=0)
+        run_search(net, x, y, _config(finalists=2), str(output), load_test=load_test, verbose=0)
 
 
 def _assert_test_only(x, x_test, path):
@@ -121,7 +121,7 @@ def test_no_candidate_meets_the_floor_says_so_and_never_reads_the_test_set(probl
 
     config = _config(min_certified=1.0, max_candidates=2, finalists=1, screen_slack=1.0)
     with pytest.raises(NoCandidateMeetsFloor, match="No int8 file meets --min-certified 1.0000"):
-        search(net, x, y, config, str(tmp_path), load_test=load_test, verbose=0)
+        run_search(net, x, y, config, str(tmp_path), load_test=load_test, verbose=0)
     assert (tmp_path / "pareto.json").exists()
 
 
@@ -139,3 +139,18 @@ def test_compress_command(problem, tmp_path, capsys):
     assert "No int8 file meets --min-certified" in capsys.readouterr().err
     assert cli.main(args[:7] + ["--min-certified", "0.1", "--output", str(tmp_path / "e"),
                                 "--ratios", "0,x"]) == 2
+
+
+def test_command_defaults_match_the_library_and_the_parser_stays_light():
+    import subprocess
+    import sys
+
+    from cactus_keras.compress import cli as compress_cli
+
+    assert compress_cli.DEFAULT_RATIOS == search_module.DEFAULT_RATIOS
+    assert compress_cli.OBJECTIVES == search_module.OBJECTIVES
+    code = ("import sys, cactus_keras.cli as c; c.build_parser(); "
+            "print('cactus_keras.compress.search' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
+    assert out.stdout.strip() == "False"

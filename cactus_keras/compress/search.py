@@ -16,10 +16,10 @@ latency measurements. Unstructured zeros are not searched: an int8 file stores i
 kernels dense, so they change neither its size nor its speed.
 
 ```python
-from cactus_keras.compress import SearchConfig, search
-result = search(network, x_train, y_train, SearchConfig(epsilon=0.1, min_certified=0.6),
+from cactus_keras.compress import SearchConfig, run_search
+report = run_search(network, x_train, y_train, SearchConfig(epsilon=0.1, min_certified=0.6),
                 "runs/compress", load_test=lambda: (x_test, y_test))
-result["chosen"]["bytes"], result["chosen"]["test_certified_accuracy"]
+report["chosen"]["bytes"], report["chosen"]["test_certified_accuracy"]
 ```
 """
 
@@ -186,7 +186,7 @@ def pareto_front(rows, cost):
     return sorted(front, key=lambda r: r[cost])
 
 
-def search(network, x_train, y_train, config, output, *, load_test, verbose=1):
+def run_search(network, x_train, y_train, config, output, *, load_test, verbose=1):
     """Runs the search; writes DIR/chosen.int8.tflite, report.json, pareto.json, pareto.png.
 
     `x_train`, `y_train`: the training data; the search holds out its last
