@@ -354,7 +354,7 @@ def shrink(network):
     probe = keras.Model(functional.inputs, tensors)
     zeros = np.zeros((1, *functional.inputs[0].shape[1:]), "float32")
     # The removed channels are constant: their value at any input (zero) is their value.
-    values = {id(t): ops.convert_to_numpy(v) for t, v in zip(tensors, probe(zeros, training=False))}
+    values = {id(t): ops.convert_to_numpy(v) for t, v in zip(tensors, probe([zeros], training=False))}
     values[id(functional.inputs[0])] = zeros
     forced, representatives = {}, {}
     for _ in range(len(tensors) + 1):
