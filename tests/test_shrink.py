@@ -194,3 +194,16 @@ def test_shrunk_int8_file_is_smaller_and_its_certificate_sound(trained_cnn3, tmp
             assert np.all(outputs >= result.output_lower), kernels
             assert np.all(outputs <= result.output_upper), kernels
             assert np.all(np.argmax(outputs, 1)[certified] == y[certified]), kernels
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn5", "cnn7"])
+def test_model_zoo_shrinks_to_the_same_logits(arch):
+    """cnn5 and cnn7 pad their convolutions with zeros ("same"): the stand-in case."""
+    net = _scaled(_randomize(cactus_keras.models.get(arch, (12, 12, 1), 5, batch_norm=True), 4), 0.3)
+    masked = prune_structured(net, 0.5)
+    small = shrink(masked)
+    assert small.count_params() < 0.6 * masked.count_params()
+    x = np.random.default_rng(2).uniform(0, 1, (8, 12, 12, 1)).astype("float32")
+    expected = ops.convert_to_numpy(masked(x))
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(ops.convert_to_numpy(small(x)), expected, atol=1e-5 * scale)
