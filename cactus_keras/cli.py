@@ -817,9 +817,11 @@ def build_parser():
     # Their argparse blocks live beside the code they drive; imports stay lazy there.
     from cactus_keras.experiments.cli import add_parser as add_experiment
     from cactus_keras.tuning.cli import add_parser as add_tune
+    from cactus_keras.compress.cli import add_parser as add_compress
 
     add_experiment(subparsers)
     add_tune(subparsers)
+    add_compress(subparsers)
     _add_distribute(subparsers)
     for sub in subparsers.choices.values():
         sub.formatter_class = _HelpFormatter

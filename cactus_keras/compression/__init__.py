@@ -5,6 +5,8 @@ Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
 `AWPQuantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
 user registers with `register_member`. `members_from_tables` builds a set from plain
 tables (`{"kind": "pruning", "ratio": [0.5, 0.95]}`), as TOML configs and the CLI do.
+`prune_structured` zeroes whole channels; `shrink` rebuilds such a network as a plain,
+narrower Keras model that computes the same.
 """
 
 from cactus_keras.compression.awp import AWPQuantization
@@ -24,4 +26,5 @@ from cactus_keras.compression.member_tables import member_table, members_from_ta
 from cactus_keras.compression.pruning import Pruning
 from cactus_keras.compression.quantization import fake_quantize, quantization_scale
 from cactus_keras.compression.ratio_schedules import ConstantRatio, PolynomialRatio
+from cactus_keras.compression.shrink import ShrinkError, prune_structured, shrink
 from cactus_keras.compression.straight_through import StraightThroughQuantization

@@ -8,14 +8,18 @@ callback that `CactusHyperModel.fit` adds), so every KerasTuner tuner can use th
 
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 import numpy as np
 
 from cactus_keras import validation, vocabulary
-from cactus_keras.compression.masks import PRUNING_METHODS, check_pruning_method, check_ratio
-from cactus_keras.compression.quantization import check_bits
+# The target parser lives below tuning so that the compression search can share it.
+from cactus_keras.compression.targets import (  # noqa: F401
+    TARGET_FORMS,
+    CompressionTarget,
+    _parse_target,
+    parse_targets,
+)
 
 # The metric names (validation split, hence `val_`) and their short aliases.
 CERTIFIED = "val_certified_accuracy"
@@ -26,109 +30,6 @@ OBJECTIVES = {"certified": CERTIFIED, "compressed": COMPRESSED, "mean": MEAN}
 # The suffix of an objective's value in an epoch still at a ramped training epsilon.
 DURING_RAMP = "_during_ramp"
 DEFAULT_OBJECTIVE = "mean"
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressionTarget:
-    """A compression the tuned network must stay certified under.
-
-    `form` is one of the evaluated forms (`cactus_keras.vocabulary.EVALUATED_FORMS`):
-    "prune" (with `ratio` and `pruning_method`) or "quantize" (with `bits`: weight-only
-    fake quantization, kernels symmetric per output channel as int8 TFLite kernels; not
-    the int8 `.tflite` file, which `verify_tflite` certifies).
-    """
-
-    form: str
-    ratio: float | None = None
-    pruning_method: str = "global_l1"
-    bits: int | None = None
-
-    @property
-    def key(self):
-        """The suffix of this target's metrics, e.g. `prune70` or `quantize8`."""
-        if self.form == vocabulary.QUANTIZE:
-            return f"quantize{self.bits}"
-        key = f"prune{round(self.ratio * 100):02d}"
-        return key if self.pruning_method == "global_l1" else f"{key}_{self.pruning_method}"
-
-    @property
-    def spec(self):
-        """The string form `parse_targets` reads (`prune:0.7`, `quantize:8`)."""
-        if self.form == vocabulary.QUANTIZE:
-            return f"quantize:{self.bits}"
-        spec = f"prune:{self.ratio:g}"
-        return spec if self.pruning_method == "global_l1" else f"{spec}:{self.pruning_method}"
-
-
-TARGET_FORMS = ("prune:RATIO, prune:RATIO:PRUNING_METHOD or quantize:BITS "
-                "(e.g. prune:0.7, quantize:8)")
-
-
-def _parse_target(text):
-    text = text.strip().lower()
-    parts = text.split(":")
-    if parts[0] in (vocabulary.PRUNING, vocabulary.AWP_QUANTIZATION, "quantization"):
-        # Member kinds name what trains; a target is what is evaluated.
-        form = vocabulary.PRUNE if parts[0] == vocabulary.PRUNING else vocabulary.QUANTIZE
-        raise ValueError(
-            f"Compression target {text!r}: {parts[0]!r} names what trains (a member of the "
-            f"compression set); a target names what is evaluated: write {form}:... (e.g. "
-            "prune:0.7, quantize:8)."
-        )
-    if parts[0] == vocabulary.QUANTIZE and len(parts) == 2:
-        try:
-            bits = int(parts[1])
-        except ValueError:
-            raise ValueError(f"Compression target {text!r}: the bit width must be an integer.") from None
-        return CompressionTarget(vocabulary.QUANTIZE, bits=check_bits(bits))
-    if text in ("tflite", "int8") or text.startswith("int"):
-        raise ValueError(
-            f"Compression target {text!r}: tuning certifies weight-only fake quantization, "
-            "written quantize:BITS (e.g. quantize:8); the int8 .tflite file is certified "
-            "after export with `cactus-keras verify-tflite`."
-        )
-    if parts[0] == vocabulary.PRUNE and len(parts) in (2, 3):
-        try:
-            ratio = float(parts[1])
-        except ValueError:
-            raise ValueError(f"Compression target {text!r}: the ratio must be a number.") from None
-        ratio = check_ratio(ratio, "pruning ratio")
-        if ratio == 0:
-            raise ValueError(
-                f"Compression target {text!r}: ratio 0 is the full network, which is always "
-                "evaluated; give a ratio in (0, 1)."
-            )
-        method = check_pruning_method(parts[2]) if len(parts) == 3 else "global_l1"
-        return CompressionTarget(vocabulary.PRUNE, ratio=ratio, pruning_method=method)
-    raise ValueError(
-        f"Unknown compression target {text!r}; expected {TARGET_FORMS}. Pruning methods: "
-        f"{', '.join(PRUNING_METHODS)}."
-    )
-
-
-def parse_targets(targets):
-    """`CompressionTarget`s from strings like "prune:0.7,quantize:8", a list of such strings
-    or of `CompressionTarget`s. Empty or "none" means no target."""
-    if targets is None:
-        return []
-    if isinstance(targets, (str, CompressionTarget)):
-        targets = [targets]
-    parsed = []
-    for target in targets:
-        if isinstance(target, CompressionTarget):
-            parsed.append(target)
-            continue
-        if not isinstance(target, str):
-            raise TypeError(
-                f"Compression targets must be strings ({TARGET_FORMS}), got {target!r}."
-            )
-        for item in target.split(","):
-            if item.strip() and item.strip().lower() != "none":
-                parsed.append(_parse_target(item))
-    keys = [t.key for t in parsed]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"Compression targets are repeated: {', '.join(keys)}.")
-    return parsed
 
 
 def metric_names(targets):

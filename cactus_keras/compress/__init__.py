@@ -1,0 +1,44 @@
+"""Certificate-constrained compression: the smallest (or fastest) int8 file of a
+network whose own integer certificate stays above a floor.
+
+`run_search` (and the `cactus-keras compress` command) chooses per-layer structured
+pruning ratios; `measure_latency` and `file_size` measure a `.tflite` file.
+
+```python
+from cactus_keras.compress import SearchConfig, run_search
+report = run_search(network, x_train, y_train, SearchConfig(epsilon=0.1, min_certified=0.6),
+                "runs/compress", load_test=lambda: (x_test, y_test))
+```
+
+Importing this package imports neither TensorFlow nor the exporter; the names below
+load them when first used (the command line builds its parser without them).
+"""
+
+_EXPORTS = {
+    "file_size": "cactus_keras.compress.latency",
+    "measure_latency": "cactus_keras.compress.latency",
+    "OBJECTIVES": "cactus_keras.compress.search",
+    "NoCandidateMeetsFloor": "cactus_keras.compress.search",
+    "SearchConfig": "cactus_keras.compress.search",
+    "candidates": "cactus_keras.compress.search",
+    "hidden_layers": "cactus_keras.compress.search",
+    "pareto_front": "cactus_keras.compress.search",
+    "run_search": "cactus_keras.compress.search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cactus_keras.compress' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
