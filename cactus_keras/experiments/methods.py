@@ -142,7 +142,8 @@ def tflite_row(path, ctx):
                            input_range=ctx.input_range)
     return row("tflite", bits=8, clean_accuracy=result.clean_accuracy,
                certified_accuracy=result.certified_accuracy, samples=len(result.labels),
-               simulation_agreement=result.simulation_agreement, file=os.path.relpath(path, ctx.directory))
+               simulation_agreement=result.simulation_agreement, rounding=result.rounding,
+               file=os.path.relpath(path, ctx.directory))
 
 
 def export_row(network, ctx, name):

@@ -317,7 +317,7 @@ def write_results(output, config, run_records, data_note, command):
     _write_csv(os.path.join(output, "results.csv"), summary,
                list(KEY) + ["seeds", "samples"] + [f"{v}_{s}" for v in VALUES for s in ("mean", "std")])
     _write_csv(os.path.join(output, "runs.csv"), [{**r} for r in rows],
-               list(KEY) + ["seed", "samples", *VALUES, "simulation_agreement"])
+               list(KEY) + ["seed", "samples", *VALUES, "simulation_agreement", "rounding"])
     plots.certified_vs_pruning(summary, runs, os.path.join(output, "certified_vs_pruning.png"),
                                title=f"{config.name}: epsilon {config.epsilon:g}")
     plots.clean_vs_certified(summary, runs, os.path.join(output, "clean_vs_certified.png"),
