@@ -219,7 +219,30 @@ class Int8FileQuantization(CompressionMember):
         return [(float(s), int(z)) for s, z in zip(scales, zero_points)]
 
     def program(self):
+        """`(steps, input key, output key, tensor count)` of `int8_program`."""
         return self._program
+
+    def file_bounds(self, model, lower, upper=None):
+        """Bounds of the int8 output codes over the float input box [lower, upper]
+        (`upper` None: the clean int8 outputs), NumPy, with the tracked ranges and
+        the current kernels of `model` (the `CactusModel` holding the member)."""
+        steps, input_key, output_key, _ = self._program
+        state = model.member_state(self.name)
+        scales, zero_points = self.quantization(state)
+        values = [k.value for k in self._kernels_of_program()]
+        lower = ops.convert_to_tensor(np.asarray(lower, np.float32))
+        if upper is None:
+            steps_out = self._run(steps, input_key, output_key, values, lower, lower, scales,
+                                  zero_points, point=True)[0]
+            t = self._program[3] - 1
+            codes = ops.round(steps_out / scales[t] + zero_points[t])
+            codes = ops.convert_to_numpy(codes).astype(np.int64)
+            return codes, codes
+        upper = ops.convert_to_tensor(np.asarray(upper, np.float32))
+        low, high = self._run(steps, input_key, output_key, values, lower, upper, scales,
+                              zero_points, point=False)
+        return (ops.convert_to_numpy(low).astype(np.int64),
+                ops.convert_to_numpy(high).astype(np.int64))
 
     # ----- the member's own network
 
