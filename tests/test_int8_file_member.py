@@ -162,3 +162,66 @@ def test_floor_ceil_bounds_contain_nearest_bounds(trained, data):
         member.rounding = "nearest"
     assert np.all(loose[0] <= tight[0]) and np.all(loose[1] >= tight[1])
     assert np.any(loose[1] - loose[0] > tight[1] - tight[0])
+
+
+JAX_SCRIPT = """
+import numpy as np, keras, cactus_keras
+from cactus_keras.compression import Int8FileQuantization
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 1, (128, 28, 28, 1)).astype("float32"); y = rng.integers(0, 10, 128)
+member = Int8FileQuantization()
+model = cactus_keras.CactusModel(cactus_keras.models.cnn3(), epsilon=0.01,
+                                 compression=[cactus_keras.Pruning((0.25, 0.75)), member])
+model.compile(optimizer="adam")
+before = [v.numpy().copy() for v in model.network.trainable_variables]
+history = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+assert np.isfinite(history.history["loss"][-1])
+assert "certified_accuracy_int8_file" in history.history
+after = [v.numpy() for v in model.network.trainable_variables]
+assert any(np.any(a != b) for a, b in zip(after, before))
+quantization = member.tensor_quantization(model)
+assert quantization[0][1] == -128 and all(s > 0 for s, _ in quantization), quantization
+print("ok")
+"""
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("jax") is None,
+                    reason="JAX is not installed")
+def test_the_member_trains_on_jax(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_cli_trains_the_member_beside_pruning_and_resumes(tmp_path, capsys):
+    import json
+
+    from cactus_keras import cli
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 24)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x, y_test=y)
+    run = tmp_path / "run"
+    common = ["train", "--dataset", str(data), "--epsilon", "0.05", "--arch", "mlp",
+              "--epochs", "2", "--batch-size", "12", "--validation-samples", "0",
+              "--output", str(run), "--member", "pruning:ratio=0.5-0.95",
+              "--member", "int8_file:rounding=floor_ceil", "--member-batch-fraction", "0.5"]
+    assert cli.main(common) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["compression"][1] == {"kind": "int8_file", "rounding": "floor_ceil",
+                                       "range_momentum": 0.99, "name": "int8_file"}
+    header = (run / "training_log.csv").read_text().splitlines()[0].split(",")
+    assert "certified_accuracy_int8_file" in header
+    capsys.readouterr()
+    assert cli.main(common + ["--resume"]) == 0
+    model = keras.saving.load_model(run / "model.keras")
+    (member,) = [m for m in model.compression if m.kind == "int8_file"]
+    assert member.tensor_quantization(model)[0] == (pytest.approx(1 / 255, rel=1e-3), -128)
