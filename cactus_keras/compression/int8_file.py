@@ -173,6 +173,7 @@ class Int8FileQuantization(CompressionMember):
             raise ValueError(f"`range_momentum` must be in [0, 1), got {range_momentum!r}.")
         self.range_momentum = momentum
         self._program = None
+        self._fold = None
 
     def get_config(self):
         return {"rounding": self.rounding, "range_momentum": self.range_momentum,
@@ -244,6 +245,25 @@ class Int8FileQuantization(CompressionMember):
         return (ops.convert_to_numpy(low).astype(np.int64),
                 ops.convert_to_numpy(high).astype(np.int64))
 
+    def certified(self, model, x, y, epsilon, input_range=(0.0, 1.0)):
+        """The member's certificate of the file per sample (NumPy bool): its margins
+        over the epsilon box are all positive (never more than `verify_tflite` under
+        the same rounding model certifies)."""
+        from cactus_keras.bounds.margins import input_box
+
+        steps, input_key, output_key, _ = self._program
+        state = model.member_state(self.name)
+        scales, zero_points = self.quantization(state)
+        values = [k.value for k in self._kernels_of_program()]
+        x = ops.convert_to_tensor(np.asarray(x, np.float32))
+        labels = ops.convert_to_tensor(np.asarray(y).reshape(-1).astype("int32"))
+        box = input_box(x, epsilon, input_range)
+        margins = self._margins(steps, input_key, output_key, values, box, labels, scales,
+                                zero_points)
+        margins = ops.convert_to_numpy(margins)
+        own = np.eye(margins.shape[-1], dtype=bool)[np.asarray(y).reshape(-1)]
+        return np.all((margins > 0) | own, axis=-1)
+
     # ----- the member's own network
 
     def network_terms(self, kernel_values, box, labels, x, context):
@@ -252,10 +272,19 @@ class Int8FileQuantization(CompressionMember):
         steps, input_key, output_key, count = self._program
         state = context.state
         if context.training:
-            self._track_ranges(steps, input_key, kernel_values, x, state)
+            # The clean pass that updates the ranges is the member's clean pass.
+            logits = self._track_ranges(steps, input_key, output_key, kernel_values, x, state)
         scales, zero_points = self.quantization(state)
-        logits = self._run(steps, input_key, output_key, kernel_values, x, x, scales,
-                           zero_points, point=True)[0]
+        if not context.training:
+            logits = self._run(steps, input_key, output_key, kernel_values, x, x, scales,
+                               zero_points, point=True)[0]
+        return self._margins(steps, input_key, output_key, kernel_values, box, labels,
+                             scales, zero_points), logits
+
+    def _margins(self, steps, input_key, output_key, kernel_values, box, labels, scales,
+                 zero_points):
+        count = self._program[3]
+        self._fold = None
         lower, upper = self._run(steps, input_key, output_key, kernel_values, box.lower,
                                  box.upper, scales, zero_points, point=False)
         s_out = scales[count - 1]
@@ -266,9 +295,41 @@ class Int8FileQuantization(CompressionMember):
         # being the file's arg-max: a margin > 0 exactly there (codes are integers).
         earlier = ops.cast(ops.expand_dims(ops.arange(num_classes), 0)
                            < ops.expand_dims(labels, 1), lower.dtype)
-        margins = (low_y - upper - earlier + 0.5) * s_out
-        margins = margins * (1.0 - own)
-        return margins, logits
+        margins = low_y - upper - earlier + 0.5
+        if self._fold is not None:
+            margins = ops.maximum(margins, self._folded_margins(labels, own, earlier, low_y,
+                                                                upper))
+        self._fold = None
+        return margins * (1.0 - own) * s_out
+
+    def _folded_margins(self, labels, own, earlier, low_y, upper):
+        """Margins (code units, > 0 where certified) with the last layer folded in,
+        as the verifier folds it: r_y - r_j >= D - e_y - e_j - t ("nearest"; floor(D) -
+        1 for "floor_ceil") where D = M_y acc_y - M_j acc_j is affine in the layer's
+        input and bounded exactly. The clamp keeps q_y >= q_j; a strict q_y > q_j
+        (j < y) also needs q_j below 127 and q_y above -128."""
+        f = self._fold
+        scaled = f["w_q"] * f["multiplier"]                      # (in, K)
+        bias = f["bias"] * f["multiplier"]                       # (batch, K)
+        own_column = ops.matmul(own, ops.transpose(scaled))     # (batch, in): M_y w_y
+        difference = ops.expand_dims(own_column, -1) - ops.expand_dims(scaled, 0)
+        centre = ops.einsum("bi,bik->bk", f["centre_in"], difference)
+        radius = ops.einsum("bi,bik->bk", f["radius_in"], ops.abs(difference))
+        bias_y = ops.sum(bias * own, axis=-1, keepdims=True)
+        low = centre - radius + bias_y - bias
+        if self.rounding == "nearest":
+            error_y = ops.sum(f["error"] * own, axis=-1, keepdims=True)
+            magnitude_y = ops.sum(f["magnitude"] * own, axis=-1, keepdims=True)
+            slack = error_y + f["error"] + RELATIVE_TOLERANCE * (magnitude_y + f["magnitude"])
+            bound = _straight_through(low, ops.ceil(low - slack))
+        else:
+            bound = _straight_through(low, ops.floor(low) - 1.0)
+        folded = bound - earlier + 0.5
+        # j < y: q_j <= 126 and q_y >= -127, else the clamp may merge them.
+        big = 1e4
+        folded = ops.minimum(folded, ops.where(earlier > 0, 126.5 - upper, big))
+        folded = ops.minimum(folded, ops.where(earlier > 0, low_y + 127.5, big))
+        return folded
 
     def _kernel_values(self, kernel_values):
         return {id(k): v for k, v in zip(self._kernels_of_program(), kernel_values)}
@@ -280,29 +341,41 @@ class Int8FileQuantization(CompressionMember):
                 kernels.append(step.layer.kernel)
         return kernels
 
-    def _track_ranges(self, steps, input_key, kernel_values, x, state):
-        # The ranges come from the member's clean int8 pass at the current ranges
-        # (real values before each requantization), like quantization-aware training.
-        scales, zero_points = self.quantization(state)
-        observed = self._run(steps, input_key, None, kernel_values, x, x, scales,
-                             zero_points, point=True, observe=True)
-        low = ops.stop_gradient(ops.stack([ops.min(v) for v in observed]))
-        high = ops.stop_gradient(ops.stack([ops.max(v) for v in observed]))
+    def _track_ranges(self, steps, input_key, output_key, kernel_values, x, state):
+        # The ranges come from the member's clean int8 pass (real values before each
+        # requantization), like quantization-aware training. Each tensor is quantized
+        # in that pass with its updated range, so the first step (no range yet) sets
+        # every range from the batch through a consistently quantized network.
         first = state["updates"].value < 0.5
         m = self.range_momentum
-        new_low = ops.where(first, low, m * state["minimum"].value + (1 - m) * low)
-        new_high = ops.where(first, high, m * state["maximum"].value + (1 - m) * high)
-        state["minimum"].assign(new_low)
-        state["maximum"].assign(new_high)
+        lows, highs = [], []
+
+        def observe(t, real):
+            low = ops.stop_gradient(ops.min(real))
+            high = ops.stop_gradient(ops.max(real))
+            low = ops.where(first, low, m * state["minimum"].value[t] + (1 - m) * low)
+            high = ops.where(first, high, m * state["maximum"].value[t] + (1 - m) * high)
+            lows.append(low)
+            highs.append(high)
+            return range_quantization(low, high)
+
+        scales, zero_points = self.quantization(state)
+        logits = self._run(steps, input_key, output_key, kernel_values, x, x, scales,
+                           zero_points, point=True, observe=observe)[0]
+        state["minimum"].assign(ops.stack(lows))
+        state["maximum"].assign(ops.stack(highs))
         state["updates"].assign(state["updates"].value + 1.0)
+        return logits
 
     def _run(self, steps, input_key, output_key, kernel_values, lower, upper, scales,
-             zero_points, point, observe=False):
-        """Code bounds (lower, upper) of the output (dequantized for `point`), or with
-        `observe` the real values each quantized tensor would round (clean pass)."""
+             zero_points, point, observe=None):
+        """Code bounds (lower, upper) of the output (dequantized for `point`). With
+        `observe(tensor index, real values) -> (scale, zero point)` (a clean pass),
+        each tensor is quantized with the scale `observe` returns for its values."""
         kernels = self._kernel_values(kernel_values)
-        observed = [lower] if observe else None
         s0, z0 = scales[0], zero_points[0]
+        if observe is not None:
+            s0, z0 = observe(0, lower)
         if point:
             q = ops.clip(_straight_through(lower / s0, ops.round(lower / s0)) + z0, INT8_MIN, INT8_MAX)
             codes = {input_key: (q, q)}
@@ -311,6 +384,7 @@ class Int8FileQuantization(CompressionMember):
             codes = {input_key: (ops.clip(lo + z0, INT8_MIN, INT8_MAX),
                                  ops.clip(hi + z0, INT8_MIN, INT8_MAX))}
         tensor_of = {input_key: 0}
+        used = {0: (s0, z0)}
         for step in steps:
             lo, hi = codes[step.inputs[0]]
             if step.kind == "reshape":
@@ -318,7 +392,7 @@ class Int8FileQuantization(CompressionMember):
                 tensor_of[step.output] = tensor_of[step.inputs[0]]
                 continue
             t_in = tensor_of[step.inputs[0]]
-            s_in, z_in = scales[t_in], zero_points[t_in]
+            s_in, z_in = used[t_in] if observe is not None else (scales[t_in], zero_points[t_in])
             s_out, z_out = scales[step.tensor], zero_points[step.tensor]
             kernel = kernels[id(step.layer.kernel)]
             s_w = ops.stop_gradient(kernel_scale(kernel))
@@ -331,27 +405,36 @@ class Int8FileQuantization(CompressionMember):
                 bias_scale = ops.stop_gradient(s_in * s_w)
                 b_q = _straight_through(bias / bias_scale, ops.round(bias / bias_scale))
                 centre = centre + b_q
+            if observe is not None:
+                real = centre * s_in * s_w
+                s_out, z_out = observe(step.tensor, ops.maximum(real, 0.0) if step.relu else real)
+                used[step.tensor] = (s_out, z_out)
             multiplier = s_in * s_w / s_out
             act_min = z_out if step.relu else INT8_MIN
             if point:
                 v = centre * multiplier
-                if observe:
-                    real = v * s_out
-                    observed.append(ops.maximum(real, 0.0) if step.relu else real)
                 r = ops.clip(_straight_through(v, ops.round(v)) + z_out, act_min, INT8_MAX)
                 codes[step.output] = (r, r)
             else:
                 radius = step.rule.linear([(hi - lo) / 2], (ops.abs(w_q), None))
                 error = requantization_error(ops.stop_gradient(multiplier))
+                if (step.output == output_key and isinstance(step.rule, DenseRule)
+                        and len(lo.shape) == 2):
+                    # The last layer, folded into the margins (`_folded_margins`).
+                    self._fold = dict(centre_in=(lo + hi) / 2 - z_in, radius_in=(hi - lo) / 2,
+                                      w_q=w_q, bias=centre - step.rule.linear(
+                                          [(lo + hi) / 2 - z_in], params),
+                                      multiplier=multiplier, error=error,
+                                      magnitude=ops.abs(centre * multiplier)
+                                      + radius * multiplier)
                 r_lo, r_hi = round_interval((centre - radius) * multiplier,
                                             (centre + radius) * multiplier, self.rounding, error)
                 codes[step.output] = (ops.clip(r_lo + z_out, act_min, INT8_MAX),
                                       ops.clip(r_hi + z_out, act_min, INT8_MAX))
             tensor_of[step.output] = step.tensor
-        if observe:
-            return observed
         lo, hi = codes[output_key]
         if point:
             t = tensor_of[output_key]
-            return (lo - zero_points[t]) * scales[t], None
+            s_t, z_t = used[t] if observe is not None else (scales[t], zero_points[t])
+            return (lo - z_t) * s_t, None
         return lo, hi
