@@ -399,8 +399,9 @@ def test_default_grid_has_exactly_the_listed_levels():
                            "methods": {"i": {"method": "ibp-then-compress"},
                                        "f": {"method": "ibp-then-finetune", "source": "i"}}})
     assert [tuple(level) for level in grid_levels(config.evaluation)] == expected
-    # Fine-tuning defaults to every compressed level (the int8 file comes from 8 bits).
-    assert [tuple(level) for level in config.methods["f"].levels()] == expected[:-1]
+    # Fine-tuning defaults to every compressed level but the files (the int8 file comes
+    # from 8 bits).
+    assert [tuple(level) for level in config.methods["f"].levels()] == expected[:-6]
 
 
 def test_pruning_grid_forms_and_errors(tmp_path, no_training):
@@ -428,10 +429,10 @@ def test_pruning_grid_forms_and_errors(tmp_path, no_training):
     levels = lambda own: [tuple(level) for level in load_config(  # noqa: E731
         _write(tmp_path, base.replace("{own}", own))).methods["f"].levels()]
     assert levels('pruning = { local_l1 = [0.9] }\nbits = [4]\n') == [
-        ("prune", "local_l1", 0.9, None), ("quantize", None, None, 4)]
+        ("prune", "local_l1", 0.9, None, None), ("quantize", None, None, 4, None)]
     # Bare ratios: at every pruning method of the grid.
     assert levels("prune_ratios = [0.6]\nbits = []\n") == [
-        ("prune", m, 0.6, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
+        ("prune", m, 0.6, None, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
     with pytest.raises(ConfigError, match="\\[methods.f\\]: give either `pruning`"):
         levels("prune_ratios = [0.6]\npruning = { local_l1 = [0.9] }\n")
 
@@ -461,7 +462,8 @@ def test_finetuning_makes_one_network_per_level(experiment):
                      "pruned_global_l2_structured_0.5.keras", "pruned_local_l1_0.7.keras",
                      "quantized_4bit.keras", "quantized_8bit.keras"]
     rows = _rows(experiment["results"], "ibp-finetune")
-    assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"]) for r in rows))
+    assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"], r.get("rounding"))
+                                for r in rows))
     # The structured fine-tuned network keeps its mask: whole units are zero.
     pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l2_structured_0.5.keras"))
     kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
