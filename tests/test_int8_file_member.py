@@ -227,3 +227,30 @@ def test_cli_trains_the_member_beside_pruning_and_resumes(tmp_path, capsys):
     model = keras.saving.load_model(run / "model.keras")
     (member,) = [m for m in model.compression if m.kind == "int8_file"]
     assert member.tensor_quantization(model)[0] == (pytest.approx(1 / 255, rel=1e-3), -128)
+
+
+def test_the_grid_exports_the_members_ranges_and_prunes_copies(trained, tmp_path):
+    import json
+    import types
+
+    from cactus_keras.compression import prunable_kernels
+    from cactus_keras.experiments.methods import int8_file_source, pruned_copy
+
+    model, member, _ = trained
+    ctx = types.SimpleNamespace(directory=str(tmp_path))
+    network = model.network
+    assert int8_file_source(ctx, network) is network  # no run files: the network
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"compression": [
+        {"kind": "pruning"}, {"kind": "int8_file", "rounding": "nearest"}]}))
+    source = int8_file_source(ctx, network)
+    assert isinstance(source, cactus_keras.CactusModel)
+    (again,) = [m for m in source.compression if m.kind == "int8_file"]
+    assert again.tensor_quantization(source) == member.tensor_quantization(model)
+    pruned = pruned_copy(network, "global_l1", 0.9)
+    kernels = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(pruned)]
+    zeros = sum(float((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros == pytest.approx(0.9, abs=0.01)
+    # The original is untouched.
+    originals = [keras.ops.convert_to_numpy(k) for k in prunable_kernels(network)]
+    assert all(np.count_nonzero(k) > 0.5 * k.size for k in originals)
