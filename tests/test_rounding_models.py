@@ -86,3 +86,14 @@ def test_the_verifier_and_the_cli_default_to_the_module_default():
     parser = cli.build_parser()
     args = parser.parse_args(["verify-tflite", "m.tflite", "--dataset", "mnist", "--epsilon", "0.1"])
     assert args.rounding == rounding.DEFAULT_ROUNDING
+
+
+def test_rounding_imports_without_tensorflow_or_keras():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport cactus_keras.int8.rounding\n"
+            "bad = [m for m in ('tensorflow', 'ai_edge_litert', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
