@@ -181,12 +181,7 @@ class Int8FileQuantization(CompressionMember):
 
     def select_kernels(self, network):
         self._program = int8_program(network)
-        steps = self._program[0]
-        kernels = []
-        for step in steps:
-            if step.kind == "affine" and all(step.layer.kernel is not k for k in kernels):
-                kernels.append(step.layer.kernel)
-        return kernels
+        return self._kernels_of_program()
 
     def build(self, kernels, add_variable):
         count = self._program[3]
