@@ -59,6 +59,10 @@ def main():
     parser.add_argument("--with-full-network", action="store_true",
                         help="train the full network beside the member (CACTUS) instead of "
                              "the member alone (certified fine-tuning of the file)")
+    parser.add_argument("--recommended-set", default=None, metavar="CONFIG",
+                        help="train the full network, the members of CONFIG's cactus run "
+                             "(its member_weight and member_batch_fraction) and the int8 file "
+                             "member; also certify the files of the pruned networks")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
@@ -79,9 +83,18 @@ def main():
     keras.utils.set_random_seed(0)
     network = keras.saving.load_model(args.network, compile=False)
     member = Int8FileQuantization()
-    model = cactus_keras.CactusModel(network, epsilon=args.epsilon, compression=[member],
-                                     standard_weight=args.standard_weight,
-                                     include_full_network=args.with_full_network, seed=0)
+    members, options = [member], {"include_full_network": args.with_full_network}
+    if args.recommended_set:
+        from cactus_keras.compression import members_from_tables
+        from cactus_keras.experiments import load_config
+
+        config = load_config(args.recommended_set)
+        train_config = config.train_config(config.methods["cactus"].overrides(), seed=0)
+        members = members_from_tables(list(train_config.compression)) + [member]
+        options = {"include_full_network": True, "member_weight": train_config.member_weight,
+                   "member_batch_fraction": train_config.member_batch_fraction}
+    model = cactus_keras.CactusModel(network, epsilon=args.epsilon, compression=members,
+                                     standard_weight=args.standard_weight, seed=0, **options)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=10.0))
     start = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
@@ -100,6 +113,17 @@ def main():
     }
     # The member's own certificate of the file on the same samples (never more than
     # the verifier's, under the member's rounding model).
+    if args.recommended_set:
+        from cactus_keras.experiments.methods import pruned_copy
+
+        for name, net in (("original", original), ("finetuned", model.network)):
+            report[name]["pruned_files"] = {}
+            for method, ratio in (("global_l1", 0.9), ("global_l2_structured", 0.5)):
+                path = os.path.join(args.output, f"{name}_{method}_{ratio:g}.int8.tflite")
+                export.to_tflite(pruned_copy(net, method, ratio), path, calibration,
+                                 num_calibration_samples=args.calibration_samples)
+                report[name]["pruned_files"][f"{method} {ratio:g}"] = certificates(
+                    path, x, y, args.epsilon)
     own = member.certified(model, x, y, args.epsilon)
     report["finetuned"]["member_certified_accuracy"] = float(own.mean())
     with open(os.path.join(args.output, "results.json"), "w") as f:
@@ -110,6 +134,9 @@ def main():
               f"{r['float']['clean_accuracy']:.4f}); file " + ", ".join(
                   f"{m} {r['file'][m]['certified_accuracy']:.4f}" for m in ROUNDINGS)
               + f" (clean {r['file']['nearest']['clean_accuracy']:.4f})")
+        for level, found in r.get("pruned_files", {}).items():
+            print(f"  file of {level}: " + ", ".join(
+                f"{m} {found[m]['certified_accuracy']:.4f}" for m in ROUNDINGS))
     print(f"member's own certificate of the file: "
           f"{report['finetuned']['member_certified_accuracy']:.4f}; {seconds:.0f} s training")
 
