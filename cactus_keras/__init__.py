@@ -37,6 +37,7 @@ _EXPORTS = {
     "Pruning": "cactus_keras.compression",
     "AWPQuantization": "cactus_keras.compression",
     "StraightThroughQuantization": "cactus_keras.compression",
+    "Int8FileQuantization": "cactus_keras.compression",
     "register_member": "cactus_keras.compression",
     "CactusModel": "cactus_keras.training",
     "EpsilonRamp": "cactus_keras.training",

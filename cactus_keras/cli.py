@@ -734,9 +734,10 @@ def _add_verify_tflite(subparsers):
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--kernels", default="default", help="default (XNNPACK), builtin or reference")
-    p.add_argument("--rounding", default="floor_ceil",
-                   help="floor_ceil (sound for any round-to-nearest kernel, default) or nearest "
-                   "(tighter, uses the rounding error of LiteRT's and XNNPACK's kernels)")
+    p.add_argument("--rounding", default="nearest", choices=("nearest", "floor_ceil"),
+                   help="the rounding model the certificate assumes: nearest (default; the "
+                   "largest error of LiteRT's reference/optimized/ruy kernels, XNNPACK and "
+                   "CMSIS-NN) or floor_ceil (any kernel whose error is below one unit)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.add_argument("--json", dest="json_path", default=None, help=JSON_HELP)
     p.set_defaults(run=_run_verify_tflite, check_flags=_check_verify_tflite)

@@ -34,7 +34,9 @@ PRUNING = "pruning"
 FIXED_MASK_PRUNING = "fixed_mask_pruning"
 AWP_QUANTIZATION = "awp_quantization"
 STRAIGHT_THROUGH_QUANTIZATION = "straight_through_quantization"
-MEMBER_KINDS = (PRUNING, FIXED_MASK_PRUNING, AWP_QUANTIZATION, STRAIGHT_THROUGH_QUANTIZATION)
+INT8_FILE = "int8_file"  # trained through the int8 .tflite file's integer arithmetic
+MEMBER_KINDS = (PRUNING, FIXED_MASK_PRUNING, AWP_QUANTIZATION, STRAIGHT_THROUGH_QUANTIZATION,
+                INT8_FILE)
 
 # TrainConfig's short forms of a compression set (`compression = "pruning"`): none, one
 # member kind, or both joined by "+".

@@ -178,7 +178,8 @@ def test_export_then_verify_tflite(saved, capsys):
     assert report["samples"] == 30 and report["interpreter"] in ("ai_edge_litert", "tf.lite")
     assert report["simulation_agreement"] == 1.0
     assert report["clean_accuracy"] >= report["certified_accuracy"]
-    assert "certified accuracy" in capsys.readouterr().out
+    assert report["rounding"] == "nearest"  # the certificate says which model it assumed
+    assert "(rounding model nearest)" in capsys.readouterr().out
 
 
 def test_verify_tflite_rejects_a_corrupt_file(saved, capsys):

@@ -55,6 +55,7 @@ standard_weight = 0.5
 
 [evaluation]
 bits = [8, 4]
+tflite_pruning = {{ global_l1 = [0.7] }}
 calibration_samples = 32
 headline_ratio = 0.7
 [evaluation.pruning]
@@ -64,10 +65,15 @@ global_l2_structured = [0.5]
 {methods}
 """
 
-# The fixture's grid: each pruning method at its own ratios, two bit widths, the file.
-GRID = [("prune", "global_l1", 0.5, None), ("prune", "global_l1", 0.7, None),
-        ("prune", "local_l1", 0.7, None), ("prune", "global_l2_structured", 0.5, None),
-        ("quantize", None, None, 8), ("quantize", None, None, 4), ("tflite", None, None, 8)]
+# The fixture's grid: each pruning method at its own ratios, two bit widths, the file
+# under both rounding models, then the file of the network pruned at global_l1 0.7.
+GRID_BASE = [("prune", "global_l1", 0.5, None), ("prune", "global_l1", 0.7, None),
+             ("prune", "local_l1", 0.7, None), ("prune", "global_l2_structured", 0.5, None),
+             ("quantize", None, None, 8), ("quantize", None, None, 4)]
+FILES = [("tflite", None, None, 8), ("tflite", None, None, 8),
+         ("tflite", "global_l1", 0.7, 8), ("tflite", "global_l1", 0.7, 8)]
+ROUNDING_ORDER = ["nearest", "floor_ceil", "nearest", "floor_ceil"]
+GRID = GRID_BASE + FILES
 
 
 ALL_METHODS = """
@@ -124,7 +130,8 @@ def test_pipeline_writes_every_output(experiment):
         with open(os.path.join(output, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
     report = open(os.path.join(output, "report.md")).read()
-    assert "## Headline" in report and "| cactus | int8 .tflite |" in report
+    assert "## Headline" in report and "| cactus | int8 .tflite (nearest) |" in report
+    assert "| cactus | int8 .tflite of global_l1 0.7 (floor_ceil) |" in report
     for method in ("global_l1", "local_l1", "global_l2_structured", "TF-MOT, per layer"):
         assert f"## Pruning: {method}" in report
     csv_lines = open(os.path.join(output, "results.csv")).read().strip().splitlines()
@@ -141,8 +148,10 @@ def test_each_method_reports_its_levels(experiment):
     assert levels("cactus") == [uncompressed] + GRID
     # Fine-tuning: one fine-tuned network per compressed level, the int8 file from the
     # 8-bit one.
-    assert levels("ibp-finetune") == GRID[:5] + [GRID[6], GRID[5]]
-    assert levels("tfmot") == [("prune", "tfmot_constant_sparsity", 0.7, None), ("tflite", None, None, 8)]
+    assert levels("ibp-finetune") == GRID_BASE[:5] + FILES[:2] + [GRID_BASE[5]]
+    assert levels("tfmot") == [("prune", "tfmot_constant_sparsity", 0.7, None)] + FILES[:2]
+    files = [r.get("rounding") for r in _rows(results, "cactus") if r["form"] == "tflite"]
+    assert files == ROUNDING_ORDER
     for record in results["runs"]:
         for r in record["rows"]:
             # Certified samples are correctly classified samples.
@@ -378,17 +387,21 @@ def test_default_grid_has_exactly_the_listed_levels():
     from cactus_keras.experiments.evaluation import check_evaluation, grid_levels
 
     unstructured = [0.5, 0.7, 0.8, 0.9, 0.95]
-    expected = ([("prune", "global_l1", r, None) for r in unstructured]
-                + [("prune", "local_l1", r, None) for r in unstructured]
-                + [("prune", "global_l2_structured", r, None) for r in (0.3, 0.5, 0.7)]
-                + [("quantize", None, None, 8), ("quantize", None, None, 4), ("tflite", None, None, 8)])
+    expected = ([("prune", "global_l1", r, None, None) for r in unstructured]
+                + [("prune", "local_l1", r, None, None) for r in unstructured]
+                + [("prune", "global_l2_structured", r, None, None) for r in (0.3, 0.5, 0.7)]
+                + [("quantize", None, None, 8, None), ("quantize", None, None, 4, None)]
+                + [("tflite", None, None, 8, r) for r in ("nearest", "floor_ceil")]
+                + [("tflite", "global_l1", 0.9, 8, r) for r in ("nearest", "floor_ceil")]
+                + [("tflite", "global_l2_structured", 0.5, 8, r) for r in ("nearest", "floor_ceil")])
     assert [tuple(level) for level in grid_levels(check_evaluation({}))] == expected
     config = parse_config({"experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
                            "methods": {"i": {"method": "ibp-then-compress"},
                                        "f": {"method": "ibp-then-finetune", "source": "i"}}})
     assert [tuple(level) for level in grid_levels(config.evaluation)] == expected
-    # Fine-tuning defaults to every compressed level (the int8 file comes from 8 bits).
-    assert [tuple(level) for level in config.methods["f"].levels()] == expected[:-1]
+    # Fine-tuning defaults to every compressed level but the files (the int8 file comes
+    # from 8 bits).
+    assert [tuple(level) for level in config.methods["f"].levels()] == expected[:-6]
 
 
 def test_pruning_grid_forms_and_errors(tmp_path, no_training):
@@ -416,10 +429,10 @@ def test_pruning_grid_forms_and_errors(tmp_path, no_training):
     levels = lambda own: [tuple(level) for level in load_config(  # noqa: E731
         _write(tmp_path, base.replace("{own}", own))).methods["f"].levels()]
     assert levels('pruning = { local_l1 = [0.9] }\nbits = [4]\n') == [
-        ("prune", "local_l1", 0.9, None), ("quantize", None, None, 4)]
+        ("prune", "local_l1", 0.9, None, None), ("quantize", None, None, 4, None)]
     # Bare ratios: at every pruning method of the grid.
     assert levels("prune_ratios = [0.6]\nbits = []\n") == [
-        ("prune", m, 0.6, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
+        ("prune", m, 0.6, None, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
     with pytest.raises(ConfigError, match="\\[methods.f\\]: give either `pruning`"):
         levels("prune_ratios = [0.6]\npruning = { local_l1 = [0.9] }\n")
 
@@ -449,7 +462,8 @@ def test_finetuning_makes_one_network_per_level(experiment):
                      "pruned_global_l2_structured_0.5.keras", "pruned_local_l1_0.7.keras",
                      "quantized_4bit.keras", "quantized_8bit.keras"]
     rows = _rows(experiment["results"], "ibp-finetune")
-    assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"]) for r in rows))
+    assert len(rows) == len(set((r["form"], r["pruning_method"], r["ratio"], r["bits"], r.get("rounding"))
+                                for r in rows))
     # The structured fine-tuned network keeps its mask: whole units are zero.
     pruned = keras.saving.load_model(os.path.join(run_dir, "pruned_global_l2_structured_0.5.keras"))
     kernels = [keras.ops.convert_to_numpy(k) for k in compressible_kernels(pruned)]
@@ -469,19 +483,25 @@ def test_headline_lists_every_level_with_the_tables_numbers(experiment):
     section = report.split("## Headline")[1].split("\n## ")[0]
     lines = _headline_lines(section)
     labels = ["uncompressed (cost)", "global_l1 0.5", "global_l1 0.7", "local_l1 0.7",
-              "global_l2_structured 0.5", "8-bit kernels", "4-bit kernels", "int8 .tflite"]
+              "global_l2_structured 0.5", "8-bit kernels", "4-bit kernels",
+              "int8 .tflite (nearest)", "int8 .tflite (floor_ceil)",
+              "int8 .tflite of global_l1 0.7 (nearest)", "int8 .tflite of global_l1 0.7 (floor_ceil)"]
     assert [line.split(" | ")[1] for line in lines] == labels
     # The main job prints the same headline.
     assert _headline_lines(experiment["printed"]) == lines
     summary = results["summary"]
-    keys = [("prune", None, 0.0, None)] + GRID
+    keys = ([("prune", None, 0.0, None, None)] + [k + (None,) for k in GRID_BASE]
+            + [k + (r,) for k, r in zip(FILES, ROUNDING_ORDER)])
 
-    def entry(run, form, method, ratio, bits):
+    def entry(run, form, method, ratio, bits, rounding):
         for e in summary:
             if e["run"] != run or e["form"] != form:
                 continue
             if form == "prune" and e["ratio"] == ratio and (ratio == 0.0 or e["pruning_method"] == method):
                 return e
+            if form == "tflite" and (e["pruning_method"], e["ratio"], e["rounding"]) != (
+                    method, ratio, rounding):
+                continue
             if form != "prune" and e["bits"] == bits:
                 return e
         return None

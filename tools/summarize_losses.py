@@ -36,16 +36,19 @@ def _row(record, form, level):
 
 
 def level_key(row):
-    """(form, pruning method, ratio, bits): one level of the grid."""
-    return (row["form"], row.get("pruning_method"), row.get("ratio"), row.get("bits"))
+    """(form, pruning method, ratio, bits, rounding model): one level of the grid (the
+    rounding model of an int8 file row; None in rows written before rows recorded it)."""
+    return (row["form"], row.get("pruning_method"), row.get("ratio"), row.get("bits"),
+            row.get("rounding"))
 
 
 def level_label(key):
-    form, method, ratio, bits = key
+    form, method, ratio, bits, rounding = key
     if form == "prune":
         return "uncompressed" if not ratio else f"{method} {ratio:g}"
     if form == "tflite":
-        return "int8 .tflite"
+        pruned = "" if method is None else f" of {method} {ratio:g}"
+        return f"int8 .tflite{pruned}" + ("" if rounding is None else f" ({rounding})")
     return f"{bits}-bit"
 
 

@@ -38,7 +38,7 @@ from cactus_keras.atomic_write import write_text as atomic_write_text
 from cactus_keras.certification import certify
 from cactus_keras.compress.latency import file_size, measure_latency
 from cactus_keras.compression import prune_structured, shrink
-from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS, prunable_kernels
+from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS, compressible_kernels
 from cactus_keras.export import to_tflite, verify_tflite
 
 OBJECTIVES = ("size", "latency")
@@ -100,7 +100,7 @@ class SearchConfig:
 
 def hidden_layers(network):
     """Names of the hidden Dense/Conv layers (the output layer is never pruned)."""
-    kernels = {id(k) for k in prunable_kernels(network, exclude_output=True)}
+    kernels = {id(k) for k in compressible_kernels(network, exclude_output=True)}
     return [l.name for l in network.layers if isinstance(l, AFFINE_KERNEL_LAYERS) and id(l.kernel) in kernels]
 
 

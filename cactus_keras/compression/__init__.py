@@ -2,7 +2,8 @@
 
 Functions: magnitude pruning masks (`magnitude_masks`), fake quantization
 (`fake_quantize`). Members (`CompressionMember` subclasses): `Pruning`,
-`AWPQuantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`, and any a
+`AWPQuantization` (AWP), `FixedMaskPruning`, `StraightThroughQuantization`,
+`Int8FileQuantization` (the int8 file's arithmetic), and any a
 user registers with `register_member`. `members_from_tables` builds a set from plain
 tables (`{"kind": "pruning", "ratio": [0.5, 0.95]}`), as TOML configs and the CLI do.
 `prune_structured` zeroes whole channels; `shrink` rebuilds such a network as a plain,
@@ -11,6 +12,7 @@ narrower Keras model that computes the same.
 
 from cactus_keras.compression.awp import AWPQuantization
 from cactus_keras.compression.fixed_mask import FixedMaskPruning
+from cactus_keras.compression.int8_file import Int8FileQuantization
 from cactus_keras.compression.kernels import compressible_kernels
 from cactus_keras.compression.masks import PRUNING_METHODS, magnitude_masks, sparsity
 from cactus_keras.compression.member import (

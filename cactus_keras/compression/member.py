@@ -16,6 +16,11 @@ The protocol, in full:
 * `compress(kernels, context)`: the kernel values (tensors) of the compressed network
   named `context.name`, from the current kernel values and the step's `MemberContext`.
   Gradients reach the kernels through whatever `compress` keeps differentiable.
+* `own_network` (default False) and `network_terms(values, box, labels, x, context)`:
+  a member whose compressed network is not the network at other kernel values (the
+  int8 file's arithmetic, `Int8FileQuantization`) sets `own_network = True` and returns
+  `(margin lower bounds, clean logits)` of its network over the input box; the model
+  uses them for its loss and metrics (worst-case certified loss).
 * `get_config()` / `from_config()`: plain-Python settings, so that a `CactusModel`
   holding the member saves and loads (`register_member` makes the class loadable).
 
@@ -87,6 +92,8 @@ class CompressionMember:
     """
 
     kind: str | None = None
+    # True for a member whose network is its own (see `network_terms`).
+    own_network: bool = False
 
     def __init__(self, exclude_output: bool = False, name: str = "compressed"):
         if not isinstance(name, str) or not name.isidentifier():
@@ -121,6 +128,14 @@ class CompressionMember:
         raise NotImplementedError(
             f"{type(self).__name__} must define compress(kernels, context), returning the "
             "compressed values of `kernels`."
+        )
+
+    def network_terms(self, values, box, labels, x, context):
+        """`(margin lower bounds, clean logits)` of the member's own network over `box`
+        at kernel values `values` (only for `own_network = True`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} sets own_network = True and must define "
+            "network_terms(values, box, labels, x, context)."
         )
 
     def get_config(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 from keras import layers, ops
 
 from cactus_keras import keras_internals
-from cactus_keras.compression.kernels import prunable_kernels
+from cactus_keras.compression.kernels import compressible_kernels
 from cactus_keras.compression.masks import check_ratio, magnitude_masks
 
 _AFFINE = (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D)
@@ -385,7 +385,7 @@ def prune_structured(network, ratio, per_layer=False):
     """
     copy = keras.models.clone_model(network)
     copy.set_weights(network.get_weights())
-    kernels = prunable_kernels(copy, exclude_output=True)
+    kernels = compressible_kernels(copy, exclude_output=True)
     if per_layer:
         owners = {id(l.kernel): l.name for l in _all_layers(copy) if isinstance(l, _AFFINE)}
         names = {owners[id(k)] for k in kernels}

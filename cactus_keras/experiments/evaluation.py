@@ -3,12 +3,15 @@ over after training, its defaults and its checks.
 
 The grid is the uncompressed network (always), each pruning method at its own ratios,
 each bit width of fake-quantized kernels and, with `tflite = true`, the exported int8
-file:
+file (under each rounding model of `tflite_roundings`, and the files of the pruned
+networks of `tflite_pruning`):
 
 ```toml
 [evaluation]
 bits = [8, 4]
 tflite = true
+tflite_roundings = ["nearest", "floor_ceil"]
+tflite_pruning = { global_l1 = [0.9], global_l2_structured = [0.5] }
 [evaluation.pruning]               # pruning method -> its ratios
 global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
 local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -28,6 +31,7 @@ from cactus_keras.bounds.margins import check_bound
 from cactus_keras.compression.masks import PRUNING_METHODS, check_pruning_method, check_ratio
 from cactus_keras.compression.quantization import check_bits
 from cactus_keras.experiments.errors import ConfigError
+from cactus_keras.int8.rounding import ROUNDINGS
 
 # Where compression costs an IBP-trained network: unstructured pruning at 0.5 and 0.7
 # usually costs nothing, 0.9 and beyond does, structured pruning and 4 bits do early.
@@ -41,6 +45,10 @@ EVALUATION_DEFAULTS = {
     "pruning": DEFAULT_PRUNING,
     "bits": [8, 4],
     "tflite": True,
+    # The rounding models each int8 file is certified under (cactus_keras.int8.rounding).
+    "tflite_roundings": ["nearest", "floor_ceil"],
+    # Pruned networks whose int8 files are certified too (pruning method -> ratios).
+    "tflite_pruning": {"global_l1": [0.9], "global_l2_structured": [0.5]},
     "calibration_samples": 500,
     "bound": "ibp",
     # How many of the test samples (the first N) `bound` certifies in the grid; None: all.
@@ -53,9 +61,20 @@ SHORTHAND_KEYS = ("prune_ratios", "pruning_method")
 IGNORED_KEYS = ("headline_ratio",)
 
 
-class Level(collections.namedtuple("Level", "form pruning_method ratio bits")):
+def row_rounding(row):
+    """The rounding model of a result row: its own for int8 file rows ("floor_ceil",
+    the verifier's default then, for rows written before rows recorded it), else None."""
+    if row["form"] != "tflite":
+        return None
+    return row.get("rounding") or "floor_ceil"
+
+
+class Level(collections.namedtuple("Level", "form pruning_method ratio bits rounding",
+                                   defaults=(None,))):
     """One compressed level of the grid: ("prune", method, ratio, None),
-    ("quantize", None, None, bits) or ("tflite", None, None, 8)."""
+    ("quantize", None, None, bits) or ("tflite", method or None, ratio or None, 8,
+    rounding model): the int8 file of the network (pruned at `ratio` by `method`),
+    certified under a rounding model."""
 
     __slots__ = ()
 
@@ -65,7 +84,8 @@ class Level(collections.namedtuple("Level", "form pruning_method ratio bits")):
             return f"{self.pruning_method} {self.ratio:g}"
         if self.form == "quantize":
             return f"{self.bits}-bit kernels"
-        return "int8 .tflite"
+        pruned = "" if self.pruning_method is None else f" of {self.pruning_method} {self.ratio:g}"
+        return f"int8 .tflite{pruned} ({self.rounding})"
 
     def matches(self, row):
         """Whether a result row (or summary entry) is at this level."""
@@ -74,6 +94,12 @@ class Level(collections.namedtuple("Level", "form pruning_method ratio bits")):
         if self.form == "prune":
             return (row["pruning_method"] == self.pruning_method
                     and abs(row["ratio"] - self.ratio) < 1e-9)
+        if self.form == "tflite":
+            ratio = row.get("ratio")
+            return (row.get("pruning_method") == self.pruning_method
+                    and (ratio is None) == (self.ratio is None)
+                    and (ratio is None or abs(ratio - self.ratio) < 1e-9)
+                    and row_rounding(row) == self.rounding)
         return row["bits"] == self.bits
 
 
@@ -158,6 +184,15 @@ def check_evaluation(evaluation, where="[evaluation]"):
         raise ConfigError(f"{where}: {exc}") from None
     if not isinstance(filled["tflite"], bool):
         raise ConfigError(f"{where}: `tflite` must be true or false, got {filled['tflite']!r}.")
+    roundings = filled["tflite_roundings"]
+    if (not isinstance(roundings, (list, tuple)) or not roundings
+            or any(r not in ROUNDINGS for r in roundings)):
+        raise ConfigError(f"{where}: `tflite_roundings` must be a non-empty list of rounding "
+                          f"models ({', '.join(ROUNDINGS)}), got {roundings!r}.")
+    filled["tflite_roundings"] = list(dict.fromkeys(roundings))
+    pruned = filled["tflite_pruning"]
+    parsed = parse_pruning({"pruning": pruned}, where + " tflite_pruning") if pruned else {}
+    filled["tflite_pruning"] = {m: list(r) for m, r in parsed.items()}
     return filled
 
 
@@ -168,5 +203,9 @@ def grid_levels(evaluation):
               for r in ratios]
     levels += [Level("quantize", None, None, b) for b in evaluation["bits"]]
     if evaluation["tflite"]:
-        levels.append(Level("tflite", None, None, 8))
+        roundings = evaluation.get("tflite_roundings", ["floor_ceil"])
+        levels += [Level("tflite", None, None, 8, r) for r in roundings]
+        levels += [Level("tflite", m, ratio, 8, r)
+                   for m, ratios in evaluation.get("tflite_pruning", {}).items()
+                   for ratio in ratios for r in roundings]
     return levels

@@ -87,7 +87,7 @@ def row(form, *, ratio=None, bits=None, sparsity=0.0, clean_accuracy, certified_
     assert form in COMPRESSED_FORMS
     return {
         "form": form,
-        "pruning_method": pruning_method if form == "prune" else None,
+        "pruning_method": pruning_method if form in ("prune", "tflite") else None,
         "ratio": ratio,
         "bits": bits,
         "sparsity": float(sparsity),
@@ -134,26 +134,80 @@ def grid_rows(network, ctx, pruning, bits, uncompressed=True):
     return rows
 
 
-def tflite_row(path, ctx):
-    """The row of an int8 `.tflite` file, certified on its own integer arithmetic."""
+def tflite_rows(path, ctx, pruning_method=None, ratio=None):
+    """The rows of an int8 `.tflite` file, certified on its own integer arithmetic
+    under each rounding model of the grid (`tflite_roundings`); `pruning_method` and
+    `ratio` say which pruned network the file is of (None: the network itself)."""
     from cactus_keras.export import verify_tflite
 
-    result = verify_tflite(path, ctx.x_test, ctx.y_test, ctx.config.epsilon,
-                           input_range=ctx.input_range)
-    return row("tflite", bits=8, clean_accuracy=result.clean_accuracy,
-               certified_accuracy=result.certified_accuracy, samples=len(result.labels),
-               simulation_agreement=result.simulation_agreement, file=os.path.relpath(path, ctx.directory))
+    rows = []
+    for rounding in ctx.config.evaluation.get("tflite_roundings", ["nearest"]):
+        result = verify_tflite(path, ctx.x_test, ctx.y_test, ctx.config.epsilon,
+                               input_range=ctx.input_range, rounding=rounding)
+        rows.append(row("tflite", bits=8, ratio=ratio, pruning_method=pruning_method,
+                        clean_accuracy=result.clean_accuracy,
+                        certified_accuracy=result.certified_accuracy,
+                        samples=len(result.labels),
+                        simulation_agreement=result.simulation_agreement,
+                        rounding=result.rounding, file=os.path.relpath(path, ctx.directory)))
+    return rows
 
 
-def export_row(network, ctx, name):
-    """Exports `network` to DIR/<name>.int8.tflite with our exporter and certifies it."""
+def export_rows(network, ctx, name, pruning_method=None, ratio=None):
+    """Exports `network` (or a `CactusModel`, whose int8_file member's ranges the file
+    gets) to DIR/<name>.int8.tflite with our exporter and certifies it (`tflite_rows`)."""
     from cactus_keras.export import to_tflite
 
     path = os.path.join(ctx.directory, f"{name}.int8.tflite")
     samples = ctx.config.evaluation["calibration_samples"]
     to_tflite(network, path, representative_data=ctx.x_train[:samples],
               num_calibration_samples=samples)
-    return tflite_row(path, ctx)
+    return tflite_rows(path, ctx, pruning_method, ratio)
+
+
+def pruned_copy(network, pruning_method, ratio):
+    """A clone of `network` with its kernels magnitude-pruned at `ratio` (the grid's
+    pruning: the output layer left out where the method leaves it out)."""
+    from cactus_keras.compression.kernels import compressible_kernels
+    from cactus_keras.compression.masks import magnitude_masks, output_is_excluded
+
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    index = {id(v): i for i, v in enumerate(network.weights)}
+    kernels = compressible_kernels(network, output_is_excluded(pruning_method, False))
+    masks = magnitude_masks([k.value for k in kernels], ratio, pruning_method)
+    for kernel, mask in zip(kernels, masks):
+        copy.weights[index[id(kernel)]].assign(kernel.value * mask)
+    return copy
+
+
+def int8_file_source(ctx, network):
+    """The trained `CactusModel` when its set has an int8_file member (its file gets
+    the ranges the member trained for), else `network`."""
+    path = os.path.join(ctx.directory, "model.keras")
+    if not os.path.exists(path):
+        return network
+    with open(os.path.join(ctx.directory, "config.json")) as f:
+        compression = json.load(f).get("compression")
+    if not (isinstance(compression, list)
+            and any(isinstance(t, dict) and t.get("kind") == "int8_file" for t in compression)):
+        return network
+    return keras.saving.load_model(path, compile=False)
+
+
+def file_rows(network, ctx):
+    """The int8 file rows of a trained network: its own file, then the files of its
+    pruned networks (`tflite_pruning`)."""
+    rows = ctx.cached("tflite_files", lambda: export_rows(int8_file_source(ctx, network),
+                                                           ctx, "network"))
+    for method, ratios in ctx.config.evaluation.get("tflite_pruning", {}).items():
+        for ratio in ratios:
+            rows = rows + ctx.cached(
+                f"tflite_{method}_{ratio:g}",
+                lambda method=method, ratio=ratio: export_rows(
+                    pruned_copy(network, method, ratio), ctx, f"network_{method}_{ratio:g}",
+                    method, ratio))
+    return rows
 
 
 def _tflite_modules(key="[evaluation] tflite"):
@@ -257,8 +311,8 @@ class TrainedMethod(Method):
         rows = ctx.cached("grid", lambda: grid_rows(
             network, ctx, evaluation["pruning"], evaluation["bits"]))
         if evaluation["tflite"]:
-            ctx.log("exporting and verifying the int8 .tflite file")
-            rows = rows + [ctx.cached("tflite", lambda: export_row(network, ctx, "network"))]
+            ctx.log("exporting and verifying the int8 .tflite files")
+            rows = rows + file_rows(network, ctx)
         return rows
 
 
@@ -456,7 +510,7 @@ class IBPThenFinetune(_FromSource):
                     ctx.directory, f"quantized_{bits}bit.keras"))
                 found = grid_rows(network, ctx, {}, [bits], uncompressed=False)
                 if bits == 8 and self.setting("tflite"):
-                    found.append(export_row(network, ctx, "quantized_8bit"))
+                    found += export_rows(network, ctx, "quantized_8bit")
                 return found
 
             rows += ctx.cached(f"quantize_{bits}", quantize)
@@ -537,7 +591,7 @@ class TFMOT(_FromSource):
                 tfmot.tfmot_quantize_to_tflite(
                     network, x, y, path,
                     representative_samples=self.config.evaluation["calibration_samples"], **fit)
-                return [tflite_row(path, ctx)]
+                return tflite_rows(path, ctx)
 
             rows += ctx.cached("quantize_tflite", quantize)
         return rows

@@ -16,15 +16,21 @@ import numpy as np
 
 from cactus_keras import atomic_write
 
-KEY = ("run", "method", "form", "pruning_method", "ratio", "bits")
+KEY = ("run", "method", "form", "pruning_method", "ratio", "bits", "rounding")
 VALUES = ("clean_accuracy", "certified_accuracy", "sparsity")
+
+
+def _key_value(row, key):
+    from cactus_keras.experiments.evaluation import row_rounding
+
+    return row_rounding(row) if key == "rounding" else row[key]
 
 
 def summarize(rows):
     """Mean/std over seeds of each (run, compression level)."""
     groups = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in KEY), []).append(r)
+        groups.setdefault(tuple(_key_value(r, k) for k in KEY), []).append(r)
     summary = []
     for key, group in groups.items():
         entry = dict(zip(KEY, key))
@@ -57,11 +63,15 @@ def _is_uncompressed(entry):
     return entry["form"] == "prune" and abs(entry["ratio"]) < 1e-9
 
 
-def _find(summary, run, form, ratio=None, bits=None, pruning_method=None):
+def _find(summary, run, form, ratio=None, bits=None, pruning_method=None, rounding=None):
     """The summary entry of `run` at a level; at ratio 0 (uncompressed) any pruning
-    method, else `pruning_method` when given."""
+    method, else `pruning_method` when given; an int8 file (unpruned) under `rounding`."""
     for e in summary:
         if e["run"] != run or e["form"] != form:
+            continue
+        if form == "tflite":
+            if e.get("pruning_method") is None and e.get("rounding", "floor_ceil") == rounding:
+                return e
             continue
         if form == "prune":
             if abs(e["ratio"] - ratio) >= 1e-9:
@@ -145,6 +155,7 @@ def headline(config, rows, summary):
                      "pruning_method": None if level is None else level.pruning_method,
                      "ratio": 0.0 if level is None else level.ratio,
                      "bits": None if level is None else level.bits,
+                     "rounding": None if level is None else level.rounding,
                      "cactus_certified": None, "baseline_run": None, "baseline_method": None,
                      "baseline_certified": None, "difference": None, "differences": []}
             if mine is not None:
@@ -283,7 +294,10 @@ def report_markdown(config, summary, runs, data_note, command, timings, entries=
             cells += [_pair(_find(summary, run, "prune", r, pruning_method=method)) for r in ratios]
             lines.append(f"| {run} | {runs[run]} | " + " | ".join(cells) + " |")
     bits = sorted({e["bits"] for e in summary if e["form"] == "quantize"}, reverse=True)
-    header = ["float"] + [f"{b}-bit kernels" for b in bits] + ["int8 .tflite"]
+    roundings = list(dict.fromkeys(e.get("rounding", "floor_ceil") for e in summary
+                                   if e["form"] == "tflite"))
+    header = (["float"] + [f"{b}-bit kernels" for b in bits]
+              + [f"int8 .tflite ({r})" for r in roundings])
     lines += ["", "## Quantization", "",
               "Kernels are fake-quantized (symmetric, per channel) with float activations; "
               "the .tflite file is full-integer int8.", "",
@@ -292,7 +306,7 @@ def report_markdown(config, summary, runs, data_note, command, timings, entries=
     for run, method in runs.items():
         cells = [_pair(_find(summary, run, "prune", 0.0))]
         cells += [_pair(_find(summary, run, "quantize", bits=b)) for b in bits]
-        cells += [_pair(_find(summary, run, "tflite", bits=8))]
+        cells += [_pair(_find(summary, run, "tflite", bits=8, rounding=r)) for r in roundings]
         lines.append(f"| {run} | {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", f"Shared training settings: `{json.dumps(config.training, sort_keys=True)}`.", "",
               "| run | method | own options | seconds per seed |",
@@ -334,7 +348,7 @@ def write_results(output, config, run_records, data_note, command):
     _write_csv(os.path.join(output, "results.csv"), summary,
                list(KEY) + ["seeds", "samples"] + [f"{v}_{s}" for v in VALUES for s in ("mean", "std")])
     _write_csv(os.path.join(output, "runs.csv"), [{**r} for r in rows],
-               list(KEY) + ["seed", "samples", *VALUES, "simulation_agreement"])
+               list(KEY) + ["seed", "samples", *VALUES, "simulation_agreement", "rounding"])
     plots.certified_vs_pruning(summary, runs, os.path.join(output, "certified_vs_pruning.png"),
                                title=f"{config.name}: epsilon {config.epsilon:g}")
     plots.clean_vs_certified(summary, runs, os.path.join(output, "clean_vs_certified.png"),

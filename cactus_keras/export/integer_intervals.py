@@ -49,33 +49,19 @@ from cactus_keras.int8.fixed_point import (
     quantize_multiplier,
     requantization_fits,
 )
+from cactus_keras.int8.rounding import (  # noqa: F401 (re-exported for the export modules)
+    DEFAULT_ROUNDING,
+    RELATIVE_TOLERANCE,
+    ROUNDINGS,
+    check_rounding,
+)
 
-# Relative error allowed for a kernel's multiplier and float arithmetic (31-bit fixed
-# point: 2**-31; XNNPACK's float32 requantization: ~2e-7; its 20-bit ADD multipliers:
-# ~5e-7), relative to the magnitude of the real value being rounded.
-RELATIVE_TOLERANCE = 1e-6
-# "floor_ceil": every rounding r of a real value v is bounded by [floor(v), ceil(v)]:
-# sound for any kernel whose total error |r - v| is below 1, i.e. every round-to-nearest
-# implementation with one or two rounding steps (error <= 0.75) and a multiplier accurate
-# to better than 0.25 / |v| (TFLite: 2**-31, XNNPACK: ~2**-22 relative; past |v| ~ 2e5
-# the output saturates either way).
-# "nearest": r is bounded by [ceil(v - e - t), floor(v + e + t)] where e is the kernel's
-# rounding error: 0.5 for one rounding step, 0.5 + 2**(shift - 1) for TFLite's two-step
-# fixed-point rounding with a right shift (SaturatingRoundingDoublingHighMul, then
-# RoundingDivideByPOT), and t the relative tolerance. Tighter (a point stays a point
-# unless v is within e - 0.5 + t of a half-integer), and sound for TFLite's reference
-# and optimized kernels and XNNPACK, but tied to their rounding structure.
-ROUNDINGS = ("floor_ceil", "nearest")
+# The rounding models (`floor_ceil`, `nearest`), what each assumes and the runtimes it is
+# sound for: one description in cactus_keras.int8.rounding, shared with the int8 member.
 # Assumed error (in output units, before rounding) of the int8 SOFTMAX kernel against
 # the exact softmax of its int8 input. LiteRT's x86/ARM kernel evaluates a float32 lookup
 # table of exp (error ~1e-5 units); 1.0 also covers fixed-point and uint16-table variants.
 SOFTMAX_ERROR = 1.0
-
-
-def check_rounding(rounding):
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"`rounding` must be one of {', '.join(ROUNDINGS)}, got {rounding!r}.")
-    return rounding
 
 
 def round_bounds(v_lower, v_upper, rounding, error=0.5, slack=0.0):
@@ -109,7 +95,7 @@ def round_bounds(v_lower, v_upper, rounding, error=0.5, slack=0.0):
 
 
 def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
-               rounding="floor_ceil", quantized_multiplier=None, overwrite=False):
+               rounding=DEFAULT_ROUNDING, quantized_multiplier=None, overwrite=False):
     """Maps int32 accumulator bounds to int8 output bounds: the real values a*M, b*M
     rounded with `round_bounds` (floor/ceil, or the fixed-point rounding error for
     "nearest"), plus zp, clamped to [act_min, act_max]. Accumulators outside int32, or
@@ -181,7 +167,7 @@ class IntervalArithmetic:
 
     point = False
 
-    def __init__(self, rounding="floor_ceil"):
+    def __init__(self, rounding=DEFAULT_ROUNDING):
         self.rounding = check_rounding(rounding)
 
     def accumulate(self, linear, lower, upper):

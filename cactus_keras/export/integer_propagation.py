@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from cactus_keras.export.integer_intervals import IntervalArithmetic, check_rounding
+from cactus_keras.export.integer_intervals import DEFAULT_ROUNDING, IntervalArithmetic, check_rounding
 from cactus_keras.export.integer_ops import rule_for
 from cactus_keras.export.integer_simulation import KernelSimulation, check_kernels
 from cactus_keras.export.model_file import UnsupportedOperatorError, final_fully_connected
@@ -44,7 +44,7 @@ class Propagation:
     tensors: dict
     softmax_input: tuple | None = None
     fold_input: tuple | None = None
-    rounding: str = "floor_ceil"
+    rounding: str = DEFAULT_ROUNDING
 
 
 class IntegerProgram:
@@ -78,7 +78,7 @@ class IntegerProgram:
             return lower, lower
         return lower, np.asarray(upper, np.int64).reshape((batch,) + shape)
 
-    def run(self, arithmetic, lower, upper, keep=False, rounding="floor_ceil"):
+    def run(self, arithmetic, lower, upper, keep=False, rounding=DEFAULT_ROUNDING):
         """Propagates the (batch, *input shape) int8 codes [lower, upper] of the entry
         tensor (`upper is lower` for points) through every op.
 
@@ -110,7 +110,7 @@ class IntegerProgram:
                            softmax_input, fold_input, rounding)
 
 
-def propagate(graph, lower, upper=None, *, point=False, keep=False, rounding="floor_ceil",
+def propagate(graph, lower, upper=None, *, point=False, keep=False, rounding=DEFAULT_ROUNDING,
               kernels="reference"):
     """Propagates int8 input bounds through `graph` (an `IntegerGraph`).
 
@@ -119,9 +119,10 @@ def propagate(graph, lower, upper=None, *, point=False, keep=False, rounding="fl
             for `point=True` pass the quantized inputs as `lower` only.
         point: simulate the integer kernels on single points.
         keep: keep the bounds of every intermediate tensor in `Propagation.tensors`.
-        rounding: "floor_ceil" (default; sound for any kernel whose requantization error
-            is below one unit) or "nearest" (tighter; uses the rounding error of TFLite's
-            fixed-point kernels and XNNPACK). See `integer_intervals.ROUNDINGS`.
+        rounding: the rounding model (`cactus_keras.int8.rounding`): "nearest"
+            (default; the rounding error of TFLite's fixed-point kernels, XNNPACK and
+            CMSIS-NN) or "floor_ceil" (any kernel whose requantization error is below
+            one unit).
         kernels: whose rounding the point simulation follows: "reference" (TFLite's
             reference kernels), "builtin" (its optimized kernels) or "xnnpack" (the
             XNNPACK delegate). Intervals are sound for all three.

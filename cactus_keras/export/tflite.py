@@ -193,8 +193,32 @@ def _export_saved_model(network, samples, int8, what, hint):
         return convert(converter, what, hint)
 
 
+def _int8_member(model_or_network, int8_member, int8):
+    """The `Int8FileQuantization` member whose ranges the file gets, or None."""
+    from cactus_keras.compression.int8_file import Int8FileQuantization
+    from cactus_keras.training.model import CactusModel
+
+    if int8_member is None or not int8:
+        return None
+    members = [m for m in getattr(model_or_network, "compression", ())
+               if isinstance(m, Int8FileQuantization)]
+    if int8_member == "auto":
+        return members[0] if len(members) == 1 else None
+    if not isinstance(model_or_network, CactusModel):
+        raise ValueError(f"`int8_member`={int8_member!r} names a member of a CactusModel; "
+                         "pass the CactusModel, not its network.")
+    found = [m for m in members if m.name == int8_member]
+    if not found:
+        raise ValueError(
+            f"`int8_member` must name an int8_file member of the model (one of "
+            f"{', '.join(m.name for m in members) or 'none'}), got {int8_member!r}; or "
+            "pass None to calibrate the ranges on `representative_data`.")
+    return found[0]
+
+
 def to_tflite(model_or_network, path, representative_data=None, int8=True,
-              num_calibration_samples=200, exporter="auto", *, input_range="auto"):
+              num_calibration_samples=200, exporter="auto", *, int8_member="auto",
+              input_range="auto"):
     """Exports a Keras model to a `.tflite` file, full-integer int8 by default.
 
     Which exporter writes the file (`exporter`):
@@ -231,6 +255,11 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
             file is certified in by `verify_tflite`); "auto" takes a `CactusModel`'s own
             `input_range` and (0, 1) for a plain network; None checks only that the
             samples are finite.
+        int8_member: the activation scales and zero points: "auto" (default) takes
+            them from the `CactusModel`'s `Int8FileQuantization` member when it has
+            one (the ranges it trained for; `member_quantization`), else they are
+            calibrated on `representative_data`; a member's name picks that member;
+            None always calibrates.
 
     Returns:
         `path`, as a string.
@@ -266,5 +295,11 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
             "int8=False to see whether the float conversion works.") if int8 else ""
     what = f"model '{network.name}'{' (int8)' if int8 else ''}"
     export = _export_litert if exporter == "litert" else _export_saved_model
-    write_file(path, export(network, samples, int8, what, hint))
+    content = export(network, samples, int8, what, hint)
+    member = _int8_member(model_or_network, int8_member, int8)
+    if member is not None:
+        from cactus_keras.export.member_quantization import apply_member_quantization
+
+        content = apply_member_quantization(content, member, model_or_network)
+    write_file(path, content)
     return path

@@ -14,11 +14,8 @@ from tqdm.auto import tqdm
 from cactus_keras import validation
 from cactus_keras.int8.fixed_point import round_half_away
 from cactus_keras.quiet import native_stderr_filtered
-from cactus_keras.export.integer_intervals import (
-    ROUNDINGS,
-    IntervalArithmetic,
-    round_bounds,
-)
+from cactus_keras.export.integer_intervals import IntervalArithmetic, round_bounds
+from cactus_keras.int8.rounding import DEFAULT_ROUNDING, check_rounding
 from cactus_keras.export.integer_margins import certify_propagation
 from cactus_keras.export.integer_propagation import IntegerProgram
 from cactus_keras.export.integer_simulation import KernelSimulation
@@ -82,7 +79,8 @@ class TFLiteVerificationResult:
         return (
             f"{len(self.labels)} samples, epsilon={self.epsilon:g}, {self.interpreter} "
             f"({self.kernels} kernels): clean accuracy {self.clean_accuracy:.4f}, certified "
-            f"accuracy {self.certified_accuracy:.4f}, simulation agreement "
+            f"accuracy {self.certified_accuracy:.4f} (rounding model {self.rounding}), "
+            f"simulation agreement "
             f"{self.simulation_agreement:.4f}"
         )
 
@@ -150,7 +148,7 @@ def quantize_input(graph, x):
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def input_interval(graph, x, epsilon, input_range, rounding="floor_ceil"):
+def input_interval(graph, x, epsilon, input_range, rounding=DEFAULT_ROUNDING):
     """int8 bounds of the quantized epsilon box: [max(x - eps, lo), min(x + eps, hi)]
     divided by the scale, floor/ceil (sound for any quantizer whose error is below one
     step; with rounding="nearest", [ceil(v - 0.5), floor(v + 0.5)] for round-to-nearest
@@ -272,7 +270,7 @@ def _run_program(program, arithmetic, lower, upper, rounding, path):
 
 
 def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *,
-                  kernels="default", rounding="floor_ceil", verbose="auto"):
+                  kernels="default", rounding=DEFAULT_ROUNDING, verbose="auto"):
     """Runs an int8 `.tflite` file and certifies it against L-infinity perturbations.
 
     The interpreter (`ai_edge_litert`, else `tf.lite`) gives the clean predictions on
@@ -303,14 +301,17 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
         batch_size: samples per batch.
         kernels: "default" (XNNPACK delegate where it applies), "builtin" (TFLite's
             optimized kernels) or "reference" (TFLite's reference kernels).
-        rounding: "floor_ceil" (default): every rounding of the input quantizer and of
-            each requantization is bounded by floor/ceil of the real value, sound for
-            any implementation whose total rounding error is below one unit.
-            "nearest": bounded by the rounding errors of the round-to-nearest kernels
-            (0.5, plus 2**(shift - 1) for the first step of TFLite's two-step
+        rounding: the rounding model the certificate assumes
+            (`cactus_keras.int8.rounding`; recorded in the result and its JSON).
+            "nearest" (default): every rounding of the input quantizer and of each
+            requantization is within the largest error of the round-to-nearest
+            kernels (0.5, plus 2**(shift - 1) for the first step of a two-step
             fixed-point rounding, plus 1e-6 relative), which keeps points points and
-            certifies much more on deep models; sound for LiteRT's reference, optimized
-            and XNNPACK kernels, but tied to that rounding structure.
+            certifies much more on deep models; sound for LiteRT's reference and
+            optimized kernels (also with single rounding and ruy), XNNPACK and
+            TFLite Micro with CMSIS-NN. "floor_ceil": bounded by floor/ceil of the real
+            value, sound for any implementation whose total rounding error is below
+            one unit.
         verbose: "auto" (a progress bar over the samples when stderr is a terminal),
             0 or 1.
 
@@ -323,9 +324,7 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
             or ops without an integer rule (the message names them).
     """
     graph = load_integer_graph(path)
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"`rounding` must be one of {', '.join(ROUNDINGS)}, got "
-                         f"{rounding!r}.")
+    check_rounding(rounding)
     epsilon = validation.check_epsilon(epsilon)
     input_range = validation.check_input_range(input_range)
     batch_size = validation.check_positive_int(batch_size, "batch_size")

@@ -353,9 +353,14 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
         box = input_box(x, epsilon, self.input_range)
         weight = ops.cast(self.standard_weight.value, x.dtype)
 
-        def evaluate(mapping):
+        def evaluate(mapping, own=None):
             regularization = None
-            if mapping is None:
+            if own is not None:
+                # A member with a network of its own (e.g. the int8 file's arithmetic):
+                # its margins and logits, on this evaluator's samples and box.
+                margins, logits = own(box, labels, x)
+                certified = losses.certified_loss(labels, margins)
+            elif mapping is None:
                 certified, margins, logits, interval = self._certified_terms(
                     box, epsilon, labels, x, training, noise)
                 if self.ibp_regularization:
@@ -426,10 +431,27 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
         def evaluator_of(name):
             return evaluators.get(name, evaluate)
 
+        owners = {n: (i, m) for i, m in enumerate(self.compression) for n in m.names()}
         for name, (kernels, values) in self._compressed(training, evaluator_of).items():
-            result = evaluator_of(name)(self._mapping(kernels, values))
+            index, member = owners[name]
+            own = None
+            if getattr(member, "own_network", False):
+                context = self._member_context(member, index, name, kernels, None, training)
+
+                def own(box, labels, x, member=member, values=values, context=context):
+                    return member.network_terms(values, box, labels, x, context)
+
+            result = evaluator_of(name)(self._mapping(kernels, values), own=own)
             results.append(dataclasses.replace(result, name=name))
         return results
+
+    def member_state(self, name):
+        """The state (`build`'s return value) of the member named `name`."""
+        for member, state in zip(self.compression, self._member_states):
+            if name in member.names():
+                return state
+        raise ValueError(f"No compression member named {name!r}; members: "
+                         f"{', '.join(n for m in self.compression for n in m.names())}.")
 
     def apply_compression(self, name=None):
         """Writes the compressed kernels of member `name` (evaluation mode) into the
