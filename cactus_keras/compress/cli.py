@@ -46,10 +46,35 @@ def add_parser(subparsers):
     p.add_argument("--validation-samples", type=int, default=1000,
                    help="the last N training samples, held out for every decision (default 1000)")
     p.add_argument("--latency-runs", type=int, default=300, help="timed invokes per file (default 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1])
-    p.add_argument("--no-download", action="store_true")
-    p.set_defaults(run=_run_compress)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split taken from the training data (default: 0)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1],
+                   help="1: progress bars and a line per finalist; 0: the result only")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download the dataset (fail at once when there is no local copy)")
+    p.set_defaults(run=_run_compress, check_flags=_check_flags)
+
+
+def _check_flags(args):
+    """Every flag checked before TensorFlow is imported or the output folder is made."""
+    from cactus_keras import validation
+
+    validation.check_epsilon(args.epsilon, "--epsilon")
+    _ratios(args)
+    if not 0.0 <= args.min_certified <= 1.0:
+        raise ValueError(f"--min-certified is a certified accuracy in [0, 1], got "
+                         f"{args.min_certified:g}.")
+    for flag, value in (("--max-candidates", args.max_candidates),
+                        ("--finalists", args.finalists),
+                        ("--validation-samples", args.validation_samples)):
+        validation.check_positive_int(value, flag)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if not os.path.isfile(args.model) or not args.model.endswith(".keras"):
+        raise ValueError(f"--model: no .keras file at '{args.model}'; give a model saved "
+                         "with model.save('NAME.keras').")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output '{args.output}' is a file; give a folder.")
 
 
 def _load_network(path):
@@ -63,15 +88,22 @@ def _load_network(path):
     return network_of(keras.saving.load_model(path, compile=False))
 
 
+def _ratios(args):
+    try:
+        ratios = tuple(float(r) for r in args.ratios.split(",") if r.strip())
+    except ValueError:
+        ratios = ()
+    if not ratios or not all(0.0 <= r < 1.0 for r in ratios):
+        raise ValueError(f"--ratios must be comma-separated numbers in [0, 1), got {args.ratios!r}.")
+    return ratios
+
+
 def _config(args):
     from cactus_keras import validation
     from cactus_keras.compress.search import SearchConfig
 
     validation.check_epsilon(args.epsilon, "--epsilon")
-    try:
-        ratios = tuple(float(r) for r in args.ratios.split(",") if r.strip())
-    except ValueError:
-        raise ValueError(f"--ratios must be comma-separated numbers in [0, 1), got {args.ratios!r}.") from None
+    ratios = _ratios(args)
     return SearchConfig(
         epsilon=args.epsilon, min_certified=args.min_certified, objective=args.objective,
         ratios=ratios, max_candidates=args.max_candidates, finalists=args.finalists,
@@ -82,12 +114,19 @@ def _config(args):
 
 def _run_compress(args):
     import cactus_keras
-    from cactus_keras.compress.search import NoCandidateMeetsFloor, run_search
 
     config = _config(args)
     network = _load_network(args.model)
     data = cactus_keras.data.load(args.dataset, download=not args.no_download)
-    os.makedirs(args.output, exist_ok=True)
+    from cactus_keras.run_lock import folder_lock
+
+    with folder_lock(args.output, "--output"):
+        return _search(args, config, network, data)
+
+
+def _search(args, config, network, data):
+    from cactus_keras.compress.search import NoCandidateMeetsFloor, run_search
+
     command = "cactus-keras " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or [])
     with open(os.path.join(args.output, "command.txt"), "w") as handle:
         handle.write(command + "\n")
