@@ -134,7 +134,9 @@ def test_a_member_list_round_trips_through_config_json_and_the_run_fingerprint(t
     assert [t["name"] for t in config.compression] == ["pruned", "quantized"]
     saved = json.loads(json.dumps(config.to_dict()))
     assert TrainConfig(**saved) == config
-    data = types.SimpleNamespace(source="d.npz")
+    arrays = [np.zeros((2, 3), "float32"), np.zeros(2, "int64")]
+    data = types.SimpleNamespace(source="d.npz", x_train=arrays[0], y_train=arrays[1],
+                                 x_test=arrays[0], y_test=arrays[1])
     (tmp_path / "config.json").write_text(json.dumps({**saved, "data_source": "d.npz"}))
     (tmp_path / "training_log.csv").write_text("")
     assert check_existing(tmp_path, config, data, resume=True) == "unfinished"

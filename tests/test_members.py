@@ -129,6 +129,7 @@ _NON_DEFAULT_SETTINGS = {
     "fixed_mask_pruning": {"ratio": 0.4, "pruning_method": "local_l1", "name": "f"},
     "awp_quantization": {"bits": 4, "awp_radius": 0.25, "awp_steps": 2, "per_channel": False, "name": "q"},
     "straight_through_quantization": {"bits": 6, "per_channel": False, "name": "s"},
+    "int8_file": {"rounding": "floor_ceil", "range_momentum": 0.9, "name": "i8"},
     "test_power_of_two": {"min_exponent": -4, "exclude_output": True, "name": "pow"},
 }
 

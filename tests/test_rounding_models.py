@@ -84,7 +84,7 @@ def test_the_verifier_and_the_cli_default_to_the_module_default():
     assert inspect.signature(verify_tflite).parameters["rounding"].default == "nearest"
     assert IntervalArithmetic().rounding == rounding.DEFAULT_ROUNDING
     parser = cli.build_parser()
-    args = parser.parse_args(["verify-tflite", "m.tflite", "--dataset", "mnist", "--epsilon", "0.1"])
+    args = parser.parse_args(["verify-tflite", "--model", "m.tflite", "--dataset", "mnist", "--epsilon", "0.1"])
     assert args.rounding == rounding.DEFAULT_ROUNDING
 
 

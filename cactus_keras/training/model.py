@@ -322,6 +322,15 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
             )
         return super().compile(optimizer, None, *args, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose class overrides `compile`; this one
+        # only refuses `loss`, so a saved compile config (optimizer, metrics) is restored.
+        config = dict(keras.saving.deserialize_keras_object(config))
+        config.pop("loss", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         seen = {id(m) for m in super().metrics}
