@@ -94,7 +94,8 @@ def pgd(
     Args:
         model: a Keras model returning logits (or probabilities: the margin sign is the
             same).
-        x, y: inputs and integer labels.
+        x: inputs.
+        y: their integer labels.
         epsilon: L-infinity radius, in the units of `x`.
         steps: gradient steps per restart.
         restarts: restart 0 starts at `x`, the others at random points of the ball.

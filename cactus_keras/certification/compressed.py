@@ -169,7 +169,8 @@ def evaluate_compressed(
 
     Args:
         model_or_network: a `CactusModel` (its `network` is used) or a Keras network.
-        x, y: evaluation data.
+        x: evaluation inputs.
+        y: their integer labels.
         epsilon: certification radius.
         pruning: ratios in [0, 1).
         pruning_method: a pruning method or a list of them ("global_l1", "local_l1",

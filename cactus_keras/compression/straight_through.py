@@ -20,7 +20,8 @@ class StraightThroughQuantization(CompressionMember):
     Args:
         bits: bit width, 2 to 8.
         per_channel: per-output-channel scales (as int8 TFLite kernels) or per tensor.
-        exclude_output, name: as `Quantization`.
+        exclude_output: as `Quantization`.
+        name: as `Quantization`.
 
     Example:
 
