@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-build}
-bash tools/setup.sh docs >/dev/null
+bash tools/setup.sh test >/dev/null
 export TF_CPP_MIN_LOG_LEVEL=3
 case "$action" in
   build) exec .venv/bin/mkdocs build --strict --quiet ;;
