@@ -15,6 +15,9 @@ from keras import ops
 from cactus_keras import backend, validation
 from cactus_keras.bounds.margins import input_box
 
+# The public names; `minimize_in_box` and `margin_objective` are what `pgd` runs.
+__all__ = ["AttackResult", "pgd"]
+
 
 @dataclasses.dataclass
 class AttackResult:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+__all__ = ["cnn3", "cnn5", "cnn7", "get", "mlp"]
+
 
 def _dense_stack(x, units, batch_norm, name):
     x = layers.Dense(units, use_bias=not batch_norm, name=f"{name}_dense")(x)
