@@ -36,6 +36,14 @@ def input_box(x, epsilon, input_range=(0.0, 1.0)):
 
     `epsilon` is a scalar or one value per sample. `input_range=None` leaves the ball
     uncut.
+
+    Example:
+
+    ```python
+    box = cactus_keras.bounds.input_box(x_test, epsilon=0.1, input_range=(0.0, 1.0))
+    graph = cactus_keras.bounds.parse_network(net)
+    lower = cactus_keras.bounds.margin_lower_bounds(graph, box, y_test, bound="ibp")
+    ```
     """
     x = ops.convert_to_tensor(x)
     epsilon = ops.cast(ops.convert_to_tensor(epsilon), x.dtype)
