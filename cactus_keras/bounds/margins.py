@@ -133,8 +133,8 @@ class BoundedModel(keras.Model):
     Example:
 
     ```python
-    bounded = cactus_keras.bounds.BoundedModel(net, bound="crown")
-    out = bounded.predict((x, y, np.full(len(x), 0.1, "float32")))
+    bounded = cactus_keras.bounds.BoundedModel(net, bound="crown-ibp")
+    out = bounded.predict((x, y, np.full(len(x), 0.1, "float32")), verbose=0)
     certified = np.all(out["margin_lower"] + np.eye(10)[y] > 0, axis=1)
     ```
     """
