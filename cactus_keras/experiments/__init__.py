@@ -23,7 +23,7 @@ _EXPORTS = {
 
 # The documented names; `parse_config` and `schedule_callbacks` stay importable (what
 # `load_config` and `train` run).
-__all__ = sorted(set(_EXPORTS) - {'parse_config', 'schedule_callbacks'})
+__all__ = sorted(set(_EXPORTS) - {"parse_config", "schedule_callbacks"})
 
 
 def __getattr__(name):

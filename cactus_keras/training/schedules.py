@@ -154,8 +154,9 @@ class MemberWeightRamp(VariableRamp):
     model = cactus_keras.CactusModel(net, 0.1, compression=[cactus_keras.Pruning((0.5, 0.95))],
                                      member_weight=1.0)
     model.compile(optimizer="adam")
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[cactus_keras.EpsilonRamp(1, start_epoch=1),
-                                                    cactus_keras.MemberWeightRamp(1, start_epoch=1)])
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        cactus_keras.EpsilonRamp(1, start_epoch=1),
+        cactus_keras.MemberWeightRamp(1, start_epoch=1)])
     ```
     """
 
