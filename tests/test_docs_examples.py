@@ -119,14 +119,28 @@ def fixture_namespace(directory):
     }
 
 
+def _registries():
+    # The process-wide registries an example may add to (members, bound rules, Keras's
+    # serializable classes): restored after each block, so that an example registering
+    # a kind ("power_of_two") collides with no other example or test that does too.
+    from cactus_keras.bounds import rules
+    from cactus_keras.compression import member
+
+    return [member._REGISTRY, rules._REGISTRY, keras.saving.get_custom_objects()]
+
+
 def run_block(name, code, directory):
     namespace = fixture_namespace(directory)
+    saved = [dict(registry) for registry in _registries()]
     previous = os.getcwd()
     os.chdir(directory)
     try:
         exec(compile(code, f"<example {name}>", "exec"), namespace)  # noqa: S102
     finally:
         os.chdir(previous)
+        for registry, before in zip(_registries(), saved):
+            registry.clear()
+            registry.update(before)
 
 
 @pytest.mark.parametrize(("name", "code"), _params(DOCSTRING_BLOCKS))
@@ -167,6 +181,12 @@ def test_a_broken_example_fails(tmp_path):
     # fails, as a docstring whose example drifted from the API would.
     with pytest.raises(AttributeError):
         run_block("broken", "cactus_keras.certify_everything(net, x, y)\n", tmp_path)
+    # What a block registers is gone afterwards: the same kind registers again.
+    member = ("@cactus_keras.compression.register_member('docs_test_kind')\n"
+              "class Member(cactus_keras.compression.CompressionMember):\n"
+              "    pass\n")
+    run_block("register", member, tmp_path)
+    run_block("register again", member, tmp_path)
     start = time.perf_counter()
     run_block("fixture", "assert x_train.shape == (256, 28, 28, 1) and net.built\n", tmp_path)
     assert time.perf_counter() - start < 30
