@@ -35,6 +35,7 @@ from cactus_keras.bounds.propagation import (
 # alpha_crown_lower_bounds), margin_specification and check_bound stay importable: they
 # are what `margin_lower_bounds` and `BoundedModel` run.
 __all__ = [
+    "BOUNDS",
     "AffineRule",
     "BoundGraph",
     "BoundRule",

@@ -29,6 +29,7 @@ from cactus_keras.compression.straight_through import StraightThroughQuantizatio
 # lookups (member_class, member_from_config, member_kinds, member_table) stay importable:
 # configs and the CLI use them through `members_from_tables`.
 __all__ = [
+    "PRUNING_METHODS",
     "CompressionMember",
     "ConstantRatio",
     "FixedMaskPruning",

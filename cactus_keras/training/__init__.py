@@ -22,6 +22,8 @@ from cactus_keras.training.schedules import (
 # (check_*), member_slice, MemberResult and smooth_ramp stay importable: they are the
 # model's internals, not API.
 __all__ = [
+    "CERTIFIED_LOSSES",
+    "LR_SCHEDULES",
     "CactusModel",
     "EpochLearningRate",
     "EpsilonRamp",
