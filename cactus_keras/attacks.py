@@ -15,6 +15,9 @@ from keras import ops
 from cactus_keras import backend, validation
 from cactus_keras.bounds.margins import input_box
 
+# The public names; `minimize_in_box` and `margin_objective` are what `pgd` runs.
+__all__ = ["AttackResult", "pgd"]
+
 
 @dataclasses.dataclass
 class AttackResult:
@@ -25,6 +28,14 @@ class AttackResult:
         margin: min over j != y of z_y - z_j at `x_adv` (<= 0 means attacked).
         attacked: True where the prediction at `x_adv` is not the label.
         robust_accuracy: fraction of samples not attacked.
+
+    Example:
+
+    ```python
+    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.05, steps=5)
+    print(result.robust_accuracy, result.attacked[:10], result.margin[:10])
+    assert result.x_adv.shape == x_test.shape
+    ```
     """
 
     x_adv: np.ndarray
@@ -108,7 +119,7 @@ def pgd(
     Example:
 
     ```python
-    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.1, steps=50)
+    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.1, steps=10)
     print(result.robust_accuracy)
     ```
     """

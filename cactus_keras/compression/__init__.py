@@ -24,3 +24,25 @@ from cactus_keras.compression.pruning import Pruning
 from cactus_keras.compression.quantization import fake_quantize, quantization_scale
 from cactus_keras.compression.ratio_schedules import ConstantRatio, PolynomialRatio
 from cactus_keras.compression.straight_through import StraightThroughQuantization
+
+# The public names (documented, with examples, in the API reference). The registry's
+# lookups (member_class, member_from_config, member_kinds, member_table) stay importable:
+# configs and the CLI use them through `members_from_tables`.
+__all__ = [
+    "PRUNING_METHODS",
+    "CompressionMember",
+    "ConstantRatio",
+    "FixedMaskPruning",
+    "MemberContext",
+    "PolynomialRatio",
+    "Pruning",
+    "Quantization",
+    "StraightThroughQuantization",
+    "fake_quantize",
+    "magnitude_masks",
+    "members_from_tables",
+    "prunable_kernels",
+    "quantization_scale",
+    "register_member",
+    "sparsity",
+]
