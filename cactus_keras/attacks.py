@@ -16,6 +16,9 @@ from cactus_keras import backend, validation
 from cactus_keras.bounds.margins import input_box
 from cactus_keras.quiet import progress_verbosity
 
+# The public names; `minimize_in_box` and `margin_objective` are what `pgd` runs.
+__all__ = ["AttackResult", "pgd"]
+
 
 @dataclasses.dataclass
 class AttackResult:
@@ -26,6 +29,14 @@ class AttackResult:
         margin: min over j != y of z_y - z_j at `x_adv` (<= 0 means attacked).
         attacked: True where the prediction at `x_adv` is not the label.
         robust_accuracy: fraction of samples not attacked.
+
+    Example:
+
+    ```python
+    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.05, steps=5)
+    print(result.robust_accuracy, result.attacked[:10], result.margin[:10])
+    assert result.x_adv.shape == x_test.shape
+    ```
     """
 
     x_adv: np.ndarray
@@ -95,7 +106,8 @@ def pgd(
     Args:
         model: a Keras model returning logits (or probabilities: the margin sign is the
             same).
-        x, y: inputs and integer labels.
+        x: inputs.
+        y: their integer labels.
         epsilon: L-infinity radius, in the units of `x`.
         steps: gradient steps per restart.
         restarts: restart 0 starts at `x`, the others at random points of the ball.
@@ -108,7 +120,7 @@ def pgd(
     Example:
 
     ```python
-    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.1, steps=50)
+    result = cactus_keras.attacks.pgd(net, x_test, y_test, epsilon=0.1, steps=10)
     print(result.robust_accuracy)
     ```
     """

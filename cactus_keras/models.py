@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+__all__ = ["cnn3", "cnn5", "cnn7", "get", "mlp"]
+
 
 def _dense_stack(x, units, batch_norm, name):
     x = layers.Dense(units, use_bias=not batch_norm, name=f"{name}_dense")(x)
@@ -53,13 +55,28 @@ def mlp(input_shape=(28, 28, 1), num_classes=10, hidden=(512, 512), batch_norm=F
 
 
 def cnn3(input_shape=(28, 28, 1), num_classes=10, batch_norm=False):
-    """Two strided 4x4 convolutions (16, 32 filters) and the output layer."""
+    """Two strided 4x4 convolutions (16, 32 filters) and the output layer.
+
+    Example:
+
+    ```python
+    net = cactus_keras.models.cnn3(input_shape=(28, 28, 1), num_classes=10)
+    model = cactus_keras.CactusModel(net, epsilon=0.1)
+    ```
+    """
     specs = [(16, 4, 2, "valid"), (32, 4, 2, "valid")]
     return _build("cnn3", input_shape, num_classes, specs, [], batch_norm)
 
 
 def cnn5(input_shape=(28, 28, 1), num_classes=10, batch_norm=False):
-    """Three convolutions, a 512-unit dense layer and the output layer."""
+    """Three convolutions, a 512-unit dense layer and the output layer.
+
+    Example:
+
+    ```python
+    net = cactus_keras.models.cnn5(input_shape=(32, 32, 3), num_classes=10)   # CIFAR-10
+    ```
+    """
     specs = [(32, 3, 1, "same"), (32, 4, 2, "same"), (64, 4, 2, "same")]
     return _build("cnn5", input_shape, num_classes, specs, [512], batch_norm)
 
@@ -69,6 +86,13 @@ def cnn7(input_shape=(28, 28, 1), num_classes=10, batch_norm=True):
 
     Five 3x3 convolutions (64, 64, 128 strided, 128, 128), a 512-unit dense layer and the
     output layer, with batch norm after every hidden layer.
+
+    Example:
+
+    ```python
+    net = cactus_keras.models.cnn7(input_shape=(28, 28, 1), num_classes=10)
+    cactus_keras.training.ibp_initialize(net, seed=0)
+    ```
     """
     specs = [
         (64, 3, 1, "same"),
@@ -84,6 +108,14 @@ ARCHITECTURES = {"mlp": mlp, "cnn3": cnn3, "cnn5": cnn5, "cnn7": cnn7}
 
 
 def get(name, input_shape, num_classes, **kwargs):
+    """The model-zoo network `name` ("mlp", "cnn3", "cnn5", "cnn7"), as configs name it.
+
+    Example:
+
+    ```python
+    net = cactus_keras.models.get("cnn3", (28, 28, 1), 10, batch_norm=True)
+    ```
+    """
     if name not in ARCHITECTURES:
         raise ValueError(
             f"Unknown architecture {name!r}; expected one of {', '.join(ARCHITECTURES)}."

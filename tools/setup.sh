@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-test}
 case "$extras" in
-  test|full|tensorflow|tune|jax|onnx) ;;
-  *) echo "setup: unknown extras '$extras'; give one of test, full, tensorflow, tune, jax, onnx (pyproject.toml)" >&2; exit 2 ;;
+  test|full|tensorflow|tune|jax|onnx|docs) ;;
+  *) echo "setup: unknown extras '$extras'; give one of test, full, tensorflow, tune, jax, onnx, docs (pyproject.toml)" >&2; exit 2 ;;
 esac
 
 as_root() {

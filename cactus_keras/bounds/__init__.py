@@ -31,3 +31,26 @@ from cactus_keras.bounds.propagation import (
     forward_pass,
     interval_pass,
 )
+
+# The public names (documented, with examples, in the API reference). The passes
+# (interval_pass, forward_pass, backward_lower_bound, crown_refinement, IntervalPass,
+# alpha_crown_lower_bounds), margin_specification and check_bound stay importable: they
+# are what `margin_lower_bounds` and `BoundedModel` run.
+__all__ = [
+    "BOUNDS",
+    "AffineRule",
+    "BoundGraph",
+    "BoundRule",
+    "BoundedModel",
+    "Box",
+    "ElementwiseAffineRule",
+    "MonotoneRule",
+    "Relaxation",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+    "input_box",
+    "margin_lower_bounds",
+    "parse_network",
+    "register_rule",
+    "supported_layer_names",
+]

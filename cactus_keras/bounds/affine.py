@@ -191,6 +191,19 @@ class ElementwiseAffineRule(AffineRule):
     The default `parameters` probes the layer with zeros and ones, which is exact for
     any elementwise affine layer (Rescaling, Normalization) and needs no knowledge of
     how the layer stores its constants.
+
+    Example:
+
+    ```python
+    class Shift(keras.layers.Layer):            # x + 0.5: elementwise affine
+        def call(self, x):
+            return x + 0.5
+
+    cactus_keras.bounds.register_rule(Shift)(cactus_keras.bounds.ElementwiseAffineRule)
+    shifted = keras.Sequential([keras.Input((28, 28, 1)), Shift(), keras.layers.Flatten(),
+                                keras.layers.Dense(10)])
+    result = cactus_keras.certify(shifted, x_test, y_test, epsilon=0.01, bound="crown")
+    ```
     """
 
     def parameters(self, clean_inputs, training):

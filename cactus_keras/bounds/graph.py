@@ -34,6 +34,14 @@ class BoundGraph:
 
     `input` names the model's single input value and `output` the logits value.
     Keys are opaque hashable objects; `nodes` is topologically sorted.
+
+    Example:
+
+    ```python
+    graph = cactus_keras.bounds.parse_network(net)          # a BoundGraph
+    print(graph.input_shape, graph.num_classes)             # (28, 28, 1) 10
+    print([layer.name for layer in graph.layers()])
+    ```
     """
 
     model: keras.Model

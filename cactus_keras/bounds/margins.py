@@ -36,6 +36,14 @@ def input_box(x, epsilon, input_range=(0.0, 1.0)):
 
     `epsilon` is a scalar or one value per sample. `input_range=None` leaves the ball
     uncut.
+
+    Example:
+
+    ```python
+    box = cactus_keras.bounds.input_box(x_test, epsilon=0.1, input_range=(0.0, 1.0))
+    graph = cactus_keras.bounds.parse_network(net)
+    lower = cactus_keras.bounds.margin_lower_bounds(graph, box, y_test, bound="ibp")
+    ```
     """
     x = ops.convert_to_tensor(x)
     epsilon = ops.cast(ops.convert_to_tensor(epsilon), x.dtype)
@@ -125,8 +133,8 @@ class BoundedModel(keras.Model):
     Example:
 
     ```python
-    bounded = cactus_keras.bounds.BoundedModel(net, bound="crown")
-    out = bounded.predict((x, y, np.full(len(x), 0.1, "float32")))
+    bounded = cactus_keras.bounds.BoundedModel(net, bound="crown-ibp")
+    out = bounded.predict((x, y, np.full(len(x), 0.1, "float32")), verbose=0)
     certified = np.all(out["margin_lower"] + np.eye(10)[y] > 0, axis=1)
     ```
     """

@@ -41,15 +41,43 @@ import keras
 from keras import ops
 
 Box = collections.namedtuple("Box", ["lower", "upper"])
-Box.__doc__ = "Elementwise lower and upper bounds of one tensor (batch first)."
+Box.__doc__ = """Elementwise lower and upper bounds of one tensor (batch first).
+
+Example:
+
+```python
+box = cactus_keras.bounds.input_box(x_test, epsilon=0.1)    # a Box, cut to [0, 1]
+assert np.all(box.lower <= x_test) and np.all(x_test <= box.upper)
+```
+"""
 
 Relaxation = collections.namedtuple(
     "Relaxation", ["lower_slope", "lower_intercept", "upper_slope", "upper_intercept"]
 )
-Relaxation.__doc__ = (
-    "Elementwise linear bounds `lower_slope*x + lower_intercept <= f(x) <= "
-    "upper_slope*x + upper_intercept` valid on an input box."
-)
+Relaxation.__doc__ = """Elementwise linear bounds `lower_slope*x + lower_intercept <= f(x) <=
+upper_slope*x + upper_intercept` valid on an input box.
+
+Example, the relaxation of a monotone layer of one's own (for CROWN):
+
+```python
+class Clip01(keras.layers.Layer):
+    def call(self, x):
+        return keras.ops.clip(x, 0.0, 1.0)
+
+@cactus_keras.bounds.register_rule(Clip01)
+class Clip01Rule(cactus_keras.bounds.MonotoneRule):
+    def relaxation(self, lower, upper):
+        # f(lower) <= f(x) <= f(upper) on the box: constant bounds, valid for any
+        # non-decreasing f (slopes 0).
+        zero = keras.ops.zeros_like(lower)
+        return cactus_keras.bounds.Relaxation(zero, self.function(lower),
+                                              zero, self.function(upper))
+
+clipped = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(16), Clip01(), keras.layers.Dense(10)])
+result = cactus_keras.certify(clipped, x_test, y_test, epsilon=0.01, bound="crown")
+```
+"""
 
 
 class UnsupportedLayerError(ValueError):
@@ -92,9 +120,17 @@ def register_rule(*layer_classes, replace=False):
     Example:
 
     ```python
+    class MyScale(keras.layers.Layer):           # a layer of one's own: 2x - 1
+        def call(self, x):
+            return 2.0 * x - 1.0
+
     @cactus_keras.bounds.register_rule(MyScale)
     class MyScaleRule(cactus_keras.bounds.ElementwiseAffineRule):
         pass
+
+    scaled = keras.Sequential([keras.Input((28, 28, 1)), MyScale(), keras.layers.Flatten(),
+                               keras.layers.Dense(10)])
+    print(cactus_keras.certify(scaled, x_test, y_test, epsilon=0.01).certified_accuracy)
     ```
     """
     if not layer_classes:
@@ -167,6 +203,15 @@ def rule_for(layer, input_shapes):
 
 
 def supported_layer_names():
+    """The names of the Keras layer classes that have a bound rule, sorted.
+
+    Example:
+
+    ```python
+    names = cactus_keras.bounds.supported_layer_names()
+    assert "Dense" in names and "Conv2D" in names
+    ```
+    """
     return sorted({cls.__name__ for cls in _REGISTRY})
 
 
@@ -210,6 +255,26 @@ class BoundRule:
 
     A rule is a plain object: it holds no variables of its own (it reads the layer's at
     every call) and is never saved, so it needs none of `keras.layers.Layer`.
+
+    Example:
+
+    ```python
+    class Abs(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.abs(x)
+
+    @cactus_keras.bounds.register_rule(Abs)
+    class AbsRule(cactus_keras.bounds.BoundRule):
+        def interval(self, boxes, params):       # |x| over [lower, upper]
+            (box,) = boxes
+            lower = keras.ops.maximum(keras.ops.maximum(box.lower, -box.upper), 0.0)
+            upper = keras.ops.maximum(-box.lower, box.upper)
+            return cactus_keras.bounds.Box(lower, upper)
+
+    folded = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(2.0, -1.0),
+                               Abs(), keras.layers.Flatten(), keras.layers.Dense(10)])
+    result = cactus_keras.certify(folded, x_test, y_test, epsilon=0.01, bound="ibp")
+    ```
     """
 
     def __init__(self, layer, input_shapes):
@@ -240,6 +305,30 @@ class AffineRule(BoundRule):
 
     Subclasses implement `linear`, `transpose` and, when `L` has negative weights,
     `abs_linear`. `offset` is broadcastable to the output, or None for zero.
+
+    Example:
+
+    ```python
+    class Negate(keras.layers.Layer):
+        def call(self, x):
+            return -x
+
+    @cactus_keras.bounds.register_rule(Negate)
+    class NegateRule(cactus_keras.bounds.AffineRule):
+        def linear(self, inputs, params):            # L(x) = -x
+            return -inputs[0]
+
+        def abs_linear(self, inputs, params):        # |L|(x) = x
+            return inputs[0]
+
+        def transpose(self, coefficients, params):   # A -> A L, for CROWN's backward pass
+            return [-coefficients]
+
+    negated = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(16, activation="relu"), Negate(),
+                                keras.layers.Dense(10)])
+    result = cactus_keras.certify(negated, x_test, y_test, epsilon=0.01, bound="crown")
+    ```
     """
 
     def linear(self, inputs, params):
@@ -276,7 +365,24 @@ class AffineRule(BoundRule):
 
 
 class MonotoneRule(BoundRule):
-    """Rule of a layer that is non-decreasing in each input element."""
+    """Rule of a layer that is non-decreasing in each input element.
+
+    Example:
+
+    ```python
+    class Cube(keras.layers.Layer):
+        def call(self, x):
+            return x ** 3
+
+    @cactus_keras.bounds.register_rule(Cube)
+    class CubeRule(cactus_keras.bounds.MonotoneRule):
+        pass          # the interval is [cube(lower), cube(upper)]
+
+    cubed = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(16), Cube(), keras.layers.Dense(10)])
+    result = cactus_keras.certify(cubed, x_test, y_test, epsilon=0.01, bound="ibp")
+    ```
+    """
 
     def function(self, x):
         return self.layer(x, training=False)

@@ -6,3 +6,12 @@ from cactus_keras.certification.compressed import (
     evaluate_compressed,
     set_batchnorm_statistics,
 )
+
+# The public names (documented, with examples, in the API reference).
+__all__ = [
+    "CertificationResult",
+    "CompressionTable",
+    "certify",
+    "evaluate_compressed",
+    "set_batchnorm_statistics",
+]

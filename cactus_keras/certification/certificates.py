@@ -34,6 +34,15 @@ class CertificationResult:
         predicted: arg-max of the model at the clean input.
         labels: the true labels.
         bound, epsilon: how the bounds were computed (the bound method, the radius).
+
+    Example:
+
+    ```python
+    result = cactus_keras.certify(net, x_test, y_test, epsilon=0.01)
+    print(result.summary())          # "64 samples, epsilon=0.01, bound=...: clean accuracy ..."
+    assert result.certified_accuracy <= result.clean_accuracy
+    assert result.margin_lower.shape == (len(x_test), 10)
+    ```
     """
 
     certified: np.ndarray

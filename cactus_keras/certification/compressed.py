@@ -31,6 +31,15 @@ class CompressionTable:
     Each row has `form` ("prune" or "quantize"), `pruning_method` and `ratio` (pruned
     rows), `bits` (quantized rows), `sparsity`, `clean_accuracy`,
     `certified_accuracy` and `samples`.
+
+    Example:
+
+    ```python
+    table = cactus_keras.evaluate_compressed(net, x_test, y_test, 0.01, pruning=[0.5], bits=[8])
+    for row in table.rows:
+        print(row["form"], row.get("ratio"), row.get("bits"), row["certified_accuracy"])
+    table.to_json("table.json")
+    ```
     """
 
     rows: list
@@ -126,6 +135,15 @@ def set_batchnorm_statistics(network, x, batch_size=2048):
     The statistics are computed layer by layer on one batch of up to `batch_size`
     samples (momentum 0 for that pass), so a compressed network's batch norm matches
     its own activations rather than the uncompressed network's.
+
+    Example:
+
+    ```python
+    from cactus_keras.certification import set_batchnorm_statistics
+
+    bn_net = cactus_keras.models.cnn3(batch_norm=True)
+    set_batchnorm_statistics(bn_net, x_train)     # True: there was batch norm to set
+    ```
     """
     layers = [layer for layer in parse_network(network).layers()
               if isinstance(layer, keras.layers.BatchNormalization)]
@@ -169,7 +187,8 @@ def evaluate_compressed(
 
     Args:
         model_or_network: a `CactusModel` (its `network` is used) or a Keras network.
-        x, y: evaluation data.
+        x: evaluation inputs.
+        y: their integer labels.
         epsilon: certification radius.
         pruning: ratios in [0, 1).
         pruning_method: a pruning method or a list of them ("global_l1", "local_l1",

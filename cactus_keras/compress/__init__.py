@@ -26,7 +26,9 @@ _EXPORTS = {
     "run_search": "cactus_keras.compress.search",
 }
 
-__all__ = sorted(_EXPORTS)
+# `candidates`, `hidden_layers` and `pareto_front` are steps of `run_search`: importable,
+# not part of the documented surface.
+__all__ = sorted(set(_EXPORTS) - {"candidates", "hidden_layers", "pareto_front"})
 
 
 def __getattr__(name):

@@ -12,7 +12,15 @@ from cactus_keras.export.verify import make_interpreter
 
 
 def file_size(path):
-    """Bytes of the file at `path`."""
+    """Bytes of the file at `path`.
+
+    ```python
+    from cactus_keras.compress import file_size
+
+    (tmp_path / "m.bin").write_bytes(b"0" * 10)
+    assert file_size(tmp_path / "m.bin") == 10
+    ```
+    """
     return os.path.getsize(os.fspath(path))
 
 
@@ -29,7 +37,11 @@ def measure_latency(path, runs=500, warmup=50, num_threads=1, seed=0):
     Example:
 
     ```python
-    measure_latency("network.int8.tflite")["median_ms"]
+    from cactus_keras.compress import measure_latency
+
+    path = cactus_keras.export.to_tflite(net, str(tmp_path / "net.int8.tflite"),
+                                         representative_data=x_train[:32])
+    print(measure_latency(path, runs=20, warmup=5)["median_ms"])
     ```
     """
     if runs < 1 or warmup < 0:

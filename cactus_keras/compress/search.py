@@ -67,6 +67,16 @@ class SearchConfig:
         calibration_samples: the first N training samples calibrate the int8 export.
         latency_runs: timed invokes per file.
         seed: sampling of the candidate grid.
+
+    Example:
+
+    ```python
+    from cactus_keras.compress import SearchConfig
+
+    config = SearchConfig(epsilon=0.1, min_certified=0.6, objective="latency",
+                          ratios=(0.0, 0.5, 0.75), finalists=4)
+    print(config.to_dict())
+    ```
     """
 
     epsilon: float
@@ -196,6 +206,19 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
     with the same `output` resumes (finished steps are read from DIR/candidates.jsonl).
     Raises `NoCandidateMeetsFloor` (after writing pareto.json) when no certified file
     reaches `min_certified`.
+
+    Example (a tiny search; `cactus-keras compress` is the same from the command line):
+
+    ```python
+    from cactus_keras.compress import SearchConfig, run_search
+
+    config = SearchConfig(epsilon=0.001, min_certified=0.0, ratios=(0.0, 0.5),
+                          max_candidates=2, finalists=1, validation_samples=64,
+                          calibration_samples=32, latency_runs=5)
+    report = run_search(net, x_train, y_train, config, str(tmp_path / "search"),
+                        load_test=lambda: (x_test, y_test), verbose=0)
+    print(report["chosen"])
+    ```
     """
     os.makedirs(output, exist_ok=True)
     _check_config(output, config, network)

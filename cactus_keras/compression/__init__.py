@@ -30,3 +30,29 @@ from cactus_keras.compression.quantization import fake_quantize, quantization_sc
 from cactus_keras.compression.ratio_schedules import ConstantRatio, PolynomialRatio
 from cactus_keras.compression.shrink import ShrinkError, prune_structured, shrink
 from cactus_keras.compression.straight_through import StraightThroughQuantization
+
+# The public names (documented, with examples, in the API reference). The registry's
+# lookups (member_class, member_from_config, member_kinds, member_table) stay importable:
+# configs and the CLI use them through `members_from_tables`.
+__all__ = [
+    "PRUNING_METHODS",
+    "AWPQuantization",
+    "CompressionMember",
+    "ConstantRatio",
+    "FixedMaskPruning",
+    "Int8FileQuantization",
+    "MemberContext",
+    "PolynomialRatio",
+    "Pruning",
+    "ShrinkError",
+    "StraightThroughQuantization",
+    "compressible_kernels",
+    "fake_quantize",
+    "magnitude_masks",
+    "members_from_tables",
+    "prune_structured",
+    "quantization_scale",
+    "register_member",
+    "shrink",
+    "sparsity",
+]

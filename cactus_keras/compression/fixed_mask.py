@@ -28,7 +28,8 @@ class FixedMaskPruning(CompressionMember):
     Args:
         ratio: fraction of the prunable weights removed, in [0, 1).
         pruning_method: "global_l1", "local_l1" or "global_l2_structured".
-        exclude_output, name: as `Pruning`.
+        exclude_output: as `Pruning`.
+        name: as `Pruning`.
 
     Example:
 

@@ -15,6 +15,15 @@ def compressible_kernels(network, exclude_output=False):
 
     Biases and batch norm are never compressed. With `exclude_output`, the kernel of the
     layer producing the logits is left out.
+
+    Example:
+
+    ```python
+    from cactus_keras.compression import compressible_kernels
+
+    kernels = compressible_kernels(net, exclude_output=True)   # the two convolutions' kernels
+    print([tuple(k.shape) for k in kernels])
+    ```
     """
     graph = parse_network(network)
     kernels = []

@@ -71,7 +71,10 @@ def magnitude_masks(kernels, ratio, pruning_method="global_l1"):
     Example:
 
     ```python
-    masks = magnitude_masks([layer.kernel for layer in dense_layers], 0.5)
+    from cactus_keras.compression import magnitude_masks, compressible_kernels, sparsity
+
+    masks = magnitude_masks(compressible_kernels(net), 0.5)   # one 0/1 mask per kernel
+    print(sparsity(masks))                                # 0.5
     ```
     """
     method = check_pruning_method(pruning_method)
@@ -109,7 +112,17 @@ def magnitude_masks(kernels, ratio, pruning_method="global_l1"):
 
 
 def sparsity(masks):
-    """Fraction of zeros over all masks (a float)."""
+    """Fraction of zeros over all masks (a float).
+
+    Example:
+
+    ```python
+    from cactus_keras.compression import magnitude_masks, compressible_kernels, sparsity
+
+    masks = magnitude_masks(compressible_kernels(net), 0.7, pruning_method="local_l1")
+    print(sparsity(masks))                     # about 0.7
+    ```
+    """
     total = sum(int(ops.size(m)) for m in masks)
     zeros = sum(float(ops.convert_to_numpy(ops.sum(1.0 - m))) for m in masks)
     return zeros / total

@@ -70,6 +70,25 @@ class MemberContext:
             values of its kernels (every other variable as it is), for adversarial
             members such as AWP. Differentiable with respect to the values.
         state: the variables this member created in `build`, as returned there.
+
+    Example:
+
+    ```python
+    from keras import ops
+
+    @cactus_keras.compression.register_member("noisy_kernels")
+    class NoisyKernels(cactus_keras.compression.CompressionMember):
+        # Kernels with uniform noise of +-1% of their scale in training, exact otherwise.
+
+        def compress(self, kernels, context):   # context: a MemberContext
+            if not context.training:
+                return list(kernels)
+            return [w + 0.01 * ops.max(ops.abs(w)) * keras.random.uniform(
+                        ops.shape(w), -1.0, 1.0, seed=context.seed_generator)
+                    for w in kernels]
+
+    model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[NoisyKernels(name="noisy")])
+    ```
     """
 
     name: str
@@ -89,6 +108,23 @@ class CompressionMember:
 
     Subclasses define `compress`, and `build` if they keep state. Register them with
     `@register_member("kind")` so that saved models load and configs can name them.
+
+    Example:
+
+    ```python
+    from keras import ops
+
+    @cactus_keras.compression.register_member("sign_magnitude")
+    class SignMagnitude(cactus_keras.compression.CompressionMember):
+        # Every weight becomes sign(w) * mean |w| of its kernel (straight-through).
+
+        def compress(self, kernels, context):
+            def binarized(w):
+                return ops.sign(w) * ops.mean(ops.abs(w))
+            return [w + ops.stop_gradient(binarized(w) - w) for w in kernels]
+
+    model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[SignMagnitude(name="binary")])
+    ```
     """
 
     kind: str | None = None
@@ -163,7 +199,9 @@ def register_member(kind: str, package: str = "cactus_keras") -> Callable[[type]
     @cactus_keras.compression.register_member("my_quantizer")
     class MyQuantizer(cactus_keras.compression.CompressionMember):
         def compress(self, kernels, context):
-            ...
+            return [cactus_keras.compression.fake_quantize(w, bits=6) for w in kernels]
+
+    model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[MyQuantizer(name="q6")])
     ```
     """
 

@@ -82,6 +82,18 @@ def members_from_tables(tables, key="compression", labels=None):
 
     Errors name the table: `labels[i]` if given, else `` `key`[i] ``, then say what is
     wrong with it (`ValueError` or `TypeError`, one line).
+
+    Example:
+
+    ```python
+    from cactus_keras.compression import members_from_tables
+
+    members = members_from_tables([
+        {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
+        {"kind": "awp_quantization", "bits": 8}])
+    model = cactus_keras.CactusModel(net, epsilon=0.1, compression=members)
+    print([m.name for m in members])
+    ```
     """
     if not isinstance(tables, (list, tuple)):
         raise TypeError(f"`{key}` must be a list of member tables, got {tables!r}.")

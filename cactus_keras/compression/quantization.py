@@ -17,7 +17,17 @@ def check_bits(bits):
 
 def quantization_scale(kernel, bits, per_channel=True):
     """The quantization step of `kernel`: max |w| / (2**(bits-1) - 1), per output
-    channel (the kernel's last axis) or per tensor. A zero channel gets step 1."""
+    channel (the kernel's last axis) or per tensor. A zero channel gets step 1.
+
+    Example:
+
+    ```python
+    from cactus_keras.compression import quantization_scale
+
+    kernel = np.array([[0.5, -2.0], [-1.27, 1.0]], "float32")
+    print(quantization_scale(kernel, bits=8))   # per output channel: [0.01, 2/127]
+    ```
+    """
     levels = 2 ** (bits - 1) - 1
     magnitude = ops.abs(kernel)
     if per_channel:
@@ -34,7 +44,10 @@ def fake_quantize(kernel, bits=8, per_channel=True):
     Example:
 
     ```python
-    q = fake_quantize(layer.kernel, bits=4)
+    from cactus_keras.compression import fake_quantize
+
+    kernel = net.get_layer("logits").kernel
+    q = fake_quantize(kernel, bits=4)       # 15 levels per output channel, in float
     ```
     """
     check_bits(bits)

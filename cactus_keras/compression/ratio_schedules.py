@@ -31,7 +31,15 @@ def _check_steps(begin_step, end_step):
 
 @keras.saving.register_keras_serializable(package="cactus_keras")
 class ConstantRatio:
-    """The same ratio at every step (TF-MOT's `ConstantSparsity`)."""
+    """The same ratio at every step (TF-MOT's `ConstantSparsity`).
+
+    Example:
+
+    ```python
+    member = cactus_keras.Pruning(schedule=cactus_keras.compression.ConstantRatio(0.7))
+    model = cactus_keras.CactusModel(net, epsilon=0.1, compression=[member])
+    ```
+    """
 
     def __init__(self, ratio, begin_step=0, end_step=-1):
         self.ratio = check_ratio(ratio)
@@ -52,7 +60,16 @@ class ConstantRatio:
 @keras.saving.register_keras_serializable(package="cactus_keras")
 class PolynomialRatio:
     """`final + (initial - final) * (1 - p) ** power` with p the progress from
-    `begin_step` to `end_step`, clipped to [0, 1] (TF-MOT's `PolynomialDecay`)."""
+    `begin_step` to `end_step`, clipped to [0, 1] (TF-MOT's `PolynomialDecay`).
+
+    Example:
+
+    ```python
+    schedule = cactus_keras.compression.PolynomialRatio(0.1, 0.9, begin_step=0, end_step=1000)
+    print(float(schedule(500)))          # 0.9 + (0.1 - 0.9) * 0.5 ** 3 = 0.8
+    member = cactus_keras.Pruning(schedule=schedule)
+    ```
+    """
 
     def __init__(self, initial_ratio, final_ratio, begin_step, end_step, power=3):
         self.initial_ratio = check_ratio(initial_ratio, "initial_ratio")

@@ -380,7 +380,13 @@ def prune_structured(network, ratio, per_layer=False):
     Example:
 
     ```python
-    pruned = prune_structured(net, {"block1_conv": 0.5, "block2_conv": 0.25}, per_layer=True)
+    from cactus_keras.compression import prune_structured, shrink
+
+    pruned = prune_structured(net, 0.5)   # half the hidden output channels zeroed
+    small = shrink(pruned)                # the same function, without those channels
+    first = [l.name for l in net.layers if hasattr(l, "kernel")][0]
+    one_layer = prune_structured(net, {first: 0.25}, per_layer=True)
+    print(net.count_params(), small.count_params())
     ```
     """
     copy = keras.models.clone_model(network)

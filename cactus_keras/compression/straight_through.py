@@ -21,7 +21,8 @@ class StraightThroughQuantization(CompressionMember):
     Args:
         bits: bit width, 2 to 8.
         per_channel: per-output-channel scales (as int8 TFLite kernels) or per tensor.
-        exclude_output, name: as `AWPQuantization`.
+        exclude_output: as `AWPQuantization`.
+        name: as `AWPQuantization`.
 
     Example:
 

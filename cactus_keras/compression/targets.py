@@ -22,6 +22,16 @@ class CompressionTarget:
     "prune" (with `ratio` and `pruning_method`) or "quantize" (with `bits`: weight-only
     fake quantization, kernels symmetric per output channel as int8 TFLite kernels; not
     the int8 `.tflite` file, which `verify_tflite` certifies).
+
+    Example:
+
+    ```python
+    from cactus_keras.tuning import CompressionTarget, parse_targets
+
+    target = CompressionTarget("prune", ratio=0.7, pruning_method="local_l1")
+    targets = parse_targets([target, "quantize:8"])     # objects and strings mix
+    print([t.key for t in targets])                     # ['prune70_local_l1', 'quantize8']
+    ```
     """
 
     form: str
@@ -94,7 +104,16 @@ def _parse_target(text):
 
 def parse_targets(targets):
     """`CompressionTarget`s from strings like "prune:0.7,quantize:8", a list of such strings
-    or of `CompressionTarget`s. Empty or "none" means no target."""
+    or of `CompressionTarget`s. Empty or "none" means no target.
+
+    Example:
+
+    ```python
+    targets = cactus_keras.tuning.parse_targets("prune:0.7,quantize:8")
+    assert [t.form for t in targets] == ["prune", "quantize"]
+    assert targets[0].ratio == 0.7 and targets[1].bits == 8
+    ```
+    """
     if targets is None:
         return []
     if isinstance(targets, (str, CompressionTarget)):

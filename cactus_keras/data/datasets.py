@@ -68,6 +68,15 @@ class Dataset:
 
     Images are float32 in [0, 1] with shape `(N, H, W, C)` (grayscale has
     `C=1`); labels are int64 with shape `(N,)`.
+
+    Example:
+
+    ```python
+    ds = cactus_keras.data.Dataset(x_train, y_train, x_test, y_test, name="mine",
+                                   source="in memory", num_classes=10)
+    print(ds.input_shape)                           # (28, 28, 1)
+    # ds = cactus_keras.data.load("fashion_mnist")  # what `load` returns
+    ```
     """
 
     x_train: np.ndarray
@@ -122,12 +131,17 @@ def load(name_or_path, *, data_dir=None, download=True):
     Example:
 
     ```python
-    ds = load("fashion_mnist", download=False)
-    model = keras.Sequential([keras.Input(ds.input_shape), ...])
-    model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_test, ds.y_test))
+    from cactus_keras.data import load
 
-    ds = load("/data/my_digits.npz")  # num_classes = max label + 1
-    np.savez("tiny.npz", x_train=x, y_train=y, x_test=x[:5], y_test=y[:5], num_classes=10)
+    # ds = load("fashion_mnist", download=False)   # a named dataset, from a local copy
+    as_bytes = lambda images: (images[..., 0] * 255).astype("uint8")
+    np.savez("my_digits.npz", x_train=as_bytes(x_train), y_train=y_train,
+             x_test=as_bytes(x_test), y_test=y_test, num_classes=10)
+    ds = load("my_digits.npz")  # uint8 scaled to [0, 1]; 10 classes declared
+    model = keras.Sequential([keras.Input(ds.input_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(ds.num_classes)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds.x_train, ds.y_train, validation_data=(ds.x_test, ds.y_test), verbose=0)
     ```
 
     Args:

@@ -37,8 +37,15 @@ def load_idx(path):
     Example:
 
     ```python
-    labels = load_idx("t10k-labels-idx1-ubyte.gz")
-    assert labels.shape == (10000,)
+    import gzip, struct
+    from cactus_keras.data import load_idx
+
+    # An IDX file of four uint8 labels: magic (0, 0, 0x08 = uint8, 1 dimension), the size.
+    labels = np.array([7, 2, 1, 0], "uint8")
+    with gzip.open("labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">BBBBI", 0, 0, 0x08, 1, len(labels)) + labels.tobytes())
+    assert (load_idx("labels-idx1-ubyte.gz") == labels).all()
+    # load_idx("t10k-labels-idx1-ubyte.gz") reads Fashion-MNIST's file the same way.
     ```
 
     Args:

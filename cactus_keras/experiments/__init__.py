@@ -21,7 +21,9 @@ _EXPORTS = {
     "run_experiment": "cactus_keras.experiments.runner",
 }
 
-__all__ = sorted(_EXPORTS)
+# The documented names; `parse_config` and `schedule_callbacks` stay importable (what
+# `load_config` and `train` run).
+__all__ = sorted(set(_EXPORTS) - {"parse_config", "schedule_callbacks"})
 
 
 def __getattr__(name):

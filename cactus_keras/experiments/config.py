@@ -72,7 +72,16 @@ EXPERIMENT_KEYS = {"name", "description", "dataset", "epsilon", "seeds", "test_s
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    """A parsed and validated experiment config (see the module docstring)."""
+    """A parsed and validated experiment config (see the module docstring).
+
+    Example:
+
+    ```python
+    path = cactus_keras.experiments.example_config("quickstart")
+    config = cactus_keras.experiments.load_config(path)          # an ExperimentConfig
+    print(config.name, config.dataset, config.epsilon, sorted(config.methods))
+    ```
+    """
 
     name: str
     dataset: str
@@ -236,7 +245,16 @@ def _check_optional_modules(config, where):
 
 def load_config(path, seeds=None, dataset=None):
     """Reads and validates an experiment TOML file; `seeds` and `dataset` (a name or a
-    path, as [experiment] `dataset`) override the file's."""
+    path, as [experiment] `dataset`) override the file's.
+
+    Example:
+
+    ```python
+    path = cactus_keras.experiments.example_config("quickstart")
+    config = cactus_keras.experiments.load_config(path, seeds=2, dataset="mnist")
+    assert config.seeds == 2 and config.dataset == "mnist"
+    ```
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No experiment config at '{path}'"

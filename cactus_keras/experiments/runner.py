@@ -142,9 +142,32 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     Example:
 
     ```python
-    path = cactus_keras.experiments.example_config("fashion_mnist_cpu")
-    config = cactus_keras.experiments.load_config(path)
-    cactus_keras.experiments.run_experiment(config, "runs/fmnist")
+    # The shipped configs run for hours (full datasets):
+    # config = cactus_keras.experiments.load_config(
+    #     cactus_keras.experiments.example_config("fashion_mnist_cpu"))
+    # A tiny one on the data in hand: one epoch, one method, one pruned row.
+    with open("tiny.toml", "w") as f:
+        f.write('''
+    [experiment]
+    dataset = "fashion_mnist"
+    epsilon = 0.01
+    [training]
+    arch = "cnn3"
+    epochs = 1
+    batch_size = 64
+    validation_samples = 0
+    [evaluation]
+    tflite = false
+    [evaluation.pruning]
+    global_l1 = [0.5]
+    [methods.cactus]
+    method = "cactus"
+    compression = [{kind = "pruning", ratio = [0.25, 0.75]}]
+    ''')
+    config = cactus_keras.experiments.load_config("tiny.toml")
+    report = cactus_keras.experiments.run_experiment(config, "runs/tiny", data=data,
+                                                     progress=False, verbose=0)
+    print(open(report).read())
     ```
     """
     from cactus_keras import backend

@@ -73,6 +73,8 @@ class TrainConfig:
     Example:
 
     ```python
+    from cactus_keras.experiments import TrainConfig
+
     TrainConfig(dataset="fashion_mnist", epsilon=0.1, compression=[
         {"kind": "pruning", "ratio": [0.5, 0.95], "pruning_method": "global_l1"},
         {"kind": "pruning", "ratio": [0.1, 0.6], "pruning_method": "global_l2_structured"},
@@ -254,7 +256,19 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
 
 
 def build_model(config, input_shape, num_classes, input_range=(0.0, 1.0)):
-    """The compiled `CactusModel` of a config (network from the model zoo)."""
+    """The compiled `CactusModel` of a config (network from the model zoo).
+
+    Example:
+
+    ```python
+    from cactus_keras.experiments import TrainConfig, build_model
+
+    config = TrainConfig(dataset="fashion_mnist", epsilon=0.1, arch="cnn3",
+                         compression=[{"kind": "pruning", "ratio": [0.25, 0.75]}])
+    model = build_model(config, input_shape=(28, 28, 1), num_classes=10)   # compiled
+    model.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    ```
+    """
     keras.utils.set_random_seed(config.seed)
     network = models.get(config.arch, input_shape, num_classes, batch_norm=config.batch_norm)
     if config.ibp_init:
@@ -648,6 +662,19 @@ def train(config, data, output_dir, verbose=2, callbacks=(), *, resume=False, ov
     compiled and fitted in the engine's scope. On a multi-worker run every worker runs
     this; give the workers other than the chief their own `output_dir`
     (`backend.worker_directory(output_dir, "multi-worker")`).
+
+    Example:
+
+    ```python
+    import os
+    from cactus_keras.experiments import TrainConfig, train
+
+    config = TrainConfig(dataset="fashion_mnist", epsilon=0.01, arch="cnn3", epochs=1,
+                         batch_size=64, validation_samples=0,
+                         compression=[{"kind": "pruning", "ratio": [0.25, 0.75]}])
+    model = train(config, data, "runs/one", verbose=0)   # data: a cactus_keras.data.Dataset
+    print(sorted(os.listdir("runs/one")))   # config.json, model.keras, network.keras, ...
+    ```
     """
     distribute = backend.check_distribute(backend.resolve_distribute(distribute))
     if resume and overwrite:

@@ -143,6 +143,15 @@ class IntegerGraph:
         logits: index of the int8 tensor whose arg-max is the prediction (`output`, or
             the input of a final DEQUANTIZE).
         softmax: the final SOFTMAX op, or None; bounds then end at its input.
+
+    Example:
+
+    ```python
+    cactus_keras.export.to_tflite(net, "model_int8.tflite", representative_data=x_train[:100])
+    graph = cactus_keras.export.load_integer_graph("model_int8.tflite")   # an IntegerGraph
+    print([op.name for op in graph.ops])      # e.g. CONV_2D, CONV_2D, FULLY_CONNECTED
+    print(graph.tensors[graph.entry].shape, graph.tensors[graph.entry].scale)
+    ```
     """
 
     path: str
@@ -310,6 +319,15 @@ def load_integer_graph(path):
             corrupt), or not a full-integer int8 model (float or dynamic-range model).
         UnsupportedOperatorError (a ValueError): ops without an integer bound rule; the
             message names them and lists the supported ops.
+
+    Example:
+
+    ```python
+    cactus_keras.export.to_tflite(net, "model_int8.tflite", representative_data=x_train[:100])
+    graph = cactus_keras.export.load_integer_graph("model_int8.tflite")
+    entry = graph.tensors[graph.entry]     # the int8 tensor the bounds start from
+    print(entry.shape, entry.type, entry.scale, entry.zero_point)
+    ```
     """
     path, model, tensors, ops, graph_inputs, graph_outputs = read_model(path)
     if len(model.subgraphs) != 1:

@@ -267,7 +267,7 @@ def to_tflite(model_or_network, path, representative_data=None, int8=True,
     Example:
 
     ```python
-    cactus_keras.export.to_tflite(model, "model.tflite", x_train[:500])
+    cactus_keras.export.to_tflite(model, "model.tflite", x_train[:100])
     result = cactus_keras.export.verify_tflite("model.tflite", x_test, y_test, 0.01)
     ```
     """

@@ -46,6 +46,15 @@ class TFLiteVerificationResult:
         certified: bool per sample: every int8 input in the quantized box is classified
             as the label by the int8 arithmetic of the file.
         output_lower, output_upper: (samples, classes) int8 bounds of the output codes.
+
+    Example:
+
+    ```python
+    cactus_keras.export.to_tflite(net, "model_int8.tflite", representative_data=x_train[:100])
+    result = cactus_keras.export.verify_tflite("model_int8.tflite", x_test, y_test, epsilon=0.01)
+    print(result.summary())
+    print(result.clean_accuracy, result.certified_accuracy, result.simulation_agreement)
+    ```
     """
 
     path: str
@@ -322,6 +331,14 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
         FileNotFoundError: no such file.
         ValueError: not a TFLite flatbuffer, corrupt or truncated, not full-integer int8,
             or ops without an integer rule (the message names them).
+
+    Example:
+
+    ```python
+    cactus_keras.export.to_tflite(net, "model_int8.tflite", representative_data=x_train[:100])
+    result = cactus_keras.export.verify_tflite("model_int8.tflite", x_test, y_test, epsilon=0.01)
+    assert result.certified_accuracy <= result.clean_accuracy
+    ```
     """
     graph = load_integer_graph(path)
     check_rounding(rounding)

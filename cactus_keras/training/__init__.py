@@ -17,3 +17,21 @@ from cactus_keras.training.schedules import (
     learning_rate_at,
     smooth_ramp,
 )
+
+# The public names (documented, with examples, in the API reference). The validators
+# (check_*), member_slice, MemberResult and smooth_ramp stay importable: they are the
+# model's internals, not API.
+__all__ = [
+    "CERTIFIED_LOSSES",
+    "LR_SCHEDULES",
+    "CactusModel",
+    "EpochLearningRate",
+    "EpsilonRamp",
+    "MemberWeightRamp",
+    "NonFiniteLossError",
+    "StandardWeightRamp",
+    "StopOnNonFiniteLoss",
+    "VariableRamp",
+    "ibp_initialize",
+    "learning_rate_at",
+]

@@ -17,6 +17,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     The weights are snapshotted at the start of every epoch; on a non-finite batch loss
     training stops, the snapshot is restored and a message says what happened and what
     to try. `CactusModel.fit` adds this callback unless one is given.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[cactus_keras.training.StopOnNonFiniteLoss(raise_error=True)])
+    ```
     """
 
     def __init__(self, raise_error=False):

@@ -23,8 +23,8 @@ def ibp_initialize(network, seed=None):
     Example:
 
     ```python
-    net = cactus_keras.models.cnn7()
-    cactus_keras.training.ibp_initialize(net, seed=0)
+    net = cactus_keras.models.cnn3()
+    cactus_keras.training.ibp_initialize(net, seed=0)   # Shi et al. (2021)
     ```
     """
     rng = np.random.default_rng(seed)

@@ -119,7 +119,8 @@ class CactusModel(keras_internals.BuildsOnOneReplica, keras.Model):
     model = cactus_keras.CactusModel(net, epsilon=0.1,
                                      compression=[cactus_keras.Pruning((0.25, 0.75))])
     model.compile(optimizer="adam")
-    model.fit(x_train, y_train, epochs=5, callbacks=[cactus_keras.EpsilonRamp(2)])
+    model.fit(x_train, y_train, epochs=2, batch_size=64,
+              callbacks=[cactus_keras.EpsilonRamp(1)])
     ```
     """
 

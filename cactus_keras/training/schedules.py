@@ -39,6 +39,16 @@ class VariableRamp(keras.callbacks.Callback):
     run ramps to the same value. The value at the end of each epoch is written into
     the epoch logs under the attribute's name (`epsilon`, `standard_weight`,
     `member_weight`).
+
+    Example:
+
+    ```python
+    # Ramp lambda (the standard-loss weight) from 1 down to 0.25 over the first epoch.
+    model = cactus_keras.CactusModel(net, epsilon=0.1, standard_weight=0.25)
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        cactus_keras.training.VariableRamp("standard_weight", ramp_epochs=1, start=1.0)])
+    ```
     """
 
     def __init__(self, attribute, ramp_epochs, start_epoch=0, start=0.0, end=None, shape="linear"):
@@ -115,8 +125,8 @@ class EpsilonRamp(VariableRamp):
     Example:
 
     ```python
-    model.fit(x, y, epochs=10, callbacks=[cactus_keras.EpsilonRamp(ramp_epochs=5,
-                                                                   start_epoch=1)])
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[
+        cactus_keras.EpsilonRamp(ramp_epochs=1, start_epoch=1)])   # epsilon 0, then 0.1
     ```
     """
 
@@ -160,7 +170,17 @@ def unreached_message(ramp, epochs, steps_per_epoch, reached):
 
 class StandardWeightRamp(VariableRamp):
     """Moves lambda (the standard-loss weight) from `start` (1: standard training) to
-    the model's value, typically alongside the epsilon ramp."""
+    the model's value, typically alongside the epsilon ramp.
+
+    Example:
+
+    ```python
+    model = cactus_keras.CactusModel(net, epsilon=0.1, standard_weight=0.25)
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[cactus_keras.EpsilonRamp(1),
+                                                    cactus_keras.StandardWeightRamp(1)])
+    ```
+    """
 
     def __init__(self, ramp_epochs, start_epoch=0, shape="linear", start=1.0, end=None):
         super().__init__("standard_weight", ramp_epochs, start_epoch, start, end, shape)
@@ -181,8 +201,10 @@ class MemberWeightRamp(VariableRamp):
     ```python
     model = cactus_keras.CactusModel(net, 0.1, compression=[cactus_keras.Pruning((0.5, 0.95))],
                                      member_weight=1.0)
-    model.fit(x, y, epochs=10, callbacks=[cactus_keras.EpsilonRamp(5, start_epoch=1),
-                                          cactus_keras.MemberWeightRamp(5, start_epoch=1)])
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        cactus_keras.EpsilonRamp(1, start_epoch=1),
+        cactus_keras.MemberWeightRamp(1, start_epoch=1)])
     ```
     """
 
@@ -263,7 +285,18 @@ def learning_rate_at(epoch, learning_rate, lr_schedule, epochs, lr_decay_epochs=
                      lr_decay_factor=None):
     """The learning rate of (0-based) `epoch`: `learning_rate` times the schedule's
     factor. "step": `lr_decay_factor` to the number of decay epochs <= `epoch`;
-    "cosine": `(1 + cos(pi * epoch / epochs)) / 2`."""
+    "cosine": `(1 + cos(pi * epoch / epochs)) / 2`.
+
+    Example:
+
+    ```python
+    from cactus_keras.training import learning_rate_at
+
+    rates = [learning_rate_at(e, 1e-3, "step", 20, lr_decay_epochs=(14, 17), lr_decay_factor=0.2)
+             for e in range(20)]
+    assert rates[0] == 1e-3 and abs(rates[14] - 2e-4) < 1e-12
+    ```
+    """
     if lr_schedule == "step":
         return learning_rate * lr_decay_factor ** sum(1 for e in lr_decay_epochs if e <= epoch)
     if lr_schedule == "cosine":
@@ -292,9 +325,9 @@ class EpochLearningRate(keras.callbacks.LearningRateScheduler):
 
     ```python
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.fit(x, y, epochs=20, callbacks=[
-        cactus_keras.EpochLearningRate("step", epochs=20, learning_rate=1e-3,
-                                       lr_decay_epochs=(14, 17), lr_decay_factor=0.2)])
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[
+        cactus_keras.EpochLearningRate("step", epochs=3, learning_rate=1e-3,
+                                       lr_decay_epochs=(2,), lr_decay_factor=0.2)])
     ```
     """
 

@@ -43,7 +43,10 @@ _EXPORTS = {
     "trial_records": "cactus_keras.tuning.pareto",
 }
 
-__all__ = sorted(_EXPORTS)
+# The documented names; the objective checks and the pieces of `summarize` (trial_records,
+# pareto_report, plot_pareto) stay importable.
+__all__ = sorted(set(_EXPORTS) - {"check_objective_name", "resolve_objective", "trial_records",
+                                   "pareto_report", "plot_pareto"})
 
 
 def __getattr__(name):

@@ -159,15 +159,16 @@ class CactusHyperModel(keras_tuner.HyperModel):
     Example:
 
     ```python
-    import keras_tuner, cactus_keras
+    import cactus_keras
     from cactus_keras.tuning import CactusHyperModel, make_tuner
 
     hypermodel = CactusHyperModel(
-        lambda: cactus_keras.models.cnn3((28, 28, 1), 10), epsilon=0.1,
-        targets="prune:0.7,quantize:8", epochs=6)
-    tuner = make_tuner(hypermodel, "bayesian", objective="mean", max_trials=20,
-                       directory="runs/tune")
-    tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128)
+        lambda: cactus_keras.models.cnn3((28, 28, 1), 10), epsilon=0.01,
+        targets="prune:0.7,quantize:8", epochs=1)      # a real search: epochs=6
+    tuner = make_tuner(hypermodel, "random", objective="mean", max_trials=1,
+                       directory="runs/tune")          # a real one: "bayesian", 20 trials
+    tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128,
+                 verbose=0)
     print(tuner.get_best_hyperparameters()[0].values)
     ```
     """

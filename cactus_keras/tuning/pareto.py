@@ -38,7 +38,18 @@ def trial_records(tuner):
 
 def pareto_front(points):
     """Indices of the points (pairs (x, y), both maximized) that no other point
-    dominates (at least as good in both, better in one), sorted by x."""
+    dominates (at least as good in both, better in one), sorted by x.
+
+    Example:
+
+    ```python
+    from cactus_keras.tuning import pareto_front
+
+    # (clean accuracy, certified accuracy) of three trials; the third is dominated.
+    points = [(0.90, 0.60), (0.80, 0.70), (0.75, 0.65)]
+    assert sorted(pareto_front(points)) == [0, 1]
+    ```
+    """
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any(

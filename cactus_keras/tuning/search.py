@@ -80,6 +80,18 @@ def make_tuner(
 
     For "hyperband" the tuner decides each trial's epochs (up to `hypermodel.epochs`,
     its `max_epochs`) and the number of trials; `max_trials` is not used.
+
+    Example:
+
+    ```python
+    from cactus_keras.tuning import CactusHyperModel, make_tuner
+
+    hypermodel = CactusHyperModel(lambda: cactus_keras.models.cnn3((28, 28, 1), 10),
+                                  epsilon=0.1, targets="prune:0.7", epochs=6)
+    tuner = make_tuner(hypermodel, "hyperband", objective="certified", max_trials=20,
+                       directory="runs/tune")   # resumes if runs/tune/cactus exists
+    tuner.search_space_summary()
+    ```
     """
     check_tuner_name(tuner)
     classes = _tuner_classes()
@@ -146,7 +158,22 @@ def check_resume(project_dir, search_config, save=True):
 def summarize(tuner, directory, *, command=None, search_config=None, title=""):
     """Writes the search's results into `directory`: `tuning_summary.json` (every trial,
     the best one, the Pareto fronts), `pareto.json`, `pareto.png` and
-    `best_hyperparameters.json`. Returns the summary dict."""
+    `best_hyperparameters.json`. Returns the summary dict.
+
+    Example:
+
+    ```python
+    import os
+    from cactus_keras.tuning import CactusHyperModel, make_tuner, summarize
+
+    hypermodel = CactusHyperModel(lambda: cactus_keras.models.cnn3((28, 28, 1), 10),
+                                  epsilon=0.01, targets="prune:0.7", epochs=1)
+    tuner = make_tuner(hypermodel, "random", max_trials=1, directory="runs/tune")
+    tuner.search(x_train, y_train, validation_data=(x_val, y_val), batch_size=128, verbose=0)
+    summary = summarize(tuner, "runs/tune/report")
+    print(sorted(os.listdir("runs/tune/report")))   # best_hyperparameters.json, pareto.json, ...
+    ```
+    """
     records = trial_records(tuner)
     names = objective_names(tuner.oracle.objective) if not hasattr(tuner.oracle.objective, "objectives") \
         else [o.name for o in tuner.oracle.objective.objectives]
