@@ -13,7 +13,7 @@ sums, copies, clamps, maxima) are the same for both.
 Example:
 
 ```python
-rule = rule_for(graph, graph.ops[0])
+rule = integer_rule_for(graph, graph.ops[0])
 lower, upper = rule(IntervalArithmetic("floor_ceil"), (x_lower, x_upper))
 ```
 """
@@ -138,7 +138,7 @@ def _map(fn, value):
     return (out, out) if upper is lower else (out, fn(upper))
 
 
-class AffineRule(OpRule):
+class IntegerAffineRule(OpRule):
     """CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: exact int32 accumulators of the
     centred input through the integer linear map, plus the bias, requantized."""
 
@@ -208,7 +208,7 @@ class AffineRule(OpRule):
         return arithmetic.requantize(accumulator, self.requantization)
 
 
-class Conv2DRule(AffineRule):
+class Conv2DRule(IntegerAffineRule):
     def __init__(self, graph, op):
         super().__init__(graph, op)
         shape = self.shape(op.inputs[0])
@@ -225,7 +225,7 @@ class Conv2DRule(AffineRule):
         return value.reshape((-1,) + self.shape(self.op.inputs[0])[1:])
 
 
-class DepthwiseConv2DRule(AffineRule):
+class DepthwiseConv2DRule(IntegerAffineRule):
     weight_axis = 3
 
     def __init__(self, graph, op):
@@ -244,7 +244,7 @@ class DepthwiseConv2DRule(AffineRule):
         return value.reshape((-1,) + self.shape(self.op.inputs[0])[1:])
 
 
-class FullyConnectedRule(AffineRule):
+class FullyConnectedRule(IntegerAffineRule):
     def __init__(self, graph, op):
         if getattr(op.options, "weightsFormat", 0) not in (0, None):
             raise UnsupportedOperatorError(
@@ -433,7 +433,7 @@ RULES = {
 }
 
 
-def rule_for(graph, op):
+def integer_rule_for(graph, op):
     """The rule of `op` (an op of `graph.ops`), its constants read."""
     rule = RULES.get(op.name)
     if rule is None:
