@@ -192,7 +192,8 @@ def main():
     for arch in args.architectures.split(","):
         net, path = _network(arch, args.models, data, args.train_samples)
         rows.append(_time_architecture(arch, net, path, x, y, args))
-        print(f"{arch} done after {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(f"{arch} done after {time.perf_counter() - started:.0f} s: "
+              f"{json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     memory = _memory(args) if args.memory_samples else None
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
