@@ -49,6 +49,16 @@ def _largest(tf, x):
     return float(tf.reduce_max(tf.abs(x)).numpy()) if tf.size(x) > 0 else 0.0
 
 
+def _constants(tf, linear, key, arrays):
+    """The weights as TensorFlow constants, made once per linear map and plan (a
+    conversion per call copies cnn7's dense weights, 51 MB, every batch)."""
+    cache = linear.backend_cache
+    if key not in cache:
+        with tf.device("/CPU:0"):
+            cache[key] = [tf.constant(a) for a in arrays()]
+    return cache[key]
+
+
 def _products(tf, rule, centre, radius):
     """Exact float64 W centre and |W| radius (channels last), or None."""
     from cactus_keras.export.integer_linear import Convolution, FullyConnected
@@ -66,7 +76,8 @@ def _products(tf, rule, centre, radius):
             if any(p for pair in pads for p in pair):
                 x = tf.pad(x, ((0, 0),) + tuple(tuple(p) for p in pads) + ((0, 0),))
             out = None
-            for kernel in linear._group_kernels(groups, absolute):
+            for kernel in _constants(tf, linear, ("conv", tuple(groups), absolute),
+                                     lambda: linear._group_kernels(groups, absolute)):
                 part = tf.nn.convolution(x, kernel, strides=list(strides), padding="VALID",
                                          dilations=list(dilations))
                 part = tf.cast(part[:, : out_hw[0], : out_hw[1]], tf.float64)
@@ -76,9 +87,11 @@ def _products(tf, rule, centre, radius):
             if chunks is None:
                 return None
             weights = (linear.absolute if absolute else linear.matrix)[np.float32]
+            slices = _constants(tf, linear, ("dense", tuple(chunks), absolute),
+                                lambda: [weights[start:end] for start, end in chunks])
             out = None
-            for start, end in chunks:
-                part = tf.cast(tf.matmul(x[:, start:end], weights[start:end]), tf.float64)
+            for (start, end), w in zip(chunks, slices):
+                part = tf.cast(tf.matmul(x[:, start:end], w), tf.float64)
                 out = part if out is None else out + part
         else:
             return None

@@ -103,6 +103,18 @@ def taps(x, kh, kw, strides, dilations, out_hw, pads, fill):
                           j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
 
 
+class _Casts(dict):
+    """{dtype: the integer matrix in that dtype}, each cast made on first use."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    def __missing__(self, dtype):
+        value = self[dtype] = self.source().astype(dtype)
+        return value
+
+
 class _ExactProduct:
     """Shared by the maps: the integer weights as a (depth, units) matrix in float32 and
     float64, with their absolute values, and the split of the depth into chunks whose
@@ -116,9 +128,11 @@ class _ExactProduct:
 
     def __init__(self, matrix, op_label):
         matrix = np.asarray(matrix, np.int64)
-        self.matrix = {np.float32: matrix.astype(np.float32),
-                       np.float64: matrix.astype(np.float64)}
-        self.absolute = {k: np.abs(v) for k, v in self.matrix.items()}
+        # Cast on first use: a path that never runs in float64 never pays for the copy
+        # (cnn7's dense layer: 100 MB per copy, made at every verify_tflite call).
+        self.matrix = _Casts(lambda: matrix)
+        self.absolute = _Casts(lambda: np.abs(matrix))
+        self.backend_cache = {}  # the backend's constants of these weights (integer_backend)
         # cumulative[k, n] = sum_{k' < k} |w_k'n|: partial column sums of any chunk.
         self.cumulative = np.concatenate(
             [np.zeros((1, matrix.shape[1]), np.int64), np.cumsum(np.abs(matrix), axis=0)])
