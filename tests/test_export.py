@@ -462,23 +462,23 @@ def test_softmax_margins_hold_at_their_worst_inputs(models, fashion, tmp_path, r
 
 def test_requantization_by_hand():
     # [-1000, 2500] * 0.01 = [-10, 25], + zp 5 -> [-5, 30]; ReLU clamps at zp.
-    lower, upper = integer_intervals.requantize(np.array([-1000]), np.array([2500]), 0.01, 5,
-                                                -128, 127)
+    lower, upper = integer_intervals.requantize_interval(
+        np.array([-1000]), np.array([2500]), 0.01, 5, -128, 127)
     assert (lower[0], upper[0]) == (-5, 30)
-    lower, upper = integer_intervals.requantize(np.array([-1000]), np.array([2500]), 0.01, 5,
-                                                5, 127)
+    lower, upper = integer_intervals.requantize_interval(
+        np.array([-1000]), np.array([2500]), 0.01, 5, 5, 127)
     assert (lower[0], upper[0]) == (5, 30)
     # 7 * 0.3 = 2.1: floor/ceil -> [2, 3]; round-to-nearest kernels can only give 2.
     for rounding, expected in (("floor_ceil", (2, 3)), ("nearest", (2, 2))):
-        lower, upper = integer_intervals.requantize(np.array([7]), np.array([7]), 0.3, 0, -128,
-                                                    127, rounding=rounding)
+        lower, upper = integer_intervals.requantize_interval(
+            np.array([7]), np.array([7]), 0.3, 0, -128, 127, rounding=rounding)
         assert (lower[0], upper[0]) == expected
     # Saturation at 127, and accumulators beyond int32 give the whole range.
-    lower, upper = integer_intervals.requantize(np.array([10**6]), np.array([10**6]), 0.01, 0,
-                                                -128, 127)
+    lower, upper = integer_intervals.requantize_interval(
+        np.array([10**6]), np.array([10**6]), 0.01, 0, -128, 127)
     assert (lower[0], upper[0]) == (127, 127)
-    lower, upper = integer_intervals.requantize(np.array([0]), np.array([2**31]), 1e-9, 0,
-                                                -128, 127)
+    lower, upper = integer_intervals.requantize_interval(
+        np.array([0]), np.array([2**31]), 1e-9, 0, -128, 127)
     assert (lower[0], upper[0]) == (-128, 127)
     # TFLite's QuantizeMultiplier: 0.5 = 2**30 * 2**(0 - 31); 0.3 ~ q * 2**(-1 - 31).
     q, shift = quantize_multiplier(np.array([0.5, 0.3]))
@@ -489,8 +489,8 @@ def test_requantization_by_hand():
     q, shift = quantize_multiplier(0.5)
     assert multiply_by_quantized_multiplier(x, q, shift, "double").tolist() == [2, -1, 3, -2]
     assert multiply_by_quantized_multiplier(x, q, shift, "single").tolist() == [2, -1, 3, -2]
-    point = integer_simulation.requantize(x, 0.5, 0, -128, 127, method="xnnpack",
-                                          multiplier32=np.float32(0.5))
+    point = integer_simulation.requantize_exact(x, 0.5, 0, -128, 127, method="xnnpack",
+                                                multiplier32=np.float32(0.5))
     assert point.tolist() == [2, -2, 2, -2]
     # M = 0.25: a right shift, whose rounding is halves away from zero in TFLite's
     # RoundingDivideByPOT and halves up in ruy's.

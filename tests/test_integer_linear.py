@@ -66,3 +66,72 @@ def test_a_tap_too_large_for_float32_runs_in_float64():
     out = conv(x.astype(np.float32))
     assert out.dtype == np.float64
     assert np.array_equal(out, reference(x, w, *geometry))
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [(1, 1, 0), (2, 1, 0), (1, 2, 1), (2, 2, 0)])
+def test_backend_and_im2col_convolutions_agree(monkeypatch, stride, dilation, padding):
+    # The Keras backend's CPU convolution (the default where there is one) and the NumPy
+    # im2col product give the same exact integers, in several float32 tap groups too.
+    rng = np.random.default_rng(stride * 10 + dilation)
+    w = rng.choice([-127, 127], (6, 3, 3, 128))
+    x = rng.choice([-510, 510], (2, 9, 9, 128)).astype(np.float32)
+    conv, geometry = convolution(w, 9, stride, dilation, padding)
+    assert len(conv.tap_groups(510)) > 1
+    expected = reference(x, w, *geometry)
+    assert np.array_equal(conv(x), expected)
+    monkeypatch.setattr(integer_linear, "BACKEND_CONVOLUTION", False)
+    assert np.array_equal(conv(x), expected)
+    assert np.array_equal(conv(x, absolute=True), reference(x, np.abs(w), *geometry))
+
+
+@pytest.mark.parametrize("rounding", ["floor_ceil", "nearest"])
+def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding):
+    # The fused TensorFlow interval step of CONV_2D / FULLY_CONNECTED and the NumPy
+    # accumulate + requantize give the same integers, op by op, on a real int8 file.
+    import keras
+
+    from cactus_keras.export import integer_backend, integer_ops
+    from cactus_keras.export.integer_intervals import IntervalArithmetic
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fused interval step runs on the TensorFlow backend")
+    graph = _small_graph()
+    rng = np.random.default_rng(1)
+    arithmetic = IntervalArithmetic(rounding)
+    shape = (4,) + graph.entry_tensor.shape[1:]
+    lower = rng.integers(-128, 100, shape)
+    value = (lower, np.minimum(lower + rng.integers(0, 60, shape), 127))
+    checked = 0
+    for op in graph.ops:
+        rule = integer_ops.integer_rule_for(graph, op)
+        if op.name not in ("CONV_2D", "FULLY_CONNECTED"):
+            value = rule(arithmetic, value)
+            continue
+        fast = integer_backend.affine_interval(rule, rounding, value)
+        assert fast is not None
+        monkeypatch.setattr(integer_backend, "ENABLED", False)
+        slow = rule(arithmetic, value)
+        monkeypatch.setattr(integer_backend, "ENABLED", True)
+        for a, b in zip(fast, slow):
+            assert a.dtype == np.int64 and np.array_equal(a.reshape(b.shape), b)
+        assert not np.array_equal(slow[0], slow[1])
+        value = tuple(v.reshape((4,) + graph.tensors[op.outputs[0]].shape) for v in slow)
+        checked += 1
+    assert checked >= 2
+
+
+def _small_graph():
+    import os
+    import tempfile
+
+    import keras
+
+    import cactus_keras
+    from cactus_keras import export
+
+    keras.utils.set_random_seed(3)
+    net = cactus_keras.models.cnn5((12, 12, 1), 4)
+    x = np.random.default_rng(0).uniform(0, 1, (32, 12, 12, 1)).astype(np.float32)
+    path = os.path.join(tempfile.mkdtemp(), "small.tflite")
+    export.to_tflite(net, path, representative_data=x)
+    return export.load_integer_graph(path)

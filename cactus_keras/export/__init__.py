@@ -13,7 +13,8 @@ print(result.interpreter, result.clean_accuracy, result.certified_accuracy,
 
 The package exports the entry points; the machinery lives in modules named for their
 concern: `model_file` (the `.tflite` reader), `fixed_point` (TFLite's fixed-point
-arithmetic), `integer_linear` (exact integer accumulators), `integer_ops` (one rule per
+arithmetic), `integer_linear` (exact integer accumulators), `integer_backend` (their interval
+step on TensorFlow's CPU kernels), `integer_ops` (one rule per
 op), `integer_intervals` (sound interval rounding), `integer_simulation` (the bit-exact
 kernels), `integer_propagation` (running the rules over a graph), `integer_margins`
 (certificates from the bounds), `tflite` (export) and `verify` (`verify_tflite`).

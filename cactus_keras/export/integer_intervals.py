@@ -30,7 +30,7 @@ that contain every value any supported kernel can write, whatever its tie rule:
 Example:
 
 ```python
-lower, upper = requantize(np.array([-1000]), np.array([2500]), 0.01, 5, -128, 127)
+lower, upper = requantize_interval(np.array([-1000]), np.array([2500]), 0.01, 5, -128, 127)
 # [-10, 25] + 5 -> ([-5], [30])
 ```
 """
@@ -94,8 +94,8 @@ def round_bounds(v_lower, v_upper, rounding, error=0.5, slack=0.0):
             np.ceil(v_upper + excess_hi).astype(np.int64))
 
 
-def requantize(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
-               rounding=DEFAULT_ROUNDING, quantized_multiplier=None, overwrite=False):
+def requantize_interval(acc_lower, acc_upper, multiplier, zero_point, act_min, act_max,
+                        rounding=DEFAULT_ROUNDING, quantized_multiplier=None, overwrite=False):
     """Maps int32 accumulator bounds to int8 output bounds: the real values a*M, b*M
     rounded with `round_bounds` (floor/ceil, or the fixed-point rounding error for
     "nearest"), plus zp, clamped to [act_min, act_max]. Accumulators outside int32, or
@@ -185,9 +185,9 @@ class IntervalArithmetic:
     def requantize(self, accumulator, requantization):
         r = requantization
         # The rules hand over accumulators of their own (fresh arrays): overwritten.
-        return requantize(*accumulator, r.multiplier, r.zero_point, *r.activation,
-                          rounding=self.rounding, quantized_multiplier=r.quantized,
-                          overwrite=True)
+        return requantize_interval(*accumulator, r.multiplier, r.zero_point,
+                                   *r.activation, rounding=self.rounding,
+                                   quantized_multiplier=r.quantized, overwrite=True)
 
     def add(self, a, b, add):
         (a_lo, a_hi), (b_lo, b_hi) = a, b

@@ -39,6 +39,45 @@ FLOAT64_EXACT = 2.0**53
 BLOCK_ELEMENTS = 2**22
 
 
+# Convolutions run as the Keras backend's float32 convolution on the CPU where the
+# backend has one that sums directly (TensorFlow, JAX); False: always NumPy im2col.
+BACKEND_CONVOLUTION = True
+_CONVOLVE = {}
+
+
+def _backend_convolution():
+    """fn(x, kernel, strides, dilations) -> NumPy float32: a VALID convolution pinned to
+    the CPU (a GPU's cuDNN may pick Winograd or FFT algorithms, whose intermediate values
+    are not integers), or None for other backends."""
+    if "fn" in _CONVOLVE:
+        return _CONVOLVE["fn"]
+    import keras
+
+    backend = keras.backend.backend()
+    fn = None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def fn(x, kernel, strides, dilations):
+            with tf.device("/CPU:0"):
+                return tf.nn.convolution(x, kernel, strides=list(strides), padding="VALID",
+                                         dilations=list(dilations)).numpy()
+    elif backend == "jax":
+        import jax
+
+        cpu = jax.devices("cpu")[0]
+
+        def fn(x, kernel, strides, dilations):
+            out = jax.lax.conv_general_dilated(
+                jax.device_put(x, cpu), jax.device_put(kernel, cpu), tuple(strides),
+                "VALID", rhs_dilation=tuple(dilations),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=jax.lax.Precision.HIGHEST)
+            return np.asarray(out)
+    _CONVOLVE["fn"] = fn
+    return fn
+
+
 def window(size, kernel, stride, dilation, padding, op_label):
     """(output size, padding before, padding after) with TFLite's SAME/VALID rules."""
     effective = (kernel - 1) * dilation + 1
@@ -64,6 +103,18 @@ def taps(x, kh, kw, strides, dilations, out_hw, pads, fill):
                           j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
 
 
+class _Casts(dict):
+    """{dtype: the integer matrix in that dtype}, each cast made on first use."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    def __missing__(self, dtype):
+        value = self[dtype] = self.source().astype(dtype)
+        return value
+
+
 class _ExactProduct:
     """Shared by the maps: the integer weights as a (depth, units) matrix in float32 and
     float64, with their absolute values, and the split of the depth into chunks whose
@@ -77,9 +128,11 @@ class _ExactProduct:
 
     def __init__(self, matrix, op_label):
         matrix = np.asarray(matrix, np.int64)
-        self.matrix = {np.float32: matrix.astype(np.float32),
-                       np.float64: matrix.astype(np.float64)}
-        self.absolute = {k: np.abs(v) for k, v in self.matrix.items()}
+        # Cast on first use: a path that never runs in float64 never pays for the copy
+        # (cnn7's dense layer: 100 MB per copy, made at every verify_tflite call).
+        self.matrix = _Casts(lambda: matrix)
+        self.absolute = _Casts(lambda: np.abs(matrix))
+        self.backend_cache = {}  # the backend's constants of these weights (integer_backend)
         # cumulative[k, n] = sum_{k' < k} |w_k'n|: partial column sums of any chunk.
         self.cumulative = np.concatenate(
             [np.zeros((1, matrix.shape[1]), np.int64), np.cumsum(np.abs(matrix), axis=0)])
@@ -177,6 +230,7 @@ class Convolution(_ExactProduct):
         self.channels = channels
         self.geometry = (strides, dilations, out_hw, pads)
         self.out_channels = out_channels
+        self._kernels = {}
 
     def tap_groups(self, x_bound):
         """Consecutive taps [(start, end)] (in the weights' (kh, kw) order) whose
@@ -188,6 +242,50 @@ class Convolution(_ExactProduct):
         """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""
         x = np.asarray(x, np.float32)  # integers below 2**24: exact
         groups = self.tap_groups(largest_magnitude(x))
+        strides, dilations = self.geometry[:2]
+        # TensorFlow's CPU convolution takes strides or dilations, not both at once.
+        both = max(strides) > 1 and max(dilations) > 1
+        if (groups is not None and BACKEND_CONVOLUTION and not both
+                and _backend_convolution() is not None):
+            return self._backend(x, groups, absolute)
+        return self._im2col(x, groups, absolute)
+
+    def _group_kernels(self, groups, absolute):
+        """One float32 (kh, kw, C, out_channels) kernel per tap group, the other taps
+        zero (a zero adds nothing to any partial sum, so each group's bound holds)."""
+        key = (tuple(groups), absolute)
+        if key not in self._kernels:
+            (kh, kw), channels = self.kernel, self.channels
+            weights = (self.absolute if absolute else self.matrix)[np.float32]
+            taps_ = weights.reshape(kh * kw, channels, self.out_channels)
+            kernels = []
+            for start, end in groups:
+                k = np.zeros_like(taps_)
+                k[start:end] = taps_[start:end]
+                kernels.append(k.reshape(kh, kw, channels, self.out_channels))
+            self._kernels[key] = kernels
+        return self._kernels[key]
+
+    def _backend(self, x, groups, absolute):
+        """The product as the Keras backend's float32 convolution on the CPU, one per tap
+        group, the groups added in float64. The CPU kernels (oneDNN / Eigen for
+        TensorFlow, XLA for JAX) sum the products directly (GEMM or direct loops, never
+        Winograd or FFT transforms), so every partial sum is an integer the group's bound
+        keeps below 2**24: exact, like the im2col product."""
+        strides, dilations, out_hw, pads = self.geometry
+        if any(p for pair in pads for p in pair):
+            x = np.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+        convolve = _backend_convolution()
+        out = None
+        for kernel in self._group_kernels(groups, absolute):
+            part = convolve(x, kernel, strides, dilations)[:, : out_hw[0], : out_hw[1]]
+            if out is None:
+                out = part.astype(np.float64)
+            else:
+                out += part
+        return out
+
+    def _im2col(self, x, groups, absolute):
         dtype = np.float32 if groups is not None else np.float64
         taps_count = self.kernel[0] * self.kernel[1]
         groups = groups or [(0, taps_count)]

@@ -13,7 +13,7 @@ sums, copies, clamps, maxima) are the same for both.
 Example:
 
 ```python
-rule = rule_for(graph, graph.ops[0])
+rule = integer_rule_for(graph, graph.ops[0])
 lower, upper = rule(IntervalArithmetic("floor_ceil"), (x_lower, x_upper))
 ```
 """
@@ -32,6 +32,7 @@ from cactus_keras.int8.fixed_point import (
     mean_multiplier,
     quantize_multiplier,
 )
+from cactus_keras.export.integer_backend import affine_interval
 from cactus_keras.export.integer_linear import (
     Convolution,
     DepthwiseConvolution,
@@ -138,7 +139,7 @@ def _map(fn, value):
     return (out, out) if upper is lower else (out, fn(upper))
 
 
-class AffineRule(OpRule):
+class IntegerAffineRule(OpRule):
     """CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: exact int32 accumulators of the
     centred input through the integer linear map, plus the bias, requantized."""
 
@@ -191,6 +192,11 @@ class AffineRule(OpRule):
         return value
 
     def __call__(self, arithmetic, value):
+        if not arithmetic.point and value[1] is not value[0]:
+            # The same bounds in fewer, multi-threaded passes where the backend allows.
+            bounds = affine_interval(self, arithmetic.rounding, value)
+            if bounds is not None:
+                return bounds
         batch = value[0].shape[0]
         # q - zp lies in [-255, 255]: exact in float32, which the linear maps compute in.
         centred = _map(lambda v: np.subtract(self.layout(v), self.zp_in, dtype=np.float32),
@@ -208,7 +214,7 @@ class AffineRule(OpRule):
         return arithmetic.requantize(accumulator, self.requantization)
 
 
-class Conv2DRule(AffineRule):
+class Conv2DRule(IntegerAffineRule):
     def __init__(self, graph, op):
         super().__init__(graph, op)
         shape = self.shape(op.inputs[0])
@@ -225,7 +231,7 @@ class Conv2DRule(AffineRule):
         return value.reshape((-1,) + self.shape(self.op.inputs[0])[1:])
 
 
-class DepthwiseConv2DRule(AffineRule):
+class DepthwiseConv2DRule(IntegerAffineRule):
     weight_axis = 3
 
     def __init__(self, graph, op):
@@ -244,7 +250,7 @@ class DepthwiseConv2DRule(AffineRule):
         return value.reshape((-1,) + self.shape(self.op.inputs[0])[1:])
 
 
-class FullyConnectedRule(AffineRule):
+class FullyConnectedRule(IntegerAffineRule):
     def __init__(self, graph, op):
         if getattr(op.options, "weightsFormat", 0) not in (0, None):
             raise UnsupportedOperatorError(
@@ -433,7 +439,7 @@ RULES = {
 }
 
 
-def rule_for(graph, op):
+def integer_rule_for(graph, op):
     """The rule of `op` (an op of `graph.ops`), its constants read."""
     rule = RULES.get(op.name)
     if rule is None:

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from cactus_keras.export.integer_intervals import DEFAULT_ROUNDING, IntervalArithmetic, check_rounding
-from cactus_keras.export.integer_ops import rule_for
+from cactus_keras.export.integer_ops import integer_rule_for
 from cactus_keras.export.integer_simulation import KernelSimulation, check_kernels
 from cactus_keras.export.model_file import UnsupportedOperatorError, final_fully_connected
 
@@ -52,7 +52,7 @@ class IntegerProgram:
 
     def __init__(self, graph):
         self.graph = graph
-        self.rules = [rule_for(graph, op) for op in graph.ops]
+        self.rules = [integer_rule_for(graph, op) for op in graph.ops]
         self.fold = final_fully_connected(graph)
         self.last_use = {}
         for position, op in enumerate(graph.ops):

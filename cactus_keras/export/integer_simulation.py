@@ -56,8 +56,8 @@ def check_kernels(kernels):
     return kernels
 
 
-def requantize(acc, multiplier, zero_point, act_min, act_max, method="double",
-               multiplier32=None, quantized_multiplier=None):
+def requantize_exact(acc, multiplier, zero_point, act_min, act_max, method="double",
+                     multiplier32=None, quantized_multiplier=None):
     """The kernel's requantization of int32 accumulators to int8 codes.
 
     `method`: "double", "single" or "double_up" (TFLite's fixed-point
@@ -141,9 +141,10 @@ class KernelSimulation:
     def requantize(self, accumulator, requantization):
         r = requantization
         method = POINT_METHODS[self.kernels].get(r.op_name, "double")
-        return _point(requantize(accumulator[0], r.multiplier, r.zero_point, *r.activation,
-                                 method=method, multiplier32=r.multiplier32,
-                                 quantized_multiplier=r.quantized))
+        return _point(requantize_exact(accumulator[0], r.multiplier, r.zero_point,
+                                       *r.activation, method=method,
+                                       multiplier32=r.multiplier32,
+                                       quantized_multiplier=r.quantized))
 
     def add(self, a, b, add):
         kernel = add_xnnpack if self.kernels == "xnnpack" else add_reference

@@ -32,7 +32,7 @@ from cactus_keras.export.onnx import to_onnx
 from cactus_keras.export.tflite import _network, write_file
 
 
-def input_box(x, epsilon, input_range=(0.0, 1.0)):
+def vnnlib_input_box(x, epsilon, input_range=(0.0, 1.0)):
     """[max(x - eps, low), min(x + eps, high)] (float64), always containing x."""
     x = np.asarray(x, np.float64)
     lower, upper = x - epsilon, x + epsilon
@@ -96,7 +96,7 @@ def write_benchmark(model_or_network, x, y, epsilon, folder, input_range=(0.0, 1
     if os.path.isfile(folder):
         raise ValueError(f"`folder` '{folder}' is a file; pass a folder for the benchmark.")
     onnx_path = to_onnx(network, os.path.join(folder, "onnx", "model.onnx"), opset_version)
-    lower, upper = input_box(x, epsilon, input_range)
+    lower, upper = vnnlib_input_box(x, epsilon, input_range)
     paths, rows = [], []
     for i, label in enumerate(np.asarray(y)):
         name = os.path.join("vnnlib", f"sample_{i}.vnnlib")
