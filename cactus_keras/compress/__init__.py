@@ -14,6 +14,8 @@ Importing this package imports neither TensorFlow nor the exporter; the names be
 load them when first used (the command line builds its parser without them).
 """
 
+from cactus_keras.lazy_exports import lazy_exports
+
 _EXPORTS = {
     "file_size": "cactus_keras.compress.latency",
     "measure_latency": "cactus_keras.compress.latency",
@@ -28,19 +30,5 @@ _EXPORTS = {
 
 # `candidates`, `hidden_layers` and `pareto_front` are steps of `run_search`: importable,
 # not part of the documented surface.
-__all__ = sorted(set(_EXPORTS) - {"candidates", "hidden_layers", "pareto_front"})
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cactus_keras.compress' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__, _EXPORTS, hidden={"candidates", "hidden_layers", "pareto_front"})

@@ -5,6 +5,8 @@ Importing this package imports nothing heavy (the command line reads its argumen
 parser from here); the names below load their modules when first used.
 """
 
+from cactus_keras.lazy_exports import lazy_exports
+
 _EXPORTS = {
     "COMPRESSIONS": "cactus_keras.experiments.training",
     "TrainConfig": "cactus_keras.experiments.training",
@@ -23,19 +25,4 @@ _EXPORTS = {
 
 # The documented names; `parse_config` and `schedule_callbacks` stay importable (what
 # `load_config` and `train` run).
-__all__ = sorted(set(_EXPORTS) - {"parse_config", "schedule_callbacks"})
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cactus_keras.experiments' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, hidden={"parse_config", "schedule_callbacks"})

@@ -16,6 +16,8 @@ Importing this package does not import keras_tuner; the names below load it when
 first used.
 """
 
+from cactus_keras.lazy_exports import lazy_exports
+
 _EXPORTS = {
     "CactusHyperModel": "cactus_keras.tuning.hypermodel",
     "DEFAULT_STANDARD_WEIGHT": "cactus_keras.tuning.hypermodel",
@@ -45,20 +47,6 @@ _EXPORTS = {
 
 # The documented names; the objective checks and the pieces of `summarize` (trial_records,
 # pareto_report, plot_pareto) stay importable.
-__all__ = sorted(set(_EXPORTS) - {"check_objective_name", "resolve_objective", "trial_records",
-                                   "pareto_report", "plot_pareto"})
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cactus_keras.tuning' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, hidden={
+    "check_objective_name", "resolve_objective", "trial_records", "pareto_report",
+    "plot_pareto"})
