@@ -89,6 +89,7 @@ def test_search_meets_the_floor_reads_the_test_set_last_and_resumes(problem, tmp
     assert any(all(v == 0 for v in r["ratios"].values()) for r in certified)  # unpruned reference
     assert chosen["bytes"] < report["unpruned"]["bytes"]  # the floor leaves room to shrink
     assert report["chosen"]["test_samples"] == len(y_test)
+    assert report["chosen"]["rounding"] == "nearest"   # the certificate says what it assumed
     assert (output / "pareto.png").exists()
 
     # Resumed: nothing is screened, exported or certified again.
@@ -154,3 +155,17 @@ def test_command_defaults_match_the_library_and_the_parser_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_rounding_flag_offers_the_rounding_models_and_the_config_checks_them():
+    from cactus_keras import cli
+    from cactus_keras.compress.search import SearchConfig
+    from cactus_keras.int8.rounding import DEFAULT_ROUNDING, ROUNDINGS
+
+    parser = cli.build_parser()
+    compress = next(a for a in parser._actions if a.dest == "command").choices["compress"]
+    flag = next(a for a in compress._actions if a.dest == "rounding")
+    assert set(flag.choices) == set(ROUNDINGS) and flag.default == DEFAULT_ROUNDING
+    assert SearchConfig(epsilon=0.1, min_certified=0.5).rounding == DEFAULT_ROUNDING
+    with pytest.raises(ValueError, match="rounding"):
+        SearchConfig(epsilon=0.1, min_certified=0.5, rounding="up")

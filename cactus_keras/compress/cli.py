@@ -46,6 +46,10 @@ def add_parser(subparsers):
     p.add_argument("--validation-samples", type=int, default=1000,
                    help="the last N training samples, held out for every decision (default 1000)")
     p.add_argument("--latency-runs", type=int, default=300, help="timed invokes per file (default 300)")
+    # The choices of cactus_keras.int8.rounding, written out so the parser imports nothing.
+    p.add_argument("--rounding", default="nearest", choices=("nearest", "floor_ceil"),
+                   help="the rounding model every file certificate assumes (default: nearest; "
+                   "floor_ceil for any runtime whose requantization errs by less than one unit)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the validation split taken from the training data (default: 0)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1],
@@ -108,7 +112,7 @@ def _config(args):
         epsilon=args.epsilon, min_certified=args.min_certified, objective=args.objective,
         ratios=ratios, max_candidates=args.max_candidates, finalists=args.finalists,
         screen_slack=args.screen_slack, validation_samples=args.validation_samples,
-        latency_runs=args.latency_runs, seed=args.seed,
+        latency_runs=args.latency_runs, seed=args.seed, rounding=args.rounding,
     )
 
 

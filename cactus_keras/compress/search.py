@@ -40,6 +40,7 @@ from cactus_keras.compress.latency import file_size, measure_latency
 from cactus_keras.compression import prune_structured, shrink
 from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS, compressible_kernels
 from cactus_keras.export import to_tflite, verify_tflite
+from cactus_keras.int8.rounding import DEFAULT_ROUNDING, check_rounding
 
 OBJECTIVES = ("size", "latency")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
@@ -67,6 +68,8 @@ class SearchConfig:
         calibration_samples: the first N training samples calibrate the int8 export.
         latency_runs: timed invokes per file.
         seed: sampling of the candidate grid.
+        rounding: the rounding model every file certificate assumes
+            (`cactus_keras.int8.rounding`; default "nearest").
 
     Example:
 
@@ -90,6 +93,7 @@ class SearchConfig:
     calibration_samples: int = 200
     latency_runs: int = 300
     seed: int = 0
+    rounding: str = DEFAULT_ROUNDING
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -101,6 +105,7 @@ class SearchConfig:
         if self.max_candidates < 1 or self.finalists < 1:
             raise ValueError("`max_candidates` and `finalists` must be >= 1.")
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
+        self.rounding = check_rounding(self.rounding)
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -281,7 +286,8 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
         path = os.path.join(files, f"candidate_{grid.index(by_key[key]):03d}.int8.tflite")
         if "certified_accuracy" not in row or not os.path.exists(path):
             to_tflite(build(by_key[key]), path, x_cal)
-            result = verify_tflite(path, x_val, y_val, config.epsilon, verbose=0)
+            result = verify_tflite(path, x_val, y_val, config.epsilon, rounding=config.rounding,
+                                   verbose=0)
             latency = measure_latency(path, config.latency_runs)
             records.add({"key": key, "file": os.path.relpath(path, output), "bytes": file_size(path),
                          "latency_ms": latency["median_ms"],
@@ -318,7 +324,8 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
 
     # 3. The final report: the test set is read here, once, for the chosen file only.
     x_test, y_test = load_test()
-    test = verify_tflite(chosen_path, x_test, y_test, config.epsilon, verbose=0)
+    test = verify_tflite(chosen_path, x_test, y_test, config.epsilon, rounding=config.rounding,
+                         verbose=0)
     base = records.rows[unpruned]
     report = {
         "chosen": {**{k: chosen[k] for k in ("key", "ratios", "parameters", "bytes", "latency_ms")},
@@ -326,6 +333,7 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
                    "test_certified_accuracy": float(test.certified_accuracy),
                    "test_clean_accuracy": float(test.clean_accuracy),
                    "test_samples": int(len(y_test)),
+                   "rounding": config.rounding,
                    "file": "chosen.int8.tflite"},
         "unpruned": {"bytes": base["bytes"], "latency_ms": base["latency_ms"],
                      "validation_certified_accuracy": base["certified_accuracy"]},
