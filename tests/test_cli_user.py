@@ -8,6 +8,7 @@ traceback is printed and no earlier output is lost or changed.
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,16 +135,19 @@ def test_sigint_mid_epoch_then_resume_gives_the_uninterrupted_weights(data, tmp_
         seen.append(line)
         if line.startswith("epoch 1/"):  # printed after epoch 1's backup
             break
-    time.sleep(1.0)  # into epoch 2's batches
+    time.sleep(0.2)  # into epoch 2's batches (on a fast machine epoch 2 may end first)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, "".join(seen) + out + err
     assert "Traceback" not in err, err
     message = err.strip().splitlines()[-1]
-    assert message.startswith("cactus-keras train: interrupted: the backup of epoch 1 is kept")
+    kept = re.match(r"cactus-keras train: interrupted: the backup of epoch (\d+) is kept",
+                    message)
+    assert kept and int(kept.group(1)) in (1, 2), message
     assert message.endswith("--resume") and "cactus-keras train --dataset" in message
     assert not (run / "model.keras").exists()
-    assert len(_log_rows(run / "training_log.csv")) == 1
+    # The log holds exactly the epochs the backup holds.
+    assert len(_log_rows(run / "training_log.csv")) == int(kept.group(1))
     # The command it prints resumes the run, at epoch 2.
     assert cli.main(_train_args(path, run, "--resume")) == 0
     for got, want in zip(_weights(run / "network.keras"), _weights(reference / "network.keras")):
