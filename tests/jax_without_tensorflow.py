@@ -36,7 +36,7 @@ batch_size = 32
 validation_samples = 16
 
 [evaluation]
-prune_ratios = [0.0, 0.5]
+ratios = [0.0, 0.5]
 bits = [8]
 tflite = false
 

@@ -113,7 +113,7 @@ def test_train_accepts_the_flags_of_its_members():
     (["--hyperband-factor", "4"], "--hyperband-factor"),
     (["--targets", "prune:0.5", "--awp-radius", "1"], "--awp-radius"),
     (["--targets", "prune:0.5", "--awp-steps", "3"], "--awp-steps"),
-    (["--targets", "quantize:8", "--search-prune-range"], "--search-prune-range"),
+    (["--targets", "quantize:8", "--search-ratio-range"], "--search-ratio-range"),
 ])
 def test_tune_refuses_flags_its_search_does_not_use(data, tmp_path, capsys, extra, flag):
     _, path, _ = data
@@ -198,7 +198,7 @@ def test_experiment_and_tune_folders_are_locked(data, tmp_path, capsys):
     config = tmp_path / "exp.toml"
     config.write_text(f'[experiment]\ndataset = "{path}"\nepsilon = 0.01\n'
                       '[training]\narch = "mlp"\nepochs = 1\nbatch_size = 16\n'
-                      'validation_samples = 0\n[evaluation]\nprune_ratios = [0.0]\nbits = []\n'
+                      'validation_samples = 0\n[evaluation]\nratios = [0.0]\nbits = []\n'
                       'tflite = false\n[methods.ibp]\nmethod = "ibp-then-compress"\n')
     holder = _live_process()
     try:

@@ -310,7 +310,7 @@ batch_size = 64
 validation_samples = 0
 
 [evaluation]
-prune_ratios = [0.0]
+ratios = [0.0]
 bits = []
 tflite = false
 

@@ -55,10 +55,10 @@ standard_weight = 0.5
 
 [evaluation]
 bits = [8, 4]
-tflite_pruning = {{ global_l1 = [0.7] }}
+tflite_prune = {{ global_l1 = [0.7] }}
 calibration_samples = 32
 headline_ratio = 0.7
-[evaluation.pruning]
+[evaluation.prune]
 global_l1 = [0.5, 0.7]
 local_l1 = [0.7]
 global_l2_structured = [0.5]
@@ -89,7 +89,7 @@ epochs = 1
 method = "tfmot"
 source = "cactus"
 epochs = 1
-prune_ratios = [0.7]
+ratios = [0.7]
 """
 
 
@@ -268,8 +268,8 @@ def no_training(monkeypatch):
         ('[methods.x]\nmethod = "cactus"\nepochz = 3\n', "unknown option\\(s\\) epochz"),
         ('[methods.x]\nmethod = "ibp-then-finetune"\nsource = "nope"\n', "source 'nope' is not a run"),
         ('[methods.x]\nmethod = "cactus"\ncompression = "none"\n', "needs compression"),
-        ('[methods.x]\nmethod = "cactus"\n[methods.y]\nmethod = "tfmot"\nsource = "x"\nprune_ratios = [1.5]\n',
-         "`prune_ratios` must be in"),
+        ('[methods.x]\nmethod = "cactus"\n[methods.y]\nmethod = "tfmot"\nsource = "x"\nratios = [1.5]\n',
+         "`ratios` must be in"),
         ('[methods.x]\nmethod = "ibp-then-compress"\n[methods.y]\nmethod = "tfmot"\nsource = "z"\n'
          '[methods.z]\nmethod = "ibp-then-finetune"\nsource = "x"\n', "trains no network"),
         ("", "no methods"),
@@ -408,17 +408,17 @@ def test_pruning_grid_forms_and_errors(tmp_path, no_training):
     from cactus_keras.experiments.evaluation import check_evaluation
 
     # The one-method shorthand; ratio 0 is always there and is not a pruned level.
-    assert check_evaluation({"prune_ratios": [0.0, 0.9, 0.5], "pruning_method": "local_l1"})[
-        "pruning"] == {"local_l1": [0.5, 0.9]}
-    assert check_evaluation({"prune_ratios": [0.7]})["pruning"] == {"global_l1": [0.7]}
-    assert check_evaluation({"pruning": {"global_l2_structured": [0.3]}})["pruning"] == {
+    assert check_evaluation({"ratios": [0.0, 0.9, 0.5], "pruning_method": "local_l1"})[
+        "prune"] == {"local_l1": [0.5, 0.9]}
+    assert check_evaluation({"ratios": [0.7]})["prune"] == {"global_l1": [0.7]}
+    assert check_evaluation({"prune": {"global_l2_structured": [0.3]}})["prune"] == {
         "global_l2_structured": [0.3]}
-    assert check_evaluation({"pruning": {}})["pruning"] == {}
+    assert check_evaluation({"prune": {}})["prune"] == {}
     cases = [
-        ({"pruning": {"global_l1": [0.5]}, "prune_ratios": [0.5]}, "not both"),
-        ({"pruning": {"global_l2": [0.5]}}, "unknown pruning method\\(s\\) 'global_l2'"),
-        ({"pruning": {"local_l1": [1.2]}}, "`pruning.local_l1` must be in"),
-        ({"pruning": [0.5]}, "`pruning` must be a table"),
+        ({"prune": {"global_l1": [0.5]}, "ratios": [0.5]}, "not both"),
+        ({"prune": {"global_l2": [0.5]}}, "unknown pruning method\\(s\\) 'global_l2'"),
+        ({"prune": {"local_l1": [1.2]}}, "`prune.local_l1` must be in"),
+        ({"prune": [0.5]}, "`prune` must be a table"),
         ({"pruning_method": "l1"}, "Unknown `pruning_method` 'l1'"),
     ]
     for table, message in cases:
@@ -428,13 +428,13 @@ def test_pruning_grid_forms_and_errors(tmp_path, no_training):
                         '[methods.f]\nmethod = "ibp-then-finetune"\nsource = "i"\n{own}')
     levels = lambda own: [tuple(level) for level in load_config(  # noqa: E731
         _write(tmp_path, base.replace("{own}", own))).methods["f"].levels()]
-    assert levels('pruning = { local_l1 = [0.9] }\nbits = [4]\n') == [
+    assert levels('prune = { local_l1 = [0.9] }\nbits = [4]\n') == [
         ("prune", "local_l1", 0.9, None, None), ("quantize", None, None, 4, None)]
     # Bare ratios: at every pruning method of the grid.
-    assert levels("prune_ratios = [0.6]\nbits = []\n") == [
+    assert levels("ratios = [0.6]\nbits = []\n") == [
         ("prune", m, 0.6, None, None) for m in ("global_l1", "local_l1", "global_l2_structured")]
-    with pytest.raises(ConfigError, match="\\[methods.f\\]: give either `pruning`"):
-        levels("prune_ratios = [0.6]\npruning = { local_l1 = [0.9] }\n")
+    with pytest.raises(ConfigError, match="\\[methods.f\\]: give either `prune`"):
+        levels("ratios = [0.6]\nprune = { local_l1 = [0.9] }\n")
 
 
 def test_several_pruning_methods_match_evaluate_compressed(experiment):
@@ -538,7 +538,7 @@ def test_headline_best_baseline_spread_and_rounding():
 
     config = parse_config({
         "experiment": {"dataset": "fashion_mnist", "epsilon": 0.1},
-        "evaluation": {"pruning": {"local_l1": [0.7]}, "bits": [8], "tflite": False},
+        "evaluation": {"prune": {"local_l1": [0.7]}, "bits": [8], "tflite": False},
         "methods": {"c": {"method": "cactus"}, "i": {"method": "ibp-then-compress"},
                     "f": {"method": "ibp-then-finetune", "source": "i"},
                     "t": {"method": "tfmot", "source": "i"}}})

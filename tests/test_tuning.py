@@ -70,7 +70,7 @@ def test_two_trial_search_then_resume(tmp_path):
     assert 0.1 <= best["standard_weight"] <= 0.6
     assert 0.5 <= best["awp_radius"] <= 2.0
     assert best["learning_rate"] == 1e-3
-    assert (best["prune_ratio_low"], best["prune_ratio_high"]) == (0.25, 0.75)
+    assert (best["ratio_low"], best["ratio_high"]) == (0.25, 0.75)
     for trial in tuner.oracle.trials.values():
         metrics = {n: trial.metrics.get_last_value(n) for n in trial.metrics.metrics}
         for name in (CERTIFIED, COMPRESSED, MEAN, CLEAN,
@@ -210,17 +210,17 @@ def test_hypermodel_checks_and_spaces():
     assert [t.key for t in parse_targets("prune:0.7, quantize:8,prune:0.5:local_l1")] == [
         "prune70", "quantize8", "prune50_local_l1"]
     hm = CactusHyperModel(_tiny_network, 0.1, "prune:0.7", search_learning_rate=True,
-                          search_prune_range=True)
+                          search_ratio_range=True)
     assert hm.compression == "pruning"
     assert hm.search_space() == {"standard_weight": (0.0, 0.9), "learning_rate": (1e-4, 1e-2),
-                                 "prune_ratio_low": (0.0, 0.5), "prune_ratio_high": (0.5, 0.95)}
+                                 "ratio_low": (0.0, 0.5), "ratio_high": (0.5, 0.95)}
     hp = keras_tuner.HyperParameters()
     model = hm.build(hp)
     assert set(hp.values) == set(hm.search_space())
-    assert model.compression[0].ratio == (hp["prune_ratio_low"], hp["prune_ratio_high"])
+    assert model.compression[0].ratio == (hp["ratio_low"], hp["ratio_high"])
     assert CactusHyperModel(_tiny_network, 0.1, "quantize:4").search_space()["awp_radius"] == (0.25, 4.0)
-    with pytest.raises(ValueError, match="prune_ratio_low must be <="):
-        CactusHyperModel(_tiny_network, 0.1, prune_ratio_low=(0.2, 0.6), prune_ratio_high=(0.5, 0.9))
+    with pytest.raises(ValueError, match="ratio_low must be <="):
+        CactusHyperModel(_tiny_network, 0.1, ratio_low=(0.2, 0.6), ratio_high=(0.5, 0.9))
     with pytest.raises(ValueError, match="hyperband tuner needs"):
         make_tuner(CactusHyperModel(_tiny_network, 0.1), "hyperband", directory="/nonexistent/never")
     with pytest.raises(ValueError, match="validation_data"):

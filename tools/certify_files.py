@@ -1,6 +1,6 @@
 """Certifies the int8 files of trained runs as the experiment grid does now: each run's
 network exported and certified under every rounding model of the config's
-`tflite_roundings`, and the files of its pruned networks (`tflite_pruning`), on the
+`tflite_roundings`, and the files of its pruned networks (`tflite_prune`), on the
 config's test set. Writes `files.json` and `files.md` to --output (the run folders are
 only read).
 

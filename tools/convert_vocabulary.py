@@ -33,12 +33,26 @@ TEXT_REPLACEMENTS = [
     ('compression = "prune+quant"', 'compression = "pruning+awp_quantization"'),
     ('"prune_range":', '"ratio":'),
     ('prune_range = ', 'ratio = '),
+    # The evaluation grid names its evaluated prune levels by the form `prune`
+    # ([evaluation.prune], tflite_prune, an ibp-then-finetune run's `prune`), and a list
+    # of ratios by the setting's plural `ratios` (TF-MOT, ibp-then-finetune, shorthand).
+    ('"pruning": {', '"prune": {'),
+    ('"pruning": null', '"prune": null'),
+    ('"tflite_pruning":', '"tflite_prune":'),
+    ('"prune_ratios":', '"ratios":'),
+    ('[evaluation.pruning]', '[evaluation.prune]'),
+    ('\npruning = {', '\nprune = {'),
+    ('tflite_pruning = ', 'tflite_prune = '),
+    ('prune_ratios = ', 'ratios = '),
+    # Tuning's pruning-range hyperparameters are named after the member's setting.
+    ('prune_ratio_low', 'ratio_low'),
+    ('prune_ratio_high', 'ratio_high'),
 ]
 KERAS_CONFIG_REPLACEMENTS = [
     ('"class_name": "Quantization"', '"class_name": "AWPQuantization"'),
     ('"cactus_keras>Quantization"', '"cactus_keras>AWPQuantization"'),
 ]
-TEXT_SUFFIXES = (".json", ".csv", ".md", ".toml")
+TEXT_SUFFIXES = (".json", ".csv", ".md", ".toml", ".log")
 
 
 def replace_all(text, replacements):

@@ -21,9 +21,9 @@ bits = [8, 4]                  # fake-quantized kernels
 tflite = true                  # also export int8 .tflite and certify the file itself
 bound = "ibp"                  # or crown-ibp, crown, alpha-crown, best
 bound_samples = 1000           # the grid certifies the first N test samples (default: all)
-[evaluation.pruning]           # pruning method -> its ratios (default: this grid);
+[evaluation.prune]             # pruning method -> its ratios (default: this grid);
 global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]   # shorthand for one method:
-local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]    # prune_ratios = [...] (+ pruning_method)
+local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]    # ratios = [...] (+ pruning_method)
 global_l2_structured = [0.3, 0.5, 0.7]
 
 [methods.ibp]                  # one table per run name; `method` picks the method

@@ -4,22 +4,22 @@ over after training, its defaults and its checks.
 The grid is the uncompressed network (always), each pruning method at its own ratios,
 each bit width of fake-quantized kernels and, with `tflite = true`, the exported int8
 file (under each rounding model of `tflite_roundings`, and the files of the pruned
-networks of `tflite_pruning`):
+networks of `tflite_prune`):
 
 ```toml
 [evaluation]
 bits = [8, 4]
 tflite = true
 tflite_roundings = ["nearest", "floor_ceil"]
-tflite_pruning = { global_l1 = [0.9], global_l2_structured = [0.5] }
-[evaluation.pruning]               # pruning method -> its ratios
+tflite_prune = { global_l1 = [0.9], global_l2_structured = [0.5] }
+[evaluation.prune]                 # pruning method -> its ratios
 global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
 local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
 global_l2_structured = [0.3, 0.5, 0.7]
 ```
 
-`prune_ratios = [...]` with `pruning_method = "..."` (default "global_l1") is the
-one-method shorthand of `[evaluation.pruning]`.
+`ratios = [...]` with `pruning_method = "..."` (default "global_l1") is the
+one-method shorthand of `[evaluation.prune]`.
 """
 
 from __future__ import annotations
@@ -42,22 +42,22 @@ DEFAULT_PRUNING = {
 }
 
 EVALUATION_DEFAULTS = {
-    "pruning": DEFAULT_PRUNING,
+    "prune": DEFAULT_PRUNING,
     "bits": [8, 4],
     "tflite": True,
     # The rounding models each int8 file is certified under (cactus_keras.int8.rounding).
     "tflite_roundings": ["nearest", "floor_ceil"],
     # Pruned networks whose int8 files are certified too (pruning method -> ratios).
-    "tflite_pruning": {"global_l1": [0.9], "global_l2_structured": [0.5]},
+    "tflite_prune": {"global_l1": [0.9], "global_l2_structured": [0.5]},
     "calibration_samples": 500,
     "bound": "ibp",
     # How many of the test samples (the first N) `bound` certifies in the grid; None: all.
     # CROWN and alpha-CROWN cost far more per sample than IBP.
     "bound_samples": None,
 }
-# The one-method shorthand of `pruning`, and a key of older configs that is read and
+# The one-method shorthand of `prune`, and a key of older configs that is read and
 # ignored (the headline now lists every level of the grid, not one pruning ratio).
-SHORTHAND_KEYS = ("prune_ratios", "pruning_method")
+SHORTHAND_KEYS = ("ratios", "pruning_method")
 IGNORED_KEYS = ("headline_ratio",)
 
 
@@ -126,34 +126,34 @@ def _ratios(values, name):
 
 
 def parse_pruning(table, where):
-    """The pruning part of a grid from `table`'s `pruning` or its shorthand
-    `prune_ratios` (+ `pruning_method`): a dict pruning method -> sorted ratios > 0,
+    """The pruning part of a grid from `table`'s `prune` or its shorthand
+    `ratios` (+ `pruning_method`): a dict pruning method -> sorted ratios > 0,
     or None when `table` says nothing about pruning."""
     shorthand = [k for k in SHORTHAND_KEYS if k in table]
-    if "pruning" in table and shorthand:
+    if "prune" in table and shorthand:
         raise ConfigError(
-            f"{where}: give either `pruning` (a table: pruning method -> ratios) or its "
+            f"{where}: give either `prune` (a table: pruning method -> ratios) or its "
             f"one-method shorthand {' and '.join(f'`{k}`' for k in shorthand)}, not both; "
-            "move the ratios into `pruning`."
+            "move the ratios into `prune`."
         )
     try:
         if shorthand:
             method = check_pruning_method(table.get("pruning_method", "global_l1"))
-            ratios = table.get("prune_ratios", DEFAULT_PRUNING[method])
-            return {method: _ratios(ratios, "prune_ratios")}
-        if "pruning" not in table:
+            ratios = table.get("ratios", DEFAULT_PRUNING[method])
+            return {method: _ratios(ratios, "ratios")}
+        if "prune" not in table:
             return None
-        pruning = table["pruning"]
+        pruning = table["prune"]
         if not isinstance(pruning, dict):
             raise ConfigError(
-                f"`pruning` must be a table of pruning method -> ratios, e.g. "
-                f"pruning = {{ global_l1 = [0.5, 0.9] }}, got {pruning!r}.")
+                f"`prune` must be a table of pruning method -> ratios, e.g. "
+                f"prune = {{ global_l1 = [0.5, 0.9] }}, got {pruning!r}.")
         unknown = [m for m in pruning if m not in PRUNING_METHODS]
         if unknown:
             raise ConfigError(
-                f"unknown pruning method(s) {', '.join(map(repr, unknown))} in `pruning`; "
+                f"unknown pruning method(s) {', '.join(map(repr, unknown))} in `prune`; "
                 f"expected some of {', '.join(PRUNING_METHODS)}.")
-        return {m: _ratios(r, f"pruning.{m}") for m, r in pruning.items()}
+        return {m: _ratios(r, f"prune.{m}") for m, r in pruning.items()}
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -166,14 +166,14 @@ def check_bits_list(values, name="bits"):
 
 def check_evaluation(evaluation, where="[evaluation]"):
     """Validates an evaluation table and returns it filled with the defaults, the
-    pruning grid as `pruning` (method -> ratios > 0) whichever form it was given in."""
+    pruning grid as `prune` (method -> ratios > 0) whichever form it was given in."""
     check_keys(evaluation, set(EVALUATION_DEFAULTS) | set(SHORTHAND_KEYS) | set(IGNORED_KEYS),
                where)
     pruning = parse_pruning(evaluation, where)
     given = {k: v for k, v in evaluation.items()
-             if k in EVALUATION_DEFAULTS and k != "pruning"}
+             if k in EVALUATION_DEFAULTS and k != "prune"}
     filled = {**EVALUATION_DEFAULTS, **given,
-              "pruning": {m: list(r) for m, r in (DEFAULT_PRUNING if pruning is None else pruning).items()}}
+              "prune": {m: list(r) for m, r in (DEFAULT_PRUNING if pruning is None else pruning).items()}}
     try:
         filled["bits"] = check_bits_list(filled["bits"])
         check_bound(filled["bound"])
@@ -190,22 +190,22 @@ def check_evaluation(evaluation, where="[evaluation]"):
         raise ConfigError(f"{where}: `tflite_roundings` must be a non-empty list of rounding "
                           f"models ({', '.join(ROUNDINGS)}), got {roundings!r}.")
     filled["tflite_roundings"] = list(dict.fromkeys(roundings))
-    pruned = filled["tflite_pruning"]
-    parsed = parse_pruning({"pruning": pruned}, where + " tflite_pruning") if pruned else {}
-    filled["tflite_pruning"] = {m: list(r) for m, r in parsed.items()}
+    pruned = filled["tflite_prune"]
+    parsed = parse_pruning({"prune": pruned}, where + " tflite_prune") if pruned else {}
+    filled["tflite_prune"] = {m: list(r) for m, r in parsed.items()}
     return filled
 
 
 def grid_levels(evaluation):
     """Every compressed level of a checked evaluation grid, in report order: each
     pruning method at each of its ratios, each bit width, then the int8 file."""
-    levels = [Level("prune", m, r, None) for m, ratios in evaluation["pruning"].items()
+    levels = [Level("prune", m, r, None) for m, ratios in evaluation["prune"].items()
               for r in ratios]
     levels += [Level("quantize", None, None, b) for b in evaluation["bits"]]
     if evaluation["tflite"]:
         roundings = evaluation.get("tflite_roundings", ["floor_ceil"])
         levels += [Level("tflite", None, None, 8, r) for r in roundings]
         levels += [Level("tflite", m, ratio, 8, r)
-                   for m, ratios in evaluation.get("tflite_pruning", {}).items()
+                   for m, ratios in evaluation.get("tflite_prune", {}).items()
                    for ratio in ratios for r in roundings]
     return levels

@@ -197,10 +197,10 @@ def int8_file_source(ctx, network):
 
 def file_rows(network, ctx):
     """The int8 file rows of a trained network: its own file, then the files of its
-    pruned networks (`tflite_pruning`)."""
+    pruned networks (`tflite_prune`)."""
     rows = ctx.cached("tflite_files", lambda: export_rows(int8_file_source(ctx, network),
                                                            ctx, "network"))
-    for method, ratios in ctx.config.evaluation.get("tflite_pruning", {}).items():
+    for method, ratios in ctx.config.evaluation.get("tflite_prune", {}).items():
         for ratio in ratios:
             rows = rows + ctx.cached(
                 f"tflite_{method}_{ratio:g}",
@@ -309,7 +309,7 @@ class TrainedMethod(Method):
         evaluation = self.config.evaluation
         ctx.log("certifying the compression grid")
         rows = ctx.cached("grid", lambda: grid_rows(
-            network, ctx, evaluation["pruning"], evaluation["bits"]))
+            network, ctx, evaluation["prune"], evaluation["bits"]))
         if evaluation["tflite"]:
             ctx.log("exporting and verifying the int8 .tflite files")
             rows = rows + file_rows(network, ctx)
@@ -420,25 +420,25 @@ class IBPThenFinetune(_FromSource):
 
     By default it fine-tunes a copy at every compressed level of the evaluation grid
     (each pruning method at each of its ratios, each bit width; the int8 file is
-    exported from the 8-bit one), so it costs `epochs` x levels epochs. `pruning`
-    (method -> ratios), `prune_ratios` (those ratios at each pruning method of the
+    exported from the 8-bit one), so it costs `epochs` x levels epochs. `prune`
+    (method -> ratios), `ratios` (those ratios at each pruning method of the
     grid), `bits` and `tflite` choose other levels.
     """
 
     name = "ibp-then-finetune"
     options = {"source": "ibp", "epochs": 2, "learning_rate": 1e-4, "batch_size": None,
-               "standard_weight": None, "pruning": None, "prune_ratios": None, "bits": None,
+               "standard_weight": None, "prune": None, "ratios": None, "bits": None,
                "tflite": None}
-    level_options = ("pruning", "prune_ratios", "bits", "tflite")
+    level_options = ("prune", "ratios", "bits", "tflite")
 
     def levels_of_grid(self):
         evaluation = self.config.evaluation
-        own = {k: self.settings[k] for k in ("pruning", "prune_ratios")
+        own = {k: self.settings[k] for k in ("prune", "ratios")
                if self.settings[k] is not None}
-        if "prune_ratios" in own and "pruning" not in own:
+        if "ratios" in own and "prune" not in own:
             # Bare ratios: at every pruning method the grid evaluates.
-            parse_pruning({"prune_ratios": own["prune_ratios"]}, self.where)
-            own = {"pruning": {m: own["prune_ratios"] for m in evaluation["pruning"]}}
+            parse_pruning({"ratios": own["ratios"]}, self.where)
+            own = {"prune": {m: own["ratios"] for m in evaluation["prune"]}}
         pruning = parse_pruning(own, self.where)
         bits = self.settings["bits"]
         tflite = self.settings["tflite"]
@@ -448,12 +448,12 @@ class IBPThenFinetune(_FromSource):
             bits = evaluation["bits"] if bits is None else check_bits_list(bits)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{self.where}: {exc}") from None
-        return {"pruning": evaluation["pruning"] if pruning is None else pruning,
+        return {"prune": evaluation["prune"] if pruning is None else pruning,
                 "bits": bits, "tflite": evaluation["tflite"] if tflite is None else tflite}
 
     def levels(self):
         """The compressed levels this run fine-tunes a copy at (`Level`s)."""
-        found = [Level("prune", m, r, None) for m, ratios in self.setting("pruning").items()
+        found = [Level("prune", m, r, None) for m, ratios in self.setting("prune").items()
                  for r in ratios]
         return found + [Level("quantize", None, None, b) for b in self.setting("bits")]
 
@@ -524,7 +524,7 @@ class TFMOT(_FromSource):
     TF-MOT fine-tunes with the standard cross-entropy, as its users do: it knows nothing
     of certification. Pruning is per layer (`ConstantSparsity`, unstructured), so its
     rows are a pruning method of their own, "tfmot_constant_sparsity", that the report's
-    headline counts at the grid's local_l1 levels of the same ratio. `prune_ratios`
+    headline counts at the grid's local_l1 levels of the same ratio. `ratios`
     defaults to the ratios of the grid's unstructured methods (global_l1, local_l1).
     """
 
@@ -534,16 +534,16 @@ class TFMOT(_FromSource):
     # standard-loss fine-tuning.
     allows_zero_learning_rate = True
     options = {"source": "ibp", "epochs": 1, "learning_rate": 1e-4, "batch_size": None,
-               "prune_ratios": None, "quantize": True}
-    level_options = ("prune_ratios",)
+               "ratios": None, "quantize": True}
+    level_options = ("ratios",)
 
     def levels_of_grid(self):
-        own = self.settings["prune_ratios"]
+        own = self.settings["ratios"]
         if own is not None:
-            return {"prune_ratios": parse_pruning({"prune_ratios": own}, self.where)["global_l1"]}
-        pruning = self.config.evaluation["pruning"]
+            return {"ratios": parse_pruning({"ratios": own}, self.where)["global_l1"]}
+        pruning = self.config.evaluation["prune"]
         ratios = {r for m in ("global_l1", "local_l1") for r in pruning.get(m, [])}
-        return {"prune_ratios": sorted(ratios)}
+        return {"ratios": sorted(ratios)}
 
     def check(self):
         super().check()
@@ -565,7 +565,7 @@ class TFMOT(_FromSource):
                    learning_rate=self.setting("learning_rate"), seed=ctx.seed,
                    verbose=ctx.verbose)
         rows = []
-        for ratio in self.setting("prune_ratios"):
+        for ratio in self.setting("ratios"):
             def prune(ratio=ratio):
                 ctx.log(f"TF-MOT prune_low_magnitude at {ratio:g}, fine-tune, strip_pruning")
                 network = ctx.source_network(self.settings["source"])

@@ -230,7 +230,7 @@ def read_headline(output):
 def _pruning_methods(config, summary):
     """Pruning methods of the summary's pruned rows: the grid's first, in its order."""
     found = []
-    for method in list(config.evaluation["pruning"]) + [e["pruning_method"] for e in summary]:
+    for method in list(config.evaluation["prune"]) + [e["pruning_method"] for e in summary]:
         if method is not None and method not in found and any(
                 e["form"] == "prune" and e["pruning_method"] == method and not _is_uncompressed(e)
                 for e in summary):

@@ -158,7 +158,7 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     validation_samples = 0
     [evaluation]
     tflite = false
-    [evaluation.pruning]
+    [evaluation.prune]
     global_l1 = [0.5]
     [methods.cactus]
     method = "cactus"

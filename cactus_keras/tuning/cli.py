@@ -65,7 +65,7 @@ def add_parser(subparsers):
                    help="mtl-ibp and sabr: PGD steps of the attack inside the loss (default 8)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="fixed learning rate (default 1e-3)")
     p.add_argument("--search-learning-rate", action="store_true", help="search the learning rate in 1e-4..1e-2 (log)")
-    p.add_argument("--search-prune-range", action="store_true",
+    p.add_argument("--search-ratio-range", action="store_true",
                    help="search the training pruning range: low in 0..0.5, high in 0.5..0.95 "
                    "(default fixed 0.25..0.75)")
     p.add_argument("--awp-steps", type=int, default=None,
@@ -118,7 +118,7 @@ def _command(args):
             parts += [flag, *(f"{v:g}" for v in pair)]
     for flag, on in (("--batch-norm", args.batch_norm), ("--ibp-init", args.ibp_init),
                      ("--search-learning-rate", args.search_learning_rate),
-                     ("--search-prune-range", args.search_prune_range)):
+                     ("--search-ratio-range", args.search_ratio_range)):
         if on:
             parts.append(flag)
     parts += ["--directory", args.directory]
@@ -201,7 +201,7 @@ def _check_members_flags(args, hypermodel):
     for flag, given, member in (
             ("--awp-radius", args.awp_radius is not None, vocabulary.AWP_QUANTIZATION),
             ("--awp-steps", "awp_steps" in args.given, vocabulary.AWP_QUANTIZATION),
-            ("--search-prune-range", args.search_prune_range, vocabulary.PRUNING)):
+            ("--search-ratio-range", args.search_ratio_range, vocabulary.PRUNING)):
         if given and member not in compression.split("+"):
             raise ValueError(
                 f"{flag} configures the {member} member, which this search does not train "
@@ -241,7 +241,7 @@ def _hypermodel(args, shape_holder):
         attack_steps=args.attack_steps,
         learning_rate=args.learning_rate,
         search_learning_rate=args.search_learning_rate,
-        search_prune_range=args.search_prune_range,
+        search_ratio_range=args.search_ratio_range,
         awp_steps=_DEFAULTS["awp_steps"] if args.awp_steps is None else args.awp_steps,
         ibp_init=args.ibp_init,
         seed=args.seed,

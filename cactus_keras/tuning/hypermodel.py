@@ -32,11 +32,11 @@ DEFAULT_STANDARD_WEIGHT = (0.0, 0.9)        # lambda, linear
 DEFAULT_AWP_RADIUS = (0.25, 4.0)            # eta in quantization steps, log
 DEFAULT_MTL_ALPHA = (0.05, 0.95)            # MTL-IBP's alpha, linear (certified_loss="mtl-ibp")
 DEFAULT_LEARNING_RATE = 1e-3                # fixed unless asked: (1e-4, 1e-2), log
-DEFAULT_PRUNE_RATIO_LOW = 0.25              # fixed unless asked: (0.0, 0.5)
-DEFAULT_PRUNE_RATIO_HIGH = 0.75             # fixed unless asked: (0.5, 0.95)
+DEFAULT_RATIO_LOW = 0.25              # fixed unless asked: (0.0, 0.5)
+DEFAULT_RATIO_HIGH = 0.75             # fixed unless asked: (0.5, 0.95)
 SEARCH_LEARNING_RATE = (1e-4, 1e-2)
-SEARCH_PRUNE_RATIO_LOW = (0.0, 0.5)
-SEARCH_PRUNE_RATIO_HIGH = (0.5, 0.95)
+SEARCH_RATIO_LOW = (0.0, 0.5)
+SEARCH_RATIO_HIGH = (0.5, 0.95)
 
 # name: (lowest, highest, log sampling) of each hyperparameter.
 _BOUNDS = {
@@ -44,8 +44,8 @@ _BOUNDS = {
     "awp_radius": (0.0, math.inf, True),
     "mtl_alpha": (0.0, 1.0, False),
     "learning_rate": (0.0, math.inf, True),
-    "prune_ratio_low": (0.0, 0.99, False),
-    "prune_ratio_high": (0.0, 0.99, False),
+    "ratio_low": (0.0, 0.99, False),
+    "ratio_high": (0.0, 0.99, False),
 }
 
 
@@ -115,8 +115,8 @@ class CactusHyperModel(keras_tuner.HyperModel):
       `certified_loss="mtl-ibp"`.
     - `learning_rate`: fixed 1e-3 by default; `search_learning_rate=True` searches
       (1e-4, 1e-2) on a log scale.
-    - `prune_ratio_low`, `prune_ratio_high` (the range pruning ratios are sampled from
-      in training): fixed (0.25, 0.75) by default; `search_prune_range=True` searches
+    - `ratio_low`, `ratio_high` (the range pruning ratios are sampled from
+      in training): fixed (0.25, 0.75) by default; `search_ratio_range=True` searches
       (0.0, 0.5) and (0.5, 0.95). Only with a pruning member.
 
     Each trial trains with the epsilon and lambda ramps (`warmup_epochs` of standard
@@ -185,10 +185,10 @@ class CactusHyperModel(keras_tuner.HyperModel):
         awp_radius=DEFAULT_AWP_RADIUS,
         mtl_alpha=DEFAULT_MTL_ALPHA,
         learning_rate=DEFAULT_LEARNING_RATE,
-        prune_ratio_low=DEFAULT_PRUNE_RATIO_LOW,
-        prune_ratio_high=DEFAULT_PRUNE_RATIO_HIGH,
+        ratio_low=DEFAULT_RATIO_LOW,
+        ratio_high=DEFAULT_RATIO_HIGH,
         search_learning_rate=False,
-        search_prune_range=False,
+        search_ratio_range=False,
         bits=None,
         pruning_method=None,
         awp_steps=1,
@@ -230,23 +230,23 @@ class CactusHyperModel(keras_tuner.HyperModel):
         self.epochs = None if epochs is None else validation.check_positive_int(epochs, "epochs")
         if search_learning_rate and learning_rate == DEFAULT_LEARNING_RATE:
             learning_rate = SEARCH_LEARNING_RATE
-        if search_prune_range:
-            if prune_ratio_low == DEFAULT_PRUNE_RATIO_LOW:
-                prune_ratio_low = SEARCH_PRUNE_RATIO_LOW
-            if prune_ratio_high == DEFAULT_PRUNE_RATIO_HIGH:
-                prune_ratio_high = SEARCH_PRUNE_RATIO_HIGH
+        if search_ratio_range:
+            if ratio_low == DEFAULT_RATIO_LOW:
+                ratio_low = SEARCH_RATIO_LOW
+            if ratio_high == DEFAULT_RATIO_HIGH:
+                ratio_high = SEARCH_RATIO_HIGH
         self.spaces = {
             "standard_weight": check_space("standard_weight", standard_weight),
             "awp_radius": check_space("awp_radius", awp_radius),
             "mtl_alpha": check_space("mtl_alpha", mtl_alpha),
             "learning_rate": check_space("learning_rate", learning_rate),
-            "prune_ratio_low": check_space("prune_ratio_low", prune_ratio_low),
-            "prune_ratio_high": check_space("prune_ratio_high", prune_ratio_high),
+            "ratio_low": check_space("ratio_low", ratio_low),
+            "ratio_high": check_space("ratio_high", ratio_high),
         }
-        low, high = self.spaces["prune_ratio_low"], self.spaces["prune_ratio_high"]
+        low, high = self.spaces["ratio_low"], self.spaces["ratio_high"]
         if _max(low) > _min(high):
             raise ValueError(
-                f"Every prune_ratio_low must be <= every prune_ratio_high, got {low!r} and "
+                f"Every ratio_low must be <= every ratio_high, got {low!r} and "
                 f"{high!r}: let the ranges meet at most at one value (e.g. (0.0, 0.5) and "
                 "(0.5, 0.95))."
             )
@@ -281,7 +281,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
         if self.certified_loss == "mtl-ibp":
             names.insert(1, "mtl_alpha")
         if vocabulary.PRUNING in self.compression.split("+"):
-            names += ["prune_ratio_low", "prune_ratio_high"]
+            names += ["ratio_low", "ratio_high"]
         return names
 
     def search_space(self):
@@ -313,7 +313,7 @@ class CactusHyperModel(keras_tuner.HyperModel):
             ibp_initialize(network, seed=self.seed)
         members = []
         if vocabulary.PRUNING in self.compression.split("+"):
-            low, high = values["prune_ratio_low"], values["prune_ratio_high"]
+            low, high = values["ratio_low"], values["ratio_high"]
             ratio = (low, high) if low < high else low
             members.append(Pruning(ratio=ratio, pruning_method=self.pruning_method))
         if vocabulary.AWP_QUANTIZATION in self.compression.split("+"):
