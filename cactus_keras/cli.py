@@ -556,7 +556,7 @@ def _run_evaluate(args):
         x,
         y,
         args.epsilon,
-        pruning=_parse_list(args.ratios, float, "--ratios"),
+        ratios=_parse_list(args.ratios, float, "--ratios"),
         pruning_method=_parse_list(args.pruning_methods, str, "--pruning-methods"),
         bits=_parse_list(args.bits_list, int, "--bits-list"),
         bound=args.bound,

@@ -447,7 +447,7 @@ def test_several_pruning_methods_match_evaluate_compressed(experiment):
         for method, ratios in (("global_l1", [0.5, 0.7]), ("local_l1", [0.7]),
                                ("global_l2_structured", [0.5])):
             table = cactus_keras.evaluate_compressed(network, data.x_test, data.y_test, 0.01,
-                                                     pruning=ratios, pruning_method=method)
+                                                     ratios=ratios, pruning_method=method)
             for expected in table.rows:
                 (found,) = [r for r in rows if r["form"] == "prune" and r["pruning_method"] == method
                             and r["ratio"] == expected["ratio"]]

@@ -72,12 +72,12 @@ def test_evaluate_compressed_refuses_before_compressing(data):
     net = _net()
     before = [w.copy() for w in net.get_weights()]
     with pytest.raises(ValueError, match=OUTSIDE):
-        cactus_keras.evaluate_compressed(net, pixels, y, 0.1, pruning=[0.5])
+        cactus_keras.evaluate_compressed(net, pixels, y, 0.1, ratios=[0.5])
     with pytest.raises(ValueError, match=r"`recalibrate_batchnorm` holds values in \[0, 2"):
-        cactus_keras.evaluate_compressed(net, scaled, y, 0.1, pruning=[0.5],
+        cactus_keras.evaluate_compressed(net, scaled, y, 0.1, ratios=[0.5],
                                          recalibrate_batchnorm=pixels)
     assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
-    table = cactus_keras.evaluate_compressed(net, scaled, y, 0.1, pruning=[0.5])
+    table = cactus_keras.evaluate_compressed(net, scaled, y, 0.1, ratios=[0.5])
     assert len(table.rows) == 1
 
 

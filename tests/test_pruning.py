@@ -125,7 +125,7 @@ def test_evaluate_compressed_rows_and_network_untouched():
     x = rng.uniform(0, 1, (40, 12, 12, 1)).astype("float32")
     y = net.predict(x, verbose=0).argmax(-1)
     weights = [w.copy() for w in net.get_weights()]
-    table = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0, 0.5], pruning_method=["global_l1", "local_l1"])
+    table = cactus_keras.evaluate_compressed(net, x, y, 0.001, ratios=[0, 0.5], pruning_method=["global_l1", "local_l1"])
     assert [(r["pruning_method"], r["ratio"]) for r in table.rows] == [
         ("global_l1", 0.0), ("global_l1", 0.5), ("local_l1", 0.0), ("local_l1", 0.5)]
     assert table.lookup(0.0, "global_l1")["clean_accuracy"] == 1.0
@@ -133,7 +133,7 @@ def test_evaluate_compressed_rows_and_network_untouched():
     assert table.lookup(0.0, "local_l1")["certified_accuracy"] == direct
     assert table.lookup(0.5, "global_l1")["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert not table.recalibrated_batchnorm
-    recalibrated = cactus_keras.evaluate_compressed(net, x, y, 0.001, pruning=[0.5], recalibrate_batchnorm=x)
+    recalibrated = cactus_keras.evaluate_compressed(net, x, y, 0.001, ratios=[0.5], recalibrate_batchnorm=x)
     assert recalibrated.recalibrated_batchnorm
     for before, after in zip(weights, net.get_weights()):
         np.testing.assert_array_equal(before, after)

@@ -112,7 +112,7 @@ def test_quantized_member_trains_logs_metrics_and_saves(tmp_path):
     assert "certified_accuracy_quantized" in history.history
     # In evaluation the member is the fake-quantized network itself.
     logs = model.evaluate(x, y, verbose=0, return_dict=True)
-    table = cactus_keras.evaluate_compressed(model, x, y, 0.02, pruning=[], bits=[4])
+    table = cactus_keras.evaluate_compressed(model, x, y, 0.02, ratios=[], bits=[4])
     assert logs["certified_accuracy_quantized"] == pytest.approx(table.rows[0]["certified_accuracy"])
     path = str(tmp_path / "m.keras")
     model.save(path)

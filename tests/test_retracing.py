@@ -60,7 +60,7 @@ def test_fine_tuning_traces_each_step_once(traces):
     def work():
         model.fit(x, y, batch_size=16, epochs=2, verbose=0)
         model.evaluate(x, y, batch_size=16, verbose=0)
-        cactus_keras.evaluate_compressed(network, x, y, 0.01, pruning=[0.5])
+        cactus_keras.evaluate_compressed(network, x, y, 0.01, ratios=[0.5])
         cactus_keras.certify(model, x, y, 0.01)
 
     work()

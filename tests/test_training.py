@@ -243,9 +243,9 @@ def test_short_run_on_fashion_mnist_raises_certified_accuracy_of_full_and_pruned
     )
     x, y = data.x_test[:500], data.y_test[:500]
     untrained = build_model(config, data.input_shape, data.num_classes)
-    before = cactus_keras.evaluate_compressed(untrained, x, y, 0.05, pruning=[0, 0.5])
+    before = cactus_keras.evaluate_compressed(untrained, x, y, 0.05, ratios=[0, 0.5])
     model = train(config, data, str(tmp_path), verbose=0)
-    after = cactus_keras.evaluate_compressed(model, x, y, 0.05, pruning=[0, 0.5])
+    after = cactus_keras.evaluate_compressed(model, x, y, 0.05, ratios=[0, 0.5])
     for ratio in (0, 0.5):
         b = before.lookup(ratio, "global_l1")["certified_accuracy"]
         a = after.lookup(ratio, "global_l1")["certified_accuracy"]

@@ -35,7 +35,7 @@ class CompressionTable:
     Example:
 
     ```python
-    table = cactus_keras.evaluate_compressed(net, x_test, y_test, 0.01, pruning=[0.5], bits=[8])
+    table = cactus_keras.evaluate_compressed(net, x_test, y_test, 0.01, ratios=[0.5], bits=[8])
     for row in table.rows:
         print(row["form"], row.get("ratio"), row.get("bits"), row["certified_accuracy"])
     table.to_json("table.json")
@@ -165,7 +165,7 @@ def evaluate_compressed(
     x,
     y,
     epsilon,
-    pruning=(0.0, 0.5, 0.7, 0.9),
+    ratios=(0.0, 0.5, 0.7, 0.9),
     pruning_method="global_l1",
     *,
     bits=(),
@@ -190,7 +190,7 @@ def evaluate_compressed(
         x: evaluation inputs.
         y: their integer labels.
         epsilon: certification radius.
-        pruning: ratios in [0, 1).
+        ratios: pruning ratios in [0, 1), one row each per pruning method.
         pruning_method: a pruning method or a list of them ("global_l1", "local_l1",
             "global_l2_structured").
         bits: bit widths (2 to 8) of weight-only fake-quantized kernels, one row each
@@ -207,7 +207,7 @@ def evaluate_compressed(
 
     ```python
     table = cactus_keras.evaluate_compressed(model, x_test, y_test, 0.1,
-                                             pruning=[0, 0.5, 0.7],
+                                             ratios=[0, 0.5, 0.7],
                                              pruning_method=["global_l1", "local_l1"])
     print(table)
     ```
@@ -223,7 +223,7 @@ def evaluate_compressed(
     validation.check_data(network, x, y, num_classes, input_range)
     if recalibrate_batchnorm is not None:
         validation.check_in_range(recalibrate_batchnorm, input_range, "recalibrate_batchnorm")
-    ratios = [check_ratio(r, "pruning ratio") for r in pruning]
+    ratios = [check_ratio(r, "ratios") for r in ratios]
     methods = [pruning_method] if isinstance(pruning_method, str) else list(pruning_method)
     methods = [check_pruning_method(m) for m in methods]
     bits = [check_bits(b) for b in bits]

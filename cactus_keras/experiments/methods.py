@@ -111,7 +111,7 @@ def grid_rows(network, ctx, pruning, bits, uncompressed=True):
 
     def evaluate(ratios, method="global_l1", widths=()):
         return evaluate_compressed(
-            network, ctx.x_test[:n], ctx.y_test[:n], ctx.config.epsilon, pruning=ratios,
+            network, ctx.x_test[:n], ctx.y_test[:n], ctx.config.epsilon, ratios=ratios,
             pruning_method=method, bits=widths, bound=evaluation["bound"],
             input_range=ctx.input_range).rows
 

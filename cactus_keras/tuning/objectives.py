@@ -173,12 +173,12 @@ class CompressedCertification(keras.callbacks.Callback):
         for target in self.targets:
             if target.form == vocabulary.PRUNE:
                 table = evaluate_compressed(network, self.x, self.y, epsilon,
-                                            pruning=[target.ratio],
+                                            ratios=[target.ratio],
                                             pruning_method=target.pruning_method,
                                             bound=self.bound, batch_size=self.batch_size,
                                             input_range=input_range)
             else:
-                table = evaluate_compressed(network, self.x, self.y, epsilon, pruning=[],
+                table = evaluate_compressed(network, self.x, self.y, epsilon, ratios=[],
                                             bits=[target.bits], bound=self.bound,
                                             batch_size=self.batch_size, input_range=input_range)
             row = table.rows[0]
