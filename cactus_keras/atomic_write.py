@@ -3,13 +3,14 @@
 Everything the package saves for a user to resume from or to read (run steps, specs,
 results, reports, exported models) goes through a temporary file in the same folder
 and `os.replace`, so an interrupted run never leaves a truncated file that reads as
-finished.
+finished. What a rerun replaces is removed the same way, by name (`remove_outputs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 
 def write_bytes(path, data):
@@ -35,3 +36,19 @@ def write_text(path, text):
 def write_json(path, value):
     """Writes `value` as indented JSON to `path` atomically."""
     return write_text(path, json.dumps(value, indent=2))
+
+
+def remove_outputs(folder, names):
+    """Removes the files and folders `names` of `folder` that exist (what an earlier run
+    or export wrote there), leaving everything else in it.
+
+    ```python
+    remove_outputs("runs/cactus", ("model.keras", "backup"))
+    ```
+    """
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)

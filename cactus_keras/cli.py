@@ -695,14 +695,9 @@ def _check_export_vnnlib(args):
 def _clear_vnnlib_outputs(folder):
     """Deletes what an earlier export-vnnlib wrote into `folder` (stale properties of
     another epsilon or sample count would otherwise stay beside the new ones)."""
-    import shutil
+    from cactus_keras.atomic_write import remove_outputs
 
-    for name in VNNLIB_OUTPUTS:
-        path = os.path.join(folder, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    remove_outputs(folder, VNNLIB_OUTPUTS)
 
 
 def _run_export_vnnlib(args):

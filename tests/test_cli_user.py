@@ -17,24 +17,12 @@ import time
 import keras
 import numpy as np
 import pytest
+from cli_helpers import env as _env
+from cli_helpers import one_error_line as _error
 
 from cactus_keras import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(**extra):
-    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _error(capsys):
-    """The command's stderr, checked to be one error line and no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("cactus-keras "), err
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

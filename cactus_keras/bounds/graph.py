@@ -77,28 +77,39 @@ class UnsupportedModelError(ValueError):
     """The model cannot be bounded: an unsupported layer or model structure."""
 
 
-def _functional_of(model):
-    """Returns the functional graph behind a Sequential or functional model."""
+def functional_of(model, error=UnsupportedModelError, purpose="bounding it",
+                  needs="Bounds need"):
+    """Returns the functional graph behind a Sequential or functional model; otherwise
+    raises `error` saying what is missing, in the words of the caller (`purpose`: what
+    the caller does with the model, `needs`: who needs the graph).
+
+    ```python
+    from cactus_keras.bounds.graph import functional_of, topological_nodes
+
+    layers = [node.operation.name for node in topological_nodes(functional_of(net))]
+    ```
+    """
     if isinstance(model, keras.Sequential):
         functional = keras_internals.sequential_functional(model)
         if functional is None:
-            raise UnsupportedModelError(
+            raise error(
                 f"The Sequential model '{model.name}' has no known input shape, so its "
                 "graph cannot be read. Start it with `keras.Input(shape=...)` or call "
-                "`model.build((None, *input_shape))` before bounding it."
+                f"`model.build((None, *input_shape))` before {purpose}."
             )
         return functional
     if keras_internals.nodes_by_depth(model) is not None:
         return model
-    raise UnsupportedModelError(
+    raise error(
         f"Model '{getattr(model, 'name', model)}' of class {type(model).__name__} is a "
-        "subclassed model whose computation cannot be read. Bounds need a Sequential or "
+        f"subclassed model whose computation cannot be read. {needs} a Sequential or "
         "functional Keras model (build the same network with `keras.Sequential` or the "
         "functional API)."
     )
 
 
-def _topological_nodes(functional):
+def topological_nodes(functional):
+    """The layer calls of a functional model, each after the calls it reads from."""
     nodes_by_depth = keras_internals.nodes_by_depth(functional)
     ordered = []
     for depth in sorted(nodes_by_depth.keys(), reverse=True):
@@ -130,14 +141,14 @@ class _Builder:
         return ("fused", hint, self._fresh)
 
     def add_model(self, model, input_keys):
-        functional = _functional_of(model)
+        functional = functional_of(model)
         if len(functional.inputs) != len(input_keys):
             raise UnsupportedModelError(
                 f"Model '{model.name}' takes {len(functional.inputs)} inputs; bounds "
                 "support models with a single image or feature input."
             )
         mapping = {id(t): key for t, key in zip(functional.inputs, input_keys)}
-        for knode in _topological_nodes(functional):
+        for knode in topological_nodes(functional):
             layer = knode.operation
             args = [mapping[id(t)] for t in knode.input_tensors]
             outs = list(knode.outputs)
@@ -207,7 +218,7 @@ def parse_network(model) -> BoundGraph:
         raise TypeError(
             f"Expected a keras.Model (Sequential or functional), got {type(model).__name__}."
         )
-    functional = _functional_of(model)
+    functional = functional_of(model)
     if len(functional.inputs) != 1 or len(functional.outputs) != 1:
         raise UnsupportedModelError(
             f"Model '{model.name}' has {len(functional.inputs)} inputs and "

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from cactus_keras import keras_internals
+from cactus_keras.bounds.graph import functional_of, topological_nodes
 from cactus_keras.compression.kernels import compressible_kernels
 from cactus_keras.compression.masks import check_ratio, magnitude_masks
 
@@ -48,33 +48,6 @@ class _NeedRepresentative(Exception):
     def __init__(self, layer, tensor, channel):
         super().__init__(layer.name)
         self.layer, self.tensor, self.channel = layer, tensor, channel
-
-
-def _functional(network):
-    if isinstance(network, keras.Sequential):
-        functional = keras_internals.sequential_functional(network)
-        if functional is None:
-            raise ShrinkError(
-                f"The Sequential model '{network.name}' is not built; start it with "
-                "`keras.Input(shape=...)` before shrinking it."
-            )
-        return functional
-    if keras_internals.nodes_by_depth(network) is None:
-        raise ShrinkError(
-            f"Model '{network.name}' ({type(network).__name__}) is subclassed; shrink "
-            "needs a Sequential or functional model."
-        )
-    return network
-
-
-def _nodes(functional):
-    by_depth = keras_internals.nodes_by_depth(functional)
-    ordered = []
-    for depth in sorted(by_depth, reverse=True):
-        for node in by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                ordered.append(node)
-    return ordered
 
 
 def _is_channels_last(layer):
@@ -204,7 +177,7 @@ def _build(network, functional, values, forced, representatives):
     new = {id(t): n for t, n in zip(functional.inputs, inputs)}
     keep = {id(t): None for t in functional.inputs}
     outputs = {id(t) for t in functional.outputs}
-    for node in _nodes(functional):
+    for node in topological_nodes(functional):
         layer = node.operation
         if isinstance(layer, keras.Model):
             raise ShrinkError(
@@ -297,7 +270,7 @@ def _build(network, functional, values, forced, representatives):
 
 def _producer_affine(functional, tensor_id, layer_name):
     """The affine layer whose output channels reach `tensor_id` one to one."""
-    producers = {id(node.outputs[0]): node for node in _nodes(functional)}
+    producers = {id(node.outputs[0]): node for node in topological_nodes(functional)}
     node = producers.get(tensor_id)
     while node is not None:
         layer = node.operation
@@ -342,11 +315,11 @@ def shrink(network):
     """
     if not isinstance(network, keras.Model):
         raise TypeError(f"shrink expects a keras.Model, got {type(network).__name__}.")
-    functional = _functional(network)
+    functional = functional_of(network, ShrinkError, "shrinking it", "shrink needs")
     if len(functional.inputs) != 1:
         raise ShrinkError(f"Model '{network.name}' has {len(functional.inputs)} inputs; shrink needs one.")
     tensors, seen = [], set()
-    for node in _nodes(functional):
+    for node in topological_nodes(functional):
         for t in node.outputs:
             if id(t) not in seen:
                 seen.add(id(t))
@@ -362,7 +335,7 @@ def shrink(network):
             return _build(network, functional, values, forced, representatives)
         except _NeedRepresentative as need:
             consumer = need.layer
-            node = next(n for n in _nodes(functional) if n.operation is consumer)
+            node = next(n for n in topological_nodes(functional) if n.operation is consumer)
             producer = _producer_affine(functional, id(node.input_tensors[0]), consumer.name)
             forced.setdefault(id(producer), set()).add(need.channel)
             representatives[id(consumer)] = need.channel

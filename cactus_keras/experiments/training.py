@@ -458,12 +458,7 @@ def _check_existing(output_dir, settings, resume, overwrite):
     if state is None:
         return None
     if overwrite:
-        for name in RUN_FILES:
-            path = os.path.join(output_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        atomic_write.remove_outputs(output_dir, RUN_FILES)
         return None
     saved = None
     try:
