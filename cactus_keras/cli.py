@@ -23,7 +23,7 @@ def _add_certify(subparsers):
     p.add_argument("--model", required=True,
                    help="path of a model saved with model.save('m.keras'): a network, or a "
                    "CactusModel (its network is certified)")
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="L-infinity radius in the data space ([0, 1] images)")
     p.add_argument("--bound", default="ibp", help="bound method: ibp, crown-ibp, crown, alpha-crown or best (the larger of ibp and alpha-crown)")
     p.add_argument("--split", default="test", choices=["test", "train"], help="dataset split")
@@ -216,7 +216,7 @@ def _add_train(subparsers):
         "interrupted run continue with --resume; a DIR that holds a run is never "
         "overwritten unless --overwrite is given.",
     )
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="L-infinity training radius ([0, 1] images)")
     p.add_argument("--arch", default="cnn3", help="mlp, cnn3, cnn5 or cnn7")
     p.add_argument("--batch-norm", action="store_true", help="batch norm after each hidden layer")
@@ -514,7 +514,7 @@ def _add_evaluate(subparsers):
         "at each ratio with each method, and after quantizing its kernels to each bit width.",
     )
     p.add_argument("--model", required=True, help="a saved CactusModel or network (.keras)")
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
     p.add_argument("--ratios", default="0,0.5,0.7", help="comma-separated pruning ratios (empty for none)")
     p.add_argument("--pruning-methods", default="global_l1", help="comma-separated pruning methods")
@@ -725,7 +725,7 @@ def _add_verify_tflite(subparsers):
         "integer interval propagation through its int8 arithmetic.",
     )
     p.add_argument("--model", dest="path", required=True, help="the .tflite file")
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius ([0, 1] images)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test samples")
     p.add_argument("--kernels", default="default", help="default (XNNPACK), builtin or reference")

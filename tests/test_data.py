@@ -540,3 +540,22 @@ def test_real_debian_fashion_mnist(monkeypatch, tmp_path):
     # Fashion-MNIST is balanced: 6000 training images per class.
     np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
     assert "dataset-fashion-mnist" in ds.source
+
+
+def test_digits_are_scikit_learns_with_a_fixed_split():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    ds = load("digits")
+    again = load("DIGITS")
+    assert ds.name == "digits" and ds.num_classes == 10 and ds.input_shape == (8, 8, 1)
+    assert len(ds.x_test) == 360 and len(ds.x_train) == 1797 - 360
+    np.testing.assert_array_equal(ds.x_train, again.x_train)   # the split is fixed
+    assert ds.x_train.dtype == np.float32 and ds.x_train.min() == 0 and ds.x_train.max() == 1
+    assert set(ds.y_test.tolist()) == set(range(10))
+    # Every image is one of scikit-learn's, pixel values 0..16 scaled by 1/16.
+    original = {img.tobytes(): int(t) for img, t in zip(
+        (load_digits().images / 16.0).astype(np.float32), load_digits().target)}
+    for x, y in zip(np.concatenate([ds.x_train, ds.x_test])[::97],
+                    np.concatenate([ds.y_train, ds.y_test])[::97]):
+        assert original[x[..., 0].tobytes()] == y

@@ -1,4 +1,4 @@
-"""Offline-first loading of MNIST, Fashion-MNIST and CIFAR-10.
+"""Offline-first loading of MNIST, Fashion-MNIST, CIFAR-10 and scikit-learn's digits.
 
 `load()` looks in local places first (a path you give, `data_dir=`, the
 Debian `dataset-fashion-mnist` package, the Keras download cache) and only
@@ -41,12 +41,17 @@ _ALIASES = {
     "fashion_mnist": "fashion_mnist",
     "fashion-mnist": "fashion_mnist",
     "cifar10": "cifar10",
+    "digits": "digits",
 }
 _IMAGE_SHAPES = {
     "mnist": (28, 28, 1),
     "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3),
+    "digits": (8, 8, 1),
 }
+# scikit-learn's bundled digits (1,797 8x8 images, pixel values 0..16) have no split of
+# their own: a fixed shuffle (seed 0) holds out this many as the test split.
+DIGITS_TEST_SAMPLES = 360
 _TFDS_NAMES = {
     "mnist": "mnist",
     "fashion_mnist": "fashion_mnist",
@@ -109,8 +114,11 @@ class Dataset:
 def load(name_or_path, *, data_dir=None, download=True):
     """Loads a dataset by name, or from a directory / `.npz` file.
 
-    Names are `"mnist"`, `"fashion_mnist"` (or `"fashion-mnist"`) and
-    `"cifar10"`. A name is looked up, in order, in:
+    Names are `"mnist"`, `"fashion_mnist"` (or `"fashion-mnist"`), `"cifar10"` and
+    `"digits"`: scikit-learn's bundled handwritten digits (1,797 8x8 images, offline,
+    pixel values 0..16 scaled to [0, 1]; `DIGITS_TEST_SAMPLES` of them, after a fixed
+    shuffle, are the test split), which needs scikit-learn. Other names are looked
+    up, in order, in:
 
     1. `data_dir` if given: the four IDX files (optionally `.gz`) or the
        CIFAR-10 python batches directly in it, then `<data_dir>/<name>.npz`.
@@ -227,7 +235,37 @@ def _load_path(path):
                   image_shape=None)
 
 
+def _load_digits():
+    """scikit-learn's digits, split by a fixed shuffle (seed 0)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetNotFoundError(
+            "The 'digits' dataset is scikit-learn's: install it with "
+            "`pip install scikit-learn` (or `bash tools/setup.sh tune`)."
+        ) from None
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    images = (digits.images / 16.0).astype(np.float32)[order]
+    labels = digits.target.astype(np.int64)[order]
+    n = len(labels) - DIGITS_TEST_SAMPLES
+    what = "sklearn.datasets.load_digits"
+    raw = {"x_train": (images[:n], what), "y_train": (labels[:n], what),
+           "x_test": (images[n:], what), "y_test": (labels[n:], what)}
+    return _build(raw, name="digits", source=f"{what} (scikit-learn {_sklearn_version()}, "
+                  f"{n} train / {DIGITS_TEST_SAMPLES} test after a seed-0 shuffle)",
+                  num_classes=NUM_CLASSES, image_shape=_IMAGE_SHAPES["digits"])
+
+
+def _sklearn_version():
+    import sklearn
+
+    return sklearn.__version__
+
+
 def _load_named(name, *, data_dir, download):
+    if name == "digits":
+        return _load_digits()
     tried = []
     for where, tag, reader in _named_places(name, data_dir):
         try:

@@ -26,10 +26,19 @@ def add_parser(subparsers):
                    + ", ".join(example_names()))
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (reused to resume)")
     p.add_argument("--seeds", type=int, default=None, help="runs per method, seeds 0..N-1 (overrides the config)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="run seed N's runs only (e.g. one process per core, each with its "
+                   "own --output; copy their runs/ folders into one and run without --seed "
+                   "for the report of all seeds)")
     p.add_argument("--dataset", default=None, metavar="NAME|PATH",
-                   help="run on this dataset instead of the config's: mnist, fashion_mnist, "
+                   help="run on this dataset instead of the config's: mnist, fashion_mnist, digits, "
                    "cifar10, or a path to a directory of IDX files (or CIFAR-10 batches) or "
                    "to an .npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--epsilon", type=float, default=None, metavar="E",
+                   help="certify and train at this epsilon instead of the config's (use "
+                   "its own --output: runs of another epsilon are refused)")
+    p.add_argument("--runs", default=None, metavar="NAME[,NAME...]",
+                   help="run only these runs of the config (and the runs they start from)")
     p.add_argument("--check", action="store_true", help="validate the config and the data, print the plan, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_experiment, check_flags=_check_flags)
@@ -47,6 +56,16 @@ def _check_flags(args):
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be a positive number of runs per method, got "
                          f"{args.seeds}.")
+    if args.epsilon is not None and not 0 < args.epsilon <= 1:
+        raise ValueError(f"--epsilon must be in (0, 1] (the radius of the input box, in "
+                         f"the data's [0, 1] range), got {args.epsilon:g}.")
+    if args.runs is not None and not [n for n in args.runs.split(",") if n.strip()]:
+        raise ValueError("--runs must name runs of the config, comma-separated "
+                         "(e.g. --runs ibp,cactus), got an empty list.")
+    if args.seed is not None and (args.seed < 0 or (args.seeds is not None
+                                                     and args.seed >= args.seeds)):
+        raise ValueError(f"--seed must be one of the seeds 0..N-1 that are run (N: --seeds "
+                         f"or the config's `seeds`), got {args.seed}.")
 
 
 def _run_experiment(args):
@@ -54,10 +73,17 @@ def _run_experiment(args):
 
     _check_flags(args)
     path = example_config(args.example) if args.example else args.config
-    config = load_config(path, seeds=args.seeds, dataset=args.dataset)
+    runs = ([n.strip() for n in args.runs.split(",") if n.strip()]
+            if args.runs is not None else None)
+    config = load_config(path, seeds=args.seeds, dataset=args.dataset, epsilon=args.epsilon,
+                         runs=runs)
     source = ["--example", args.example] if args.example else [args.config]
     command = shlex.join(["cactus-keras", "experiment", *source, "--output", args.output]
                          + (["--seeds", str(args.seeds)] if args.seeds is not None else [])
+                         + (["--seed", str(args.seed)] if args.seed is not None else [])
+                         + (["--epsilon", f"{args.epsilon:g}"] if args.epsilon is not None
+                            else [])
+                         + (["--runs", args.runs] if args.runs is not None else [])
                          + (["--dataset", args.dataset] if args.dataset is not None else []))
     args.interrupt_message = lambda _: (
         f"interrupted: finished runs and steps are kept in {os.path.join(args.output, 'runs')}; "
@@ -75,8 +101,11 @@ def _run_experiment(args):
         return 0
     from cactus_keras.experiments.runner import run_experiment
 
+    if args.seed is not None and args.seed >= config.seeds:
+        raise ValueError(f"--seed {args.seed} is not one of the config's seeds "
+                         f"0..{config.seeds - 1}; give one of those, or more --seeds.")
     report = run_experiment(config, args.output, progress=not args.no_progress, command=command,
-                            data=data)
+                            data=data, seed=args.seed)
     from cactus_keras.experiments.report import read_headline
 
     print(read_headline(args.output))

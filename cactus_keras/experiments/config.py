@@ -98,6 +98,8 @@ class ExperimentConfig:
     distribute: str = "none"
     # The config file's own dataset when `dataset` was overridden (--dataset), else None.
     config_dataset: str | None = None
+    # The config file's own epsilon when `epsilon` was overridden (--epsilon), else None.
+    config_epsilon: float | None = None
 
     def train_config(self, overrides, seed):
         """The TrainConfig of a trained run: [training], then the run's overrides."""
@@ -136,6 +138,7 @@ class ExperimentConfig:
             "evaluation": self.evaluation,
             "methods": {name: m.spec() for name, m in self.methods.items()},
             **({"config_dataset": self.config_dataset} if self.config_dataset is not None else {}),
+            **({"config_epsilon": self.config_epsilon} if self.config_epsilon is not None else {}),
         }
 
 
@@ -146,10 +149,11 @@ def _table(data, key, where):
     return value
 
 
-def parse_config(data, path=None, seeds=None, dataset=None):
+def parse_config(data, path=None, seeds=None, dataset=None, epsilon=None, runs=None):
     """An `ExperimentConfig` from the dict of a TOML file; raises `ConfigError`.
 
-    `seeds` and `dataset` (a dataset name or path) override [experiment]."""
+    `seeds`, `dataset` (a dataset name or path) and `epsilon` override [experiment];
+    `runs` (run names) keeps those runs and the runs they start from."""
     where = path or "config"
     check_keys(data, {"experiment", "training", "evaluation", "methods"}, where)
     experiment = _table(data, "experiment", where)
@@ -160,6 +164,9 @@ def parse_config(data, path=None, seeds=None, dataset=None):
             raise ConfigError(f"{where} [experiment]: key {key!r} is required.")
     if dataset is not None and (not isinstance(dataset, (str, os.PathLike)) or not os.fspath(dataset)):
         raise ConfigError(f"`dataset` must be a dataset name or a path, got {dataset!r}.")
+    config_epsilon = experiment.get("epsilon") if epsilon is not None else None
+    if epsilon is not None:
+        experiment = {**experiment, "epsilon": epsilon}
     try:
         value = experiment["epsilon"]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -168,7 +175,8 @@ def parse_config(data, path=None, seeds=None, dataset=None):
         epsilon = validation.check_epsilon(value)
         validation.check_epsilon_range(epsilon, (0.0, 1.0))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where} [experiment]: {exc}") from None
+        raise ConfigError(f"{where} [experiment]: {exc}" if epsilon is None
+                          else f"`epsilon` (replacing the config's): {exc}") from None
     count = experiment.get("seeds", 1) if seeds is None else seeds
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"{where}: `seeds` must be a positive integer, got {count!r}.")
@@ -207,6 +215,7 @@ def parse_config(data, path=None, seeds=None, dataset=None):
         path=path,
         distribute=distribute,
         config_dataset=(str(experiment.get("dataset")) if dataset is not None else None),
+        config_epsilon=config_epsilon,
     )
     for run_name, options in methods_table.items():
         if not isinstance(options, dict):
@@ -225,9 +234,31 @@ def parse_config(data, path=None, seeds=None, dataset=None):
                     f"{config.methods[source].name!r} run, which trains no network of its "
                     "own; use a cactus or ibp-then-compress run."
                 )
+    if runs is not None:
+        _keep_runs(config, runs)
     config.ordered_runs()
     _check_optional_modules(config, where)
     return config
+
+
+def _keep_runs(config, runs):
+    """Drops every run that is not in `runs` and that no run in `runs` starts from."""
+    names = [runs] if isinstance(runs, str) else list(runs)
+    unknown = [n for n in names if n not in config.methods]
+    if not names or unknown:
+        raise ConfigError(f"`runs` must name runs of the config ({', '.join(config.methods)}), "
+                          f"got {', '.join(map(repr, unknown or names)) or 'none'}.")
+    keep = set()
+
+    def visit(name):
+        if name not in keep:
+            keep.add(name)
+            for source in config.methods[name].sources():
+                visit(source)
+
+    for name in names:
+        visit(name)
+    config.methods = {n: m for n, m in config.methods.items() if n in keep}
 
 
 def _check_optional_modules(config, where):
@@ -243,9 +274,10 @@ def _check_optional_modules(config, where):
                 )
 
 
-def load_config(path, seeds=None, dataset=None):
-    """Reads and validates an experiment TOML file; `seeds` and `dataset` (a name or a
-    path, as [experiment] `dataset`) override the file's.
+def load_config(path, seeds=None, dataset=None, epsilon=None, runs=None):
+    """Reads and validates an experiment TOML file; `seeds`, `dataset` (a name or a
+    path, as [experiment] `dataset`) and `epsilon` override the file's; `runs` keeps
+    the named runs (and the runs they start from) only.
 
     Example:
 
@@ -268,4 +300,5 @@ def load_config(path, seeds=None, dataset=None):
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, path=path, seeds=seeds, dataset=dataset)
+    return parse_config(data, path=path, seeds=seeds, dataset=dataset, epsilon=epsilon,
+                        runs=runs)

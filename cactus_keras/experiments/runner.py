@@ -37,7 +37,7 @@ def load_data(config):
         return load(config.dataset, download=config.download)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        hint = ("" if "x_train" in text else " Give mnist, fashion_mnist, cifar10, or a path "
+        hint = ("" if "x_train" in text else " Give mnist, fashion_mnist, cifar10, digits, or a path "
                 "to a directory of IDX files or CIFAR-10 batches, or to an .npz with "
                 "x_train, y_train, x_test, y_test.")
         raise ConfigError(
@@ -89,6 +89,8 @@ def _preflight(config, data, output, digest=None):
                 with open(path) as f:
                     saved = json.load(f)
                 spec = _spec(config, method, seed, digest)
+                if saved != spec and _evaluation_only(saved, spec, method):
+                    continue  # re-evaluated by `_reevaluate` when the run comes up
                 if saved != spec:
                     other = ("data" if saved.get("data_digest") not in (None, digest)
                              else "settings")
@@ -97,6 +99,36 @@ def _preflight(config, data, output, digest=None):
                         f"this config's ({'; '.join(_differences(saved, spec))}); use another "
                         "--output, or delete that folder to rerun it."
                     )
+
+
+def _without_grid(spec, level_options=()):
+    """A run's spec without what the [evaluation] grid decides: its `evaluation`, the
+    levels it resolved from the grid (`level_options`), its source's `evaluation`."""
+    out = {k: v for k, v in spec.items() if k != "evaluation"}
+    if isinstance(out.get("resolved"), dict):
+        out["resolved"] = {k: v for k, v in out["resolved"].items() if k not in level_options}
+    if isinstance(out.get("source_spec"), dict):
+        out["source_spec"] = _without_grid(out["source_spec"])
+    return out
+
+
+def _evaluation_only(saved, spec, method):
+    """Whether a run's saved spec differs from `spec` in what the evaluation grid
+    decides only: its training still stands, and its rows must be computed again."""
+    levels = getattr(method, "level_options", ())
+    return _without_grid(saved, levels) == _without_grid(spec, levels)
+
+
+def _reevaluate(directory, log):
+    """Removes a run's results and steps (a trained network stays), so the run
+    evaluates over the changed grid; a fine-tuning run fine-tunes its levels again."""
+    import shutil
+
+    log("the evaluation grid changed since this run: evaluating it again")
+    for name in ("result.json", "seconds.json"):
+        if os.path.exists(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    shutil.rmtree(os.path.join(directory, "steps"), ignore_errors=True)
 
 
 def _differences(saved, spec):
@@ -124,7 +156,7 @@ def _differences(saved, spec):
 
 
 def run_experiment(config, output, *, verbose=None, progress=True, command=None,
-                   distribute=None, data=None):
+                   distribute=None, data=None, seed=None):
     """Runs every method of `config` for each seed, then writes the results into
     `output` (results.json, results.csv, runs.csv, report.md, PNG plots).
 
@@ -137,7 +169,14 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     ibp-then-finetune runs over devices or workers; evaluation, export and TF-MOT run
     on one device. On a multi-worker run the workers other than the chief write into
     `output/worker<index>`. `data` (a `cactus_keras.data.Dataset` of `config.dataset`,
-    already loaded) saves loading it again.
+    already loaded) saves loading it again. `seed` (one of 0 .. seeds-1) runs that
+    seed's runs only, e.g. one process per core or machine, each into its own `output`:
+    copy their `runs/<name>/seed<N>` folders into one `output` and run again without
+    `seed` for the report of all seeds (finished runs are not rerun).
+
+    A run whose saved settings differ from the config's in the [evaluation] grid only
+    is evaluated again: a trained run (cactus, ibp-then-compress) keeps its network; a
+    run from a source (fine-tuning, TF-MOT) computes its levels again.
 
     Example:
 
@@ -175,11 +214,15 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
     distribute = backend.check_distribute(
         backend.resolve_distribute(distribute, fallback=config.distribute))
     output = backend.worker_directory(output, distribute)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed < config.seeds):
+        raise ConfigError(f"`seed` must be one of the config's seeds 0..{config.seeds - 1}, "
+                          f"got {seed!r}.")
     with backend.distribute_default(distribute):
-        return _run(config, output, verbose, progress, command, data)
+        return _run(config, output, verbose, progress, command, data, seed)
 
 
-def _run(config, output, verbose, progress, command, data):
+def _run(config, output, verbose, progress, command, data, only_seed=None):
     data = data if data is not None else load_data(config)
     digest = data_digest(data)
     _preflight(config, data, output, digest)
@@ -188,10 +231,11 @@ def _run(config, output, verbose, progress, command, data):
     # One writer at a time: a second experiment into `output` is refused.
     with folder_lock(output, "The experiment folder",
                      "wait for it to finish, or choose another output folder"):
-        return _run_locked(config, output, verbose, progress, command, data, digest)
+        return _run_locked(config, output, verbose, progress, command, data, digest,
+                           only_seed)
 
 
-def _run_locked(config, output, verbose, progress, command, data, digest):
+def _run_locked(config, output, verbose, progress, command, data, digest, only_seed=None):
     from tqdm.auto import tqdm
 
     from cactus_keras.experiments.report import write_results
@@ -203,8 +247,12 @@ def _run_locked(config, output, verbose, progress, command, data, digest):
     if config.config_dataset is not None:
         data_note += (f" (dataset `{config.dataset}` given in place of the config's "
                       f"`{config.config_dataset}`)")
+    if config.config_epsilon is not None:
+        data_note += (f" (epsilon {config.epsilon:g} given in place of the config's "
+                      f"{config.config_epsilon:g}: the description's epsilon is the config's)")
     command = command or f"cactus-keras experiment {config.path} --output {output}"
-    plan = [(seed, name) for seed in range(config.seeds) for name in config.ordered_runs()]
+    seeds = range(config.seeds) if only_seed is None else [only_seed]
+    plan = [(seed, name) for seed in seeds for name in config.ordered_runs()]
     bar = tqdm(plan, desc="experiment", unit="run", disable=not progress, file=sys.stderr)
     records = []
     for seed, name in bar:
@@ -212,12 +260,19 @@ def _run_locked(config, output, verbose, progress, command, data, digest):
         directory = os.path.join(output, "runs", name, f"seed{seed}")
         done = os.path.join(directory, "result.json")
         bar.set_postfix_str(f"{name} seed {seed}")
+        spec = _spec(config, method, seed, digest)
+        saved_spec = os.path.join(directory, "spec.json")
+        if os.path.exists(saved_spec):
+            with open(saved_spec) as f:
+                if json.load(f) != spec:  # `_preflight` let only a grid change through
+                    _reevaluate(directory, lambda text, name=name, seed=seed:
+                                tqdm.write(f"[{name} seed {seed}] {text}"))
         if os.path.exists(done):
             with open(done) as f:
                 records.append(json.load(f))
             tqdm.write(f"[{name} seed {seed}] done before, not rerun")
             continue
-        write_json(os.path.join(directory, "spec.json"), _spec(config, method, seed, digest))
+        write_json(saved_spec, spec)
         sources = {s: os.path.join(output, "runs", s, f"seed{seed}") for s in method.sources()}
         ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
                          directory=directory, source_directories=sources, verbose=verbose,

@@ -26,7 +26,7 @@ def add_parser(subparsers):
         "(chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT "
         "and start the same command once per process.",
     )
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="certification and training radius")
     p.add_argument("--targets", default=DEFAULT_TARGETS,
                    help="comma-separated compressions the network must stay certified under "
