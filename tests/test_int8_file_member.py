@@ -254,3 +254,41 @@ def test_the_grid_exports_the_members_ranges_and_prunes_copies(trained, tmp_path
     # The original is untouched.
     originals = [keras.ops.convert_to_numpy(k) for k in compressible_kernels(network)]
     assert all(np.count_nonzero(k) > 0.5 * k.size for k in originals)
+
+
+@pytest.mark.parametrize("kernels", ["default", "reference"])
+def test_a_certified_output_range_is_sound_and_never_worse(trained, data, tmp_path, kernels):
+    """A plain network wrapped by `certified_output_range`: the chosen output range is
+    the best candidate on the labelled data, the file carries it, the interpreter's
+    outputs stay inside the member's bounds, and the member never certifies more of
+    the test samples than the verifier does."""
+    model, _, _ = trained
+    x, y, x_test, y_test = data
+    wrapped, scores = export.certified_output_range(
+        model.network, x[:300], y[:300], EPSILON, calibration_data=x[:200])
+    member = wrapped.compression[0]
+    assert member.kind == "int8_file" and member.output_range in scores
+    assert scores[member.output_range] == max(scores.values())
+    assert scores[member.output_range] >= scores[(1.0, 1.0)]
+    path = str(tmp_path / "chosen.tflite")
+    export.to_tflite(wrapped, path, x[:200])
+    assert _file_quantization(path) == [(float(np.float32(s)), z)
+                                        for s, z in member.tensor_quantization(wrapped)]
+    graph = export.load_integer_graph(path)
+    low, high, points = _points(graph, x_test[:60], np.random.default_rng(2))
+    lower, upper = member.file_bounds(wrapped, low, high)
+    run = InterpreterRunner(make_interpreter(path, kernels)[0])
+    for q in points:
+        out = run(q).astype(np.int64)
+        assert np.all(out >= lower) and np.all(out <= upper)
+    own = member.certified(wrapped, x_test, y_test, EPSILON)
+    verified = export.verify_tflite(path, x_test, y_test, EPSILON)
+    assert not np.any(own & ~verified.certified)
+    # Saved with the model: the choice survives a save/load.
+    wrapped.save(tmp_path / "wrapped.keras")
+    again = keras.saving.load_model(tmp_path / "wrapped.keras", compile=False)
+    assert again.compression[0].output_range == member.output_range
+    with pytest.raises(ValueError, match="`output_range` must be two factors"):
+        Int8FileQuantization(output_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="`calibration_data` is required"):
+        export.certified_output_range(model.network, x[:10], y[:10], EPSILON)

@@ -38,6 +38,13 @@ from cactus_keras.int8.rounding import DEFAULT_ROUNDING, RELATIVE_TOLERANCE, che
 
 INT8_MIN, INT8_MAX = -128.0, 127.0
 WEIGHT_LEVELS = 127.0
+# Candidate (low, high) factors of the output tensor's tracked range for
+# `select_output_range`, widest first (a tie keeps the wider range). The logits' min/max
+# range is wide (e.g. [-52, 16] for a Fashion-MNIST cnn3), so a code of the output is
+# coarse (0.27 logits) while only the top of the range decides a certificate: logits
+# clamped at -128 or 127 lose nothing where the others stay apart.
+OUTPUT_RANGE_CANDIDATES = tuple((low, high) for low in (1.0, 0.5, 0.25, 0.1, 0.05, 0.02)
+                                for high in (1.0, 0.7, 0.5, 0.35, 0.25))
 
 
 def _straight_through(value, rounded):
@@ -82,6 +89,18 @@ def requantization_error(multiplier):
     else 0.5 (`cactus_keras.int8.fixed_point.fixed_point_error`)."""
     shift = ops.floor(ops.log2(ops.maximum(multiplier, 1e-30))) + 1.0
     return 0.5 + ops.where(shift < 0, 0.5 * ops.power(2.0, ops.minimum(shift, 0.0)), 0.0)
+
+
+def _check_output_range(value):
+    """`(low, high)` factors in (0, 1] as floats, else a ValueError naming the fix."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not (0.0 < low <= 1.0 and 0.0 < high <= 1.0):
+        raise ValueError(f"`output_range` must be two factors (low, high) in (0, 1] that scale "
+                         f"the output tensor's tracked range, e.g. (1.0, 1.0), got {value!r}.")
+    return (low, high)
 
 
 class _Step:
@@ -146,6 +165,7 @@ class Int8FileQuantization(CompressionMember):
     Args:
         rounding: "nearest" or "floor_ceil" (`cactus_keras.int8.rounding`).
         range_momentum: in [0, 1).
+        output_range: (low, high) factors in (0, 1] of the output tensor's range.
         name: member name in metrics (`certified_accuracy_<name>`).
 
     Example:
@@ -161,9 +181,11 @@ class Int8FileQuantization(CompressionMember):
 
     own_network = True
 
-    def __init__(self, rounding=DEFAULT_ROUNDING, range_momentum=0.99, name="int8_file"):
+    def __init__(self, rounding=DEFAULT_ROUNDING, range_momentum=0.99, output_range=(1.0, 1.0),
+                 name="int8_file"):
         super().__init__(exclude_output=False, name=name)
         self.rounding = check_rounding(rounding)
+        self.output_range = _check_output_range(output_range)
         try:
             momentum = float(range_momentum)
         except (TypeError, ValueError):
@@ -176,8 +198,13 @@ class Int8FileQuantization(CompressionMember):
         self._fold = None
 
     def get_config(self):
-        return {"rounding": self.rounding, "range_momentum": self.range_momentum,
-                "name": self.name}
+        config = {"rounding": self.rounding, "range_momentum": self.range_momentum,
+                  "name": self.name}
+        if self.output_range != (1.0, 1.0):
+            # Left out at its default: run specs and saved models written before
+            # `select_output_range` existed stay the same settings.
+            config["output_range"] = list(self.output_range)
+        return config
 
     def select_kernels(self, network):
         self._program = int8_program(network)
@@ -201,8 +228,43 @@ class Int8FileQuantization(CompressionMember):
 
     def quantization(self, state):
         """`(scales, zero points)` of the quantized tensors (input, then each affine
-        layer's output), from the tracked ranges."""
-        return range_quantization(state["minimum"].value, state["maximum"].value)
+        layer's output), from the tracked ranges; the output tensor's range scaled by
+        `output_range` (low factor, high factor)."""
+        count = self._program[3]
+        low, high = self.output_range
+        factors_low = np.ones(count, np.float32)
+        factors_high = np.ones(count, np.float32)
+        factors_low[-1], factors_high[-1] = low, high
+        return range_quantization(state["minimum"].value * factors_low,
+                                  state["maximum"].value * factors_high)
+
+    def calibrate_ranges(self, model, x):
+        """Sets every tracked range from the clean int8 pass over `x` (as the first
+        training step does): the ranges of a network trained without the member."""
+        state = model.member_state(self.name)
+        state["updates"].assign(0.0)
+        values = [k.value for k in self._kernels_of_program()]
+        steps, input_key, output_key, _ = self._program
+        self._track_ranges(steps, input_key, output_key, values,
+                           ops.convert_to_tensor(np.asarray(x, np.float32)), state)
+
+    def select_output_range(self, model, x, y, epsilon, input_range=(0.0, 1.0),
+                            candidates=OUTPUT_RANGE_CANDIDATES):
+        """Sets `output_range` to the candidate (low, high) factors of the output
+        tensor's tracked range under which the member certifies most of (x, y) (its
+        certificate is the file's: `certified`); returns {candidate: certified
+        fraction}. Choose on training or validation data, never the test set."""
+        found = {}
+        original = self.output_range
+        try:
+            for candidate in candidates:
+                self.output_range = _check_output_range(candidate)
+                found[self.output_range] = float(
+                    np.mean(self.certified(model, x, y, epsilon, input_range)))
+        finally:
+            self.output_range = original
+        self.output_range = max(found, key=lambda c: (found[c], -list(found).index(c)))
+        return found
 
     def tensor_quantization(self, model):
         """The file's activation quantization as NumPy: a list of `(scale, zero_point)`

@@ -4,7 +4,9 @@ over after training, its defaults and its checks.
 The grid is the uncompressed network (always), each pruning method at its own ratios,
 each bit width of fake-quantized kernels and, with `tflite = true`, the exported int8
 file (under each rounding model of `tflite_roundings`, and the files of the pruned
-networks of `tflite_prune`):
+networks of `tflite_prune`), its output range chosen by its own certificate on training
+images (`tflite_output_range = "certified"`, the default) or TFLite's calibrated one
+("minmax"):
 
 ```toml
 [evaluation]
@@ -12,6 +14,7 @@ bits = [8, 4]
 tflite = true
 tflite_roundings = ["nearest", "floor_ceil"]
 tflite_prune = { global_l1 = [0.9], global_l2_structured = [0.5] }
+tflite_output_range = "certified"
 [evaluation.prune]                 # pruning method -> its ratios
 global_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
 local_l1 = [0.5, 0.7, 0.8, 0.9, 0.95]
@@ -50,11 +53,17 @@ EVALUATION_DEFAULTS = {
     # Pruned networks whose int8 files are certified too (pruning method -> ratios).
     "tflite_prune": {"global_l1": [0.9], "global_l2_structured": [0.5]},
     "calibration_samples": 500,
+    # The output tensor's range in each exported file: "certified" (chosen by the file's
+    # own certificate on the first `output_range_samples` training images,
+    # `cactus_keras.export.certified_output_range`) or "minmax" (the calibration's).
+    "tflite_output_range": "certified",
+    "output_range_samples": 2000,
     "bound": "ibp",
     # How many of the test samples (the first N) `bound` certifies in the grid; None: all.
     # CROWN and alpha-CROWN cost far more per sample than IBP.
     "bound_samples": None,
 }
+OUTPUT_RANGES = ("certified", "minmax")
 # The one-method shorthand of `prune`, and a key of older configs that is read and
 # ignored (the headline now lists every level of the grid, not one pruning ratio).
 SHORTHAND_KEYS = ("ratios", "pruning_method")
@@ -180,10 +189,14 @@ def check_evaluation(evaluation, where="[evaluation]"):
         if filled["bound_samples"] is not None:
             validation.check_positive_int(filled["bound_samples"], "bound_samples")
         validation.check_positive_int(filled["calibration_samples"], "calibration_samples")
+        validation.check_positive_int(filled["output_range_samples"], "output_range_samples")
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if not isinstance(filled["tflite"], bool):
         raise ConfigError(f"{where}: `tflite` must be true or false, got {filled['tflite']!r}.")
+    if filled["tflite_output_range"] not in OUTPUT_RANGES:
+        raise ConfigError(f"{where}: `tflite_output_range` must be one of "
+                          f"{', '.join(OUTPUT_RANGES)}, got {filled['tflite_output_range']!r}.")
     roundings = filled["tflite_roundings"]
     if (not isinstance(roundings, (list, tuple)) or not roundings
             or any(r not in ROUNDINGS for r in roundings)):

@@ -158,14 +158,25 @@ def tflite_rows(path, ctx, pruning_method=None, ratio=None):
 
 def export_rows(network, ctx, name, pruning_method=None, ratio=None):
     """Exports `network` (or a `CactusModel`, whose int8_file member's ranges the file
-    gets) to DIR/<name>.int8.tflite with our exporter and certifies it (`tflite_rows`)."""
-    from cactus_keras.export import to_tflite
+    gets) to DIR/<name>.int8.tflite with our exporter and certifies it (`tflite_rows`).
+    With [evaluation] tflite_output_range = "certified" the file's output range is the
+    one its certificate chooses on training images (`certified_output_range`)."""
+    from cactus_keras.export import certified_output_range, to_tflite
+    from cactus_keras.export.output_range import int8_file_member
 
+    evaluation = ctx.config.evaluation
     path = os.path.join(ctx.directory, f"{name}.int8.tflite")
-    samples = ctx.config.evaluation["calibration_samples"]
+    samples = evaluation["calibration_samples"]
+    extra = {"output_range": evaluation["tflite_output_range"]}
+    if evaluation["tflite_output_range"] == "certified":
+        n = evaluation["output_range_samples"]
+        network, _ = certified_output_range(
+            network, ctx.x_train[:n], ctx.y_train[:n], ctx.config.epsilon,
+            calibration_data=ctx.x_train[:samples], input_range=ctx.input_range)
+        extra["output_range_factors"] = list(int8_file_member(network).output_range)
     to_tflite(network, path, representative_data=ctx.x_train[:samples],
               num_calibration_samples=samples)
-    return tflite_rows(path, ctx, pruning_method, ratio)
+    return [{**r, **extra} for r in tflite_rows(path, ctx, pruning_method, ratio)]
 
 
 def pruned_copy(network, pruning_method, ratio):
@@ -553,7 +564,8 @@ class IBPThenInt8Finetune(_FromSource):
 
     def evaluation_spec(self):
         evaluation = self.config.evaluation
-        return {k: evaluation.get(k) for k in ("calibration_samples", "tflite_roundings")}
+        return {k: evaluation.get(k) for k in ("calibration_samples", "tflite_roundings",
+                                               "tflite_output_range", "output_range_samples")}
 
     def requires(self):
         return _tflite_modules()

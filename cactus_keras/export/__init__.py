@@ -17,13 +17,15 @@ arithmetic), `integer_linear` (exact integer accumulators), `integer_backend` (t
 step on TensorFlow's CPU kernels), `integer_ops` (one rule per
 op), `integer_intervals` (sound interval rounding), `integer_simulation` (the bit-exact
 kernels), `integer_propagation` (running the rules over a graph), `integer_margins`
-(certificates from the bounds), `tflite` (export) and `verify` (`verify_tflite`).
+(certificates from the bounds), `output_range` (the output range chosen for the
+certificate), `tflite` (export) and `verify` (`verify_tflite`).
 """
 
 from cactus_keras.export.model_file import IntegerGraph
 from cactus_keras.export.model_file import TFLiteFormatError
 from cactus_keras.export.model_file import UnsupportedOperatorError
 from cactus_keras.export.model_file import load_integer_graph
+from cactus_keras.export.output_range import certified_output_range
 from cactus_keras.export.tflite import to_tflite
 from cactus_keras.export.verify import TFLiteVerificationResult
 from cactus_keras.export.verify import verify_tflite
@@ -33,6 +35,7 @@ __all__ = [
     "TFLiteFormatError",
     "TFLiteVerificationResult",
     "UnsupportedOperatorError",
+    "certified_output_range",
     "load_integer_graph",
     "to_tflite",
     "verify_tflite",
