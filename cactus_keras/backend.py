@@ -149,6 +149,19 @@ def sum_over_replicas(value):
     return value if context is None else context.all_reduce("sum", value)
 
 
+def extremum_over_replicas(value, kind):
+    """The "min" or "max" of a scalar `value` over the replicas of a `tf.distribute`
+    step (itself elsewhere): statistics of the global batch, e.g. activation ranges,
+    that every replica must agree on."""
+    context = _replica_context()
+    if context is None:
+        return value
+    import tensorflow as tf
+
+    gathered = context.all_gather(tf.reshape(value, [1]), axis=0)
+    return tf.reduce_min(gathered) if kind == "min" else tf.reduce_max(gathered)
+
+
 # How training is spread over devices and processes (API `distribute`, CLI
 # `--distribute`, TOML [experiment] `distribute`), and the backend each engine is on.
 DISTRIBUTE = ("none", "mirrored", "multi-worker", "data-parallel")

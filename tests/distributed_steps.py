@@ -6,7 +6,7 @@ on TensorFlow, two host devices on JAX) and the cluster (TF_CONFIG) must be set 
 the backend starts:
 
     python tests/distributed_steps.py OUTPUT_DIR KIND [KIND ...] [--logical-cpus 2]
-        [--member-batch-fraction F [--interleave R]]
+        [--member-batch-fraction F [--interleave R]] [--int8-file]
 
 writes OUTPUT_DIR/KIND.npz for each KIND (none, mirrored, multi-worker or data-parallel;
 one process runs several, which saves a backend start each); the backend is
@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--logical-cpus", type=int, default=0)
     parser.add_argument("--member-batch-fraction", type=float, default=1.0)
     parser.add_argument("--interleave", type=int, default=0)
+    parser.add_argument("--int8-file", action="store_true",
+                        help="add the int8_file member (tracked ranges, integer intervals)")
     args = parser.parse_args()
     if args.logical_cpus:
         import tensorflow as tf
@@ -43,7 +45,8 @@ def main():
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     for distribute in args.distribute:
         _steps(distribute, os.path.join(args.output, f"{distribute}.npz"),
-               args.member_batch_fraction, args.interleave if distribute == "none" else 0)
+               args.member_batch_fraction, args.interleave if distribute == "none" else 0,
+               args.int8_file)
 
 
 def interleaved(replicas, fraction):
@@ -58,7 +61,7 @@ def interleaved(replicas, fraction):
                            for k in range(local // size) for r in range(replicas)])
 
 
-def _steps(distribute, output, fraction=1.0, interleave=0):
+def _steps(distribute, output, fraction=1.0, interleave=0, int8_file=False):
     import keras
     import numpy as np
 
@@ -88,13 +91,19 @@ def _steps(distribute, output, fraction=1.0, interleave=0):
         model = cactus_keras.CactusModel(
             net, epsilon=0.05, standard_weight=0.3, seed=1, member_batch_fraction=fraction,
             compression=[cactus_keras.Pruning(ratio=(0.25, 0.75)),
-                         cactus_keras.AWPQuantization(bits=4, awp_radius=1.0)])
+                         cactus_keras.AWPQuantization(bits=4, awp_radius=1.0)]
+            + ([cactus_keras.Int8FileQuantization(range_momentum=0.5)] if int8_file else []))
         model.compile(optimizer=keras.optimizers.SGD(0.5))
         history = model.fit(x, y, sample_weight=sample_weight, batch_size=GLOBAL_BATCH,
                             epochs=1, shuffle=False, verbose=0)
     logs = {f"log_{k}": np.float64(v[-1]) for k, v in history.history.items()}
     weights = {f"weight_{i}": w for i, w in enumerate(model.network.get_weights())}
-    np.savez(output, replicas=replicas, steps=int(keras.ops.convert_to_numpy(model.train_steps.value)),
+    ranges = {}
+    if int8_file:
+        state = model.member_state("int8_file")
+        ranges = {f"range_{k}": keras.ops.convert_to_numpy(state[k].value)
+                  for k in ("minimum", "maximum")}
+    np.savez(output, replicas=replicas, **ranges, steps=int(keras.ops.convert_to_numpy(model.train_steps.value)),
              **logs, **weights)
 
 

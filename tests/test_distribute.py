@@ -132,6 +132,18 @@ def test_jax_data_parallel_members_on_batch_slices_equal_one_device(tmp_path):
     _assert_same(one, parallel, replicas=2)
 
 
+@pytest.mark.slow
+def test_mirrored_int8_file_member_equals_one_device(tmp_path):
+    # Each replica sees half the batch; the member's activation ranges are the global
+    # batch's (min and max over the replicas), so both runs quantize alike.
+    one, mirrored = _run(tmp_path, ["none", "mirrored"], "--logical-cpus", "2", "--int8-file")
+    _assert_same(one, mirrored, replicas=2)
+    assert "log_certified_accuracy_int8_file" in one
+    for key in ("range_minimum", "range_maximum"):
+        np.testing.assert_allclose(mirrored[key], one[key], rtol=0, atol=TOLERANCE)
+    assert one["range_maximum"][-1] > one["range_minimum"][-1]
+
+
 def test_interleaved_order_puts_the_replicas_slices_into_one_devices_slices():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from distributed_steps import interleaved

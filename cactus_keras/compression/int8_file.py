@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from cactus_keras import backend
 from cactus_keras.bounds.affine import ConvRule, DenseRule, IdentityRule, ReshapeRule
 from cactus_keras.bounds.graph import parse_network
 from cactus_keras.bounds.nonlinear import is_relu
@@ -408,8 +409,9 @@ class Int8FileQuantization(CompressionMember):
         lows, highs = [], []
 
         def observe(t, real):
-            low = ops.stop_gradient(ops.min(real))
-            high = ops.stop_gradient(ops.max(real))
+            # Over the global batch: replicas of a distributed step keep one range.
+            low = backend.extremum_over_replicas(ops.stop_gradient(ops.min(real)), "min")
+            high = backend.extremum_over_replicas(ops.stop_gradient(ops.max(real)), "max")
             low = ops.where(first, low, m * state["minimum"].value[t] + (1 - m) * low)
             high = ops.where(first, high, m * state["maximum"].value[t] + (1 - m) * high)
             lows.append(low)
