@@ -227,7 +227,8 @@ def cost_statement(count, config, training_samples=None):
         images = "" if training_samples is None else f" of {training_samples} training images"
         text += (f"; at most {config.finalists} fine-tunes of {config.finetune_epochs} "
                  f"epoch{'s' if config.finetune_epochs > 1 else ''}{images} (certified IBP "
-                 f"training, batch {config.finetune_batch_size})")
+                 f"training, batch {config.finetune_batch_size}), each with its float IBP "
+                 "certificate")
     return text
 
 
