@@ -64,8 +64,10 @@ def _check_flags(args):
 
 def widths(network):
     """{layer name: output channels (units)} of the network's Dense/Conv layers."""
+    from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS
+
     return {layer.name: int(layer.kernel.shape[-1]) for layer in network.layers
-            if hasattr(layer, "kernel") and layer.__class__.__name__.startswith(("Dense", "Conv"))}
+            if isinstance(layer, AFFINE_KERNEL_LAYERS)}
 
 
 def _run_shrink(args):
