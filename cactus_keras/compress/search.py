@@ -391,8 +391,9 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
         raise NoCandidateMeetsFloor(
             f"No int8 file meets --min-certified {config.min_certified:.4f} on validation: "
             f"the best file certificate is {best['certified_accuracy']:.4f} ({best['key']}"
-            f"{', unpruned' if best['key'] == unpruned else ''}). Lower the floor, or train "
-            f"the network to be certified under compression (see {output}/pareto.json)."
+            f"{', unpruned' if best['key'] == unpruned else ''}). Lower the floor, "
+            f"{'' if config.finetune_epochs else 'fine-tune the pruned finalists (--finetune-epochs), '}"
+            f"or train the network to be certified under compression (see {output}/pareto.json)."
         )
     chosen = meeting[0]
     chosen_path = os.path.join(output, "chosen.int8.tflite")
