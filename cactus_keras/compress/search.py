@@ -422,7 +422,8 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
     }
     atomic_write_text(os.path.join(output, "report.json"), json.dumps(report, indent=2))
     if verbose:
-        tuned = f" (fine-tuned {config.finetune_epochs} epochs)" if "finetune_loss" in chosen else ""
+        plural = "s" if config.finetune_epochs > 1 else ""
+        tuned = f" (fine-tuned {config.finetune_epochs} epoch{plural})" if "finetune_loss" in chosen else ""
         print(f"compress: chosen {chosen['key']}{tuned}: {chosen['bytes']} bytes "
               f"({report['size_reduction']:.2f}x smaller), {chosen['latency_ms']:.4f} ms "
               f"({report['speedup']:.2f}x faster); file certified accuracy "
