@@ -814,10 +814,12 @@ def build_parser():
     from cactus_keras.experiments.cli import add_parser as add_experiment
     from cactus_keras.tuning.cli import add_parser as add_tune
     from cactus_keras.compress.cli import add_parser as add_compress
+    from cactus_keras.compress.shrink_cli import add_parser as add_shrink
 
     add_experiment(subparsers)
     add_tune(subparsers)
     add_compress(subparsers)
+    add_shrink(subparsers)
     _add_distribute(subparsers)
     for sub in subparsers.choices.values():
         sub.formatter_class = _HelpFormatter

@@ -121,7 +121,7 @@ def test_no_candidate_meets_the_floor_says_so_and_never_reads_the_test_set(probl
         raise AssertionError("the test set was read")
 
     config = _config(min_certified=1.0, max_candidates=2, finalists=1, screen_slack=1.0)
-    with pytest.raises(NoCandidateMeetsFloor, match="No int8 file meets --min-certified 1.0000"):
+    with pytest.raises(NoCandidateMeetsFloor, match="No int8 file meets --min-certified 1.0000.*fine-tune the pruned finalists \\(--finetune-epochs\\)"):
         run_search(net, x, y, config, str(tmp_path), load_test=load_test, verbose=0)
     assert (tmp_path / "pareto.json").exists()
 
@@ -169,3 +169,110 @@ def test_the_rounding_flag_offers_the_rounding_models_and_the_config_checks_them
     assert SearchConfig(epsilon=0.1, min_certified=0.5).rounding == DEFAULT_ROUNDING
     with pytest.raises(ValueError, match="rounding"):
         SearchConfig(epsilon=0.1, min_certified=0.5, rounding="up")
+
+
+def test_finetune_trains_on_training_minus_validation_never_reads_the_test_set_and_resumes(
+        problem, tmp_path, monkeypatch):
+    net, x, y, x_test, y_test, *_ = problem
+    output = tmp_path / "tuned"
+    config = _config(finetune_epochs=1, finetune_learning_rate=1e-3, ratios=(0.0, 0.5),
+                     max_candidates=4, finalists=3, min_certified=0.0)
+    seen, calls = [], []
+    real_finetune = search_module.finetune
+
+    def spy(network, x_fit, y_fit, config_):
+        # The validation split (the last 200 training images) is never trained on.
+        assert len(x_fit) == len(x) - config.validation_samples
+        np.testing.assert_array_equal(x_fit, x[: -config.validation_samples])
+        seen.append(network.count_params())
+        return real_finetune(network, x_fit, y_fit, config_)
+
+    def load_test():
+        assert (output / "chosen.int8.tflite").exists() and (output / "pareto.json").exists()
+        calls.append(1)
+        return x_test, y_test
+
+    monkeypatch.setattr(search_module, "finetune", spy)
+    report = run_search(net, x, y, config, str(output), load_test=load_test, verbose=0)
+    assert len(calls) == 1
+    front = json.loads((output / "pareto.json").read_text())
+    assert "fine-tunes of 1 epoch of 400 training images" in front["cost"]
+    pruned = [r for r in front["certified"] if any(r["ratios"].values())]
+    unpruned = [r for r in front["certified"] if not any(r["ratios"].values())]
+    # Every pruned finalist is fine-tuned, the unpruned reference is not.
+    assert len(seen) == len(pruned) == front["finetuned"] >= 1
+    assert all("finetune_loss" in r and (output / r["finetuned_network"]).exists() for r in pruned)
+    assert len(unpruned) == 1 and "finetune_loss" not in unpruned[0]
+    assert report["chosen"]["validation_certified_accuracy"] >= config.min_certified
+
+    # Resumed with a finalist's file gone: it is exported again from the saved
+    # fine-tuned network, never fine-tuned again, and the test set is read once more only.
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr(search_module, "finetune", fail)
+    monkeypatch.setattr(search_module, "certify", fail)
+    os.remove(output / pruned[0]["file"])
+    again = run_search(net, x, y, config, str(output), load_test=load_test, verbose=0)
+    assert (output / pruned[0]["file"]).exists()
+    assert again["chosen"]["key"] == report["chosen"]["key"]
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="another configuration"):
+        run_search(net, x, y, _config(finetune_epochs=2, ratios=(0.0, 0.5), max_candidates=4,
+                                      finalists=3, min_certified=0.0, finetune_learning_rate=1e-3),
+                   str(output), load_test=load_test, verbose=0)
+
+
+def test_finetune_is_deterministic_and_changes_the_weights(problem):
+    from cactus_keras.compression import prune_structured, shrink
+
+    net, x, y, *_ = problem
+    config = _config(finetune_epochs=1, finetune_learning_rate=1e-3)
+    tuned = []
+    for _ in range(2):
+        small = shrink(prune_structured(net, {"conv": 0.5}, per_layer=True))
+        before = [w.copy() for w in small.get_weights()]
+        loss = search_module.finetune(small, x[:256], y[:256], config)
+        assert np.isfinite(loss)
+        tuned.append(small.get_weights())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, tuned[0]))
+    for a, b in zip(*tuned):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_search_written_before_the_finetune_resumes_as_one_without_it(tmp_path, problem):
+    net = problem[0]
+    config = _config()
+    stored = {k: v for k, v in config.to_dict().items() if not k.startswith("finetune_")}
+    (tmp_path / "search_config.json").write_text(json.dumps({**stored, "network": net.name}))
+    search_module._check_config(str(tmp_path), config, net)  # no error: nothing was fine-tuned
+    with pytest.raises(ValueError, match="another configuration"):
+        search_module._check_config(str(tmp_path), _config(finetune_epochs=1), net)
+    del stored["rounding"]  # an older search's unstated rounding is never taken for today's
+    (tmp_path / "search_config.json").write_text(json.dumps({**stored, "network": net.name}))
+    with pytest.raises(ValueError, match="another configuration"):
+        search_module._check_config(str(tmp_path), config, net)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
+    (["--finetune-learning-rate", "0"], "--finetune-learning-rate must be > 0"),
+    (["--finetune-standard-weight", "2"], "--finetune-standard-weight is lambda"),
+])
+def test_finetune_flags_are_checked_and_reach_the_config(problem, tmp_path, capsys, flags, expected):
+    from cli_helpers import one_error_line
+
+    from cactus_keras.compress import cli as compress_cli
+
+    *_, model, data = problem
+    args = ["compress", "--model", str(model), "--dataset", str(data), "--epsilon", "0.1",
+            "--min-certified", "0.5", "--output", str(tmp_path / "c")]
+    assert cli.main(args + flags) == 2
+    assert expected in one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
+    parsed = cli.build_parser().parse_args(args + ["--finetune-epochs", "3", "--finetune-learning-rate", "1e-4"])
+    config = compress_cli._config(parsed)
+    assert (config.finetune_epochs, config.finetune_learning_rate, config.finetune_standard_weight) == (3, 1e-4, 0.5)
+    assert SearchConfig(epsilon=0.1, min_certified=0.5).finetune_epochs == 0
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        SearchConfig(epsilon=0.1, min_certified=0.5, finetune_epochs=1.5)

@@ -207,3 +207,110 @@ def test_model_zoo_shrinks_to_the_same_logits(arch):
     expected = ops.convert_to_numpy(masked(x))
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(ops.convert_to_numpy(small(x)), expected, atol=1e-5 * scale)
+
+
+# `cactus-keras shrink`: the command line of `shrink`.
+
+def test_shrink_command_writes_the_narrower_network_and_refuses_to_overwrite(tmp_path):
+    """A subprocess, as a user runs it: the saved network computes the masked one."""
+    import subprocess
+    import sys
+
+    from cli_helpers import env
+
+    net = _scaled(NETWORKS["cnn3_bn"](3))
+    masked = prune_structured(net, {"block1_conv": 0.5, "block2_conv": 0.75}, per_layer=True)
+    model, output = tmp_path / "pruned.keras", tmp_path / "small.keras"
+    masked.save(model)
+    command = [sys.executable, "-m", "cactus_keras.cli", "shrink", "--model", str(model),
+               "--output", str(output)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["block1_conv"] == ["16", "8"] and rows["block2_conv"] == ["32", "8"]
+    assert rows["logits"] == ["4", "4"]
+    small = keras.saving.load_model(output, compile=False)
+    assert f"parameters {masked.count_params()} -> {small.count_params()}" in proc.stdout
+    x = np.random.default_rng(1).uniform(0, 1, (8, 12, 12, 1)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(small(x)), ops.convert_to_numpy(masked(x)),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(small(x)), ops.convert_to_numpy(shrink(masked)(x)),
+                               rtol=1e-6, atol=1e-6)
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=300)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith(
+        f"cactus-keras shrink: error: --output '{output}' already exists; pass --overwrite")
+    assert "Traceback" not in again.stderr
+
+
+def test_shrink_command_prunes_a_cactus_model_with_ratio_and_overwrites(tmp_path, capsys):
+    from cactus_keras import cli
+
+    net = _scaled(NETWORKS["cnn3_bn"](2))
+    model = cactus_keras.CactusModel(net, epsilon=0.01)
+    path, output = tmp_path / "model.keras", tmp_path / "small.keras"
+    model.save(path)
+    output.write_text("old")
+    assert cli.main(["shrink", "--model", str(path), "--output", str(output), "--ratio", "0.5",
+                     "--overwrite"]) == 0
+    small = keras.saving.load_model(output, compile=False)
+    masked = prune_structured(net, 0.5)
+    assert small.count_params() == shrink(masked).count_params() < net.count_params()
+    x = np.random.default_rng(3).uniform(0, 1, (4, 12, 12, 1)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(small(x)), ops.convert_to_numpy(masked(x)),
+                               rtol=1e-5, atol=1e-5)
+    assert "parameters" in capsys.readouterr().out
+
+
+def test_shrink_command_names_the_layer_it_cannot_shrink(tmp_path, capsys):
+    from cli_helpers import one_error_line
+
+    from cactus_keras import cli
+
+    net = keras.Sequential([
+        keras.Input((4,)), layers.Dense(6, name="hidden"), layers.Reshape((2, 3), name="fold"),
+        layers.Flatten(), layers.Dense(2),
+    ])
+    net.get_layer("hidden").kernel.assign(net.get_layer("hidden").kernel * np.array([0, 1, 1, 1, 1, 1], "float32"))
+    path = tmp_path / "net.keras"
+    net.save(path)
+    assert cli.main(["shrink", "--model", str(path), "--output", str(tmp_path / "s.keras")]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"cactus-keras shrink: error: --model '{path}': Cannot shrink "
+                           "through layer 'fold' (Reshape)"), line
+    assert not (tmp_path / "s.keras").exists()
+
+
+def test_shrink_command_checks_its_flags_before_tensorflow(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cli_helpers import env
+
+    model = tmp_path / "m.keras"
+    model.write_text("not read")
+    (tmp_path / "taken.keras").write_text("x")
+    cases = [
+        (["--model", "nope.keras", "--output", "o.keras"], "--model: no .keras file"),
+        (["--model", str(model), "--output", "o.h5"], "--output 'o.h5' must end in .keras"),
+        (["--model", str(model), "--output", str(tmp_path / "taken.keras")], "already exists"),
+        (["--model", str(model), "--output", "o.keras", "--ratio", "1.5"], "--ratio is the fraction"),
+        (["--model", str(model), "--output", str(model), "--overwrite"], "--output is --model"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from cactus_keras import cli\n"
+        f"codes = [cli.main(['shrink', *a]) for a, _ in {cases!r}]\n"
+        "print(json.dumps({'codes': codes, 'loaded': [m for m in ('tensorflow', 'keras', 'jax')"
+        " if m in sys.modules]}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env(), timeout=120, cwd=tmp_path)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [2] * len(cases), "loaded": []}, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cactus-keras shrink")]
+    assert len(errors) == len(cases)
+    for line, (_, expected) in zip(errors, cases):
+        assert expected in line, line
+    assert not (tmp_path / "o.keras").exists()

@@ -24,8 +24,10 @@ def add_parser(subparsers):
         "certified exactly (the file's integer certificate) and timed. The chosen file is "
         "the smallest (or fastest) whose certified accuracy on validation is at least "
         "--min-certified; the test set is read once, for its final report. Writes "
-        "DIR/chosen.int8.tflite, report.json, pareto.json and pareto.png. Calling it again "
-        "with the same --output resumes.",
+        "DIR/chosen.int8.tflite, report.json, pareto.json and pareto.png. With "
+        "--finetune-epochs N each pruned finalist is fine-tuned (certified training) for N "
+        "epochs after shrinking, before its export. Calling it again with the same "
+        "--output resumes.",
     )
     p.add_argument("--model", required=True, help="a trained network or CactusModel (.keras)")
     p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
@@ -50,8 +52,16 @@ def add_parser(subparsers):
     p.add_argument("--rounding", default="nearest", choices=("nearest", "floor_ceil"),
                    help="the rounding model every file certificate assumes (default: nearest; "
                    "floor_ceil for any runtime whose requantization errs by less than one unit)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="epochs of certified fine-tuning (IBP, the narrower network alone) of "
+                   "each pruned finalist after shrinking, on the training data minus the "
+                   "validation split, before its file is exported (default 0: none)")
+    p.add_argument("--finetune-learning-rate", type=float, default=1e-5,
+                   help="Adam learning rate of that fine-tune (default 1e-5)")
+    p.add_argument("--finetune-standard-weight", type=float, default=0.5,
+                   help="lambda, the standard loss's weight in that fine-tune (default 0.5)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the validation split taken from the training data (default: 0)")
+                   help="seed of the candidate sample and of the fine-tunes (default: 0)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1],
                    help="1: progress bars and a line per finalist; 0: the result only")
     p.add_argument("--no-download", action="store_true",
@@ -72,6 +82,13 @@ def _check_flags(args):
                         ("--finalists", args.finalists),
                         ("--validation-samples", args.validation_samples)):
         validation.check_positive_int(value, flag)
+    if args.finetune_epochs < 0:
+        raise ValueError(f"--finetune-epochs must be >= 0 (0: no fine-tune), got {args.finetune_epochs}.")
+    if not args.finetune_learning_rate > 0:
+        raise ValueError(f"--finetune-learning-rate must be > 0, got {args.finetune_learning_rate:g}.")
+    if not 0.0 <= args.finetune_standard_weight <= 1.0:
+        raise ValueError(f"--finetune-standard-weight is lambda, in [0, 1], got "
+                         f"{args.finetune_standard_weight:g}.")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}.")
     if not os.path.isfile(args.model) or not args.model.endswith(".keras"):
@@ -113,6 +130,8 @@ def _config(args):
         ratios=ratios, max_candidates=args.max_candidates, finalists=args.finalists,
         screen_slack=args.screen_slack, validation_samples=args.validation_samples,
         latency_runs=args.latency_runs, seed=args.seed, rounding=args.rounding,
+        finetune_epochs=args.finetune_epochs, finetune_learning_rate=args.finetune_learning_rate,
+        finetune_standard_weight=args.finetune_standard_weight,
     )
 
 
