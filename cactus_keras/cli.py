@@ -585,6 +585,13 @@ def _add_export(subparsers):
                    help="int8 tflite: training samples that calibrate the int8 ranges (default: 500)")
     p.add_argument("--float", dest="int8", action="store_false",
                    help="tflite: export float32 instead of int8 (no calibration)")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="int8 tflite: choose the file's output range by its own certificate at "
+                   "this epsilon on --output-range-samples training images (a narrower range "
+                   "than the calibrated one certifies more); default: the calibrated range")
+    p.add_argument("--output-range-samples", type=int, default=None,
+                   help="with --epsilon: the labelled training images the output range is "
+                   "chosen on (default: 2000)")
     p.add_argument("--no-download", action="store_true", help=NO_DOWNLOAD_HELP)
     p.set_defaults(run=_run_export, check_flags=_check_export)
 
@@ -594,11 +601,18 @@ def _check_export(args):
     unused = []
     if args.format == "onnx":
         unused = [("--dataset", args.dataset is not None), ("--float", not args.int8),
-                  ("--calibration-samples", args.calibration_samples is not None)]
+                  ("--calibration-samples", args.calibration_samples is not None),
+                  ("--epsilon", args.epsilon is not None),
+                  ("--output-range-samples", args.output_range_samples is not None)]
         why = "--format onnx (the float network, no calibration)"
     elif not args.int8:
-        unused = [("--calibration-samples", args.calibration_samples is not None)]
+        unused = [("--calibration-samples", args.calibration_samples is not None),
+                  ("--epsilon", args.epsilon is not None),
+                  ("--output-range-samples", args.output_range_samples is not None)]
         why = "--float (a float32 file needs no calibration)"
+    elif args.epsilon is None:
+        unused = [("--output-range-samples", args.output_range_samples is not None)]
+        why = "the calibrated output range (give --epsilon to choose it by the certificate)"
     for flag, given in unused:
         if given:
             raise ValueError(f"{flag} does not apply to {why}; drop {flag}.")
@@ -607,6 +621,12 @@ def _check_export(args):
                          "are calibrated on its training images (e.g. --dataset fashion_mnist).")
     if args.calibration_samples is not None:
         _check_limit(args.calibration_samples, "--calibration-samples")
+    if args.output_range_samples is not None:
+        _check_limit(args.output_range_samples, "--output-range-samples")
+    if args.epsilon is not None:
+        from cactus_keras import validation
+
+        validation.check_epsilon(args.epsilon, "--epsilon")
     _check_output_file(args.output, "--output")
     _check_no_file(args.output, "--output", args.overwrite)
 
@@ -629,6 +649,17 @@ def _run_export(args):
         samples = 500 if args.calibration_samples is None else args.calibration_samples
         dataset = cactus_keras.data.load(args.dataset, download=not args.no_download)
         x, _ = _split(dataset, "train", samples, "--calibration-samples")
+        if args.epsilon is not None:
+            n = args.output_range_samples or 2000
+            x_range, y_range = _split(dataset, "train", n, "--output-range-samples")
+            model, scores = cactus_keras.export.certified_output_range(
+                model, x_range, y_range, args.epsilon, calibration_data=x,
+                input_range=dataset.input_range)
+            member = cactus_keras.export.output_range.int8_file_member(model)
+            print(f"output range: {member.output_range[0]:g} x low, {member.output_range[1]:g} "
+                  f"x high of the tracked range (the file certifies "
+                  f"{scores[member.output_range]:.4f} of {len(y_range)} training images at "
+                  f"epsilon {args.epsilon:g}; {scores[(1.0, 1.0)]:.4f} with the whole range)")
     elif args.dataset is not None:
         print("--dataset is not used by --float (a float32 file needs no calibration)")
     path = cactus_keras.export.to_tflite(

@@ -182,6 +182,33 @@ def test_export_then_verify_tflite(saved, capsys):
     assert "(rounding model nearest)" in capsys.readouterr().out
 
 
+def test_export_with_epsilon_chooses_the_output_range_by_the_certificate(saved, capsys):
+    pytest.importorskip("tensorflow")
+    from tests.test_int8_file_member import _file_quantization
+
+    directory, model, data = saved
+    calibrated, chosen = directory / "calibrated.tflite", directory / "chosen.tflite"
+    base = ["export", "--model", str(model), "--dataset", str(data)]
+    assert cli.main(base + ["--output", str(calibrated)]) == 0
+    assert cli.main(base + ["--output", str(chosen), "--epsilon", "0.002",
+                            "--output-range-samples", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "output range:" in printed and "of 30 training images at epsilon 0.002" in printed
+    # Only the output tensor's range may differ, and never wider than the calibrated one's.
+    before, after = _file_quantization(calibrated), _file_quantization(chosen)
+    assert after[-1][0] <= before[-1][0] * (1 + 1e-6)
+    reports = []
+    for path in (calibrated, chosen):
+        report = directory / f"{path.stem}.json"
+        assert cli.main(["verify-tflite", "--model", str(path), "--dataset", str(data),
+                         "--epsilon", "0.002", "--json", str(report)]) == 0
+        reports.append(json.loads(report.read_text()))
+    assert reports[1]["simulation_agreement"] == 1.0
+    # Chosen on these images (the fixture's test split is its training split): the file
+    # certifies at least what the whole range does.
+    assert reports[1]["certified_accuracy"] >= reports[0]["certified_accuracy"] - 1 / 30 + 1e-9
+
+
 def test_verify_tflite_rejects_a_corrupt_file(saved, capsys):
     directory, _, data = saved
     bad = directory / "bad.tflite"

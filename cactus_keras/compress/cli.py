@@ -30,7 +30,7 @@ def add_parser(subparsers):
         "--output resumes.",
     )
     p.add_argument("--model", required=True, help="a trained network or CactusModel (.keras)")
-    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, or a path (IDX directory or .npz)")
+    p.add_argument("--dataset", required=True, help="mnist, fashion_mnist, cifar10, digits (scikit-learn's 8x8 digits), or a path (IDX directory or .npz)")
     p.add_argument("--epsilon", required=True, type=float, help="certification radius (L-infinity)")
     p.add_argument("--min-certified", required=True, type=float,
                    help="the floor: certified accuracy of the int8 file on validation, a fraction")
@@ -52,6 +52,10 @@ def add_parser(subparsers):
     p.add_argument("--rounding", default="nearest", choices=("nearest", "floor_ceil"),
                    help="the rounding model every file certificate assumes (default: nearest; "
                    "floor_ceil for any runtime whose requantization errs by less than one unit)")
+    p.add_argument("--output-range", default="certified", choices=("certified", "minmax"),
+                   help="each file's output range: chosen by its own certificate on training "
+                   "images outside the validation split (certified, the default), or TFLite's "
+                   "calibrated min/max range")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="epochs of certified fine-tuning (IBP, the narrower network alone) of "
                    "each pruned finalist after shrinking, on the training data minus the "
@@ -130,6 +134,7 @@ def _config(args):
         ratios=ratios, max_candidates=args.max_candidates, finalists=args.finalists,
         screen_slack=args.screen_slack, validation_samples=args.validation_samples,
         latency_runs=args.latency_runs, seed=args.seed, rounding=args.rounding,
+        output_range=args.output_range,
         finetune_epochs=args.finetune_epochs, finetune_learning_rate=args.finetune_learning_rate,
         finetune_standard_weight=args.finetune_standard_weight,
     )

@@ -51,7 +51,7 @@ from cactus_keras.certification import certify
 from cactus_keras.compress.latency import file_size, measure_latency
 from cactus_keras.compression import prune_structured, shrink
 from cactus_keras.compression.kernels import AFFINE_KERNEL_LAYERS, compressible_kernels
-from cactus_keras.export import to_tflite, verify_tflite
+from cactus_keras.export import certified_output_range, to_tflite, verify_tflite
 from cactus_keras.int8.rounding import DEFAULT_ROUNDING, check_rounding
 
 OBJECTIVES = ("size", "latency")
@@ -82,6 +82,11 @@ class SearchConfig:
         seed: sampling of the candidate grid.
         rounding: the rounding model every file certificate assumes
             (`cactus_keras.int8.rounding`; default "nearest").
+        output_range: "certified" (default): each file's output range is the one its
+            own certificate chooses on `output_range_samples` training images outside
+            the validation split (`cactus_keras.export.certified_output_range`);
+            "minmax": TFLite's calibrated range.
+        output_range_samples: how many.
         finetune_epochs: epochs of certified fine-tuning of each pruned finalist after
             shrinking, before its export (default 0: none).
         finetune_learning_rate: Adam's learning rate of that fine-tune (default 1e-5).
@@ -111,6 +116,8 @@ class SearchConfig:
     latency_runs: int = 300
     seed: int = 0
     rounding: str = DEFAULT_ROUNDING
+    output_range: str = "certified"
+    output_range_samples: int = 2000
     finetune_epochs: int = 0
     finetune_learning_rate: float = 1e-5
     finetune_standard_weight: float = 0.5
@@ -139,6 +146,10 @@ class SearchConfig:
         self.finetune_epochs = int(self.finetune_epochs)
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
         self.rounding = check_rounding(self.rounding)
+        if self.output_range not in ("certified", "minmax"):
+            raise ValueError(f"`output_range` must be certified or minmax, got {self.output_range!r}.")
+        if self.output_range_samples < 1:
+            raise ValueError(f"`output_range_samples` must be >= 1, got {self.output_range_samples!r}.")
 
     def to_dict(self):
         out = dataclasses.asdict(self)
@@ -210,6 +221,9 @@ def _check_config(output, config, network):
         for field in dataclasses.fields(SearchConfig):
             if field.name.startswith("finetune_"):
                 found.setdefault(field.name, field.default)
+        # ... and one written before the certified output range exported TFLite's range.
+        if "output_range" not in found:
+            found.update(output_range="minmax", output_range_samples=config.output_range_samples)
         if found != wanted:
             raise ValueError(
                 f"{output} holds a search with another configuration ({path}); resume it "
@@ -359,6 +373,12 @@ def run_search(network, x_train, y_train, config, output, *, load_test, verbose=
                                    x_fit, y_fit, x_val, y_val, config, records, key)
             else:
                 small = build(by_key[key])
+            if config.output_range == "certified":
+                # Chosen on the training images the decisions never look at.
+                n = config.output_range_samples
+                small, _ = certified_output_range(small, x_fit[:n], y_fit[:n], config.epsilon,
+                                                  calibration_data=x_cal,
+                                                  rounding=config.rounding)
             to_tflite(small, path, x_cal)
             result = verify_tflite(path, x_val, y_val, config.epsilon, rounding=config.rounding,
                                    verbose=0)
