@@ -176,12 +176,16 @@ class _ExactProduct:
                 return None
             chunks.append((start, low))
             start = low
-        # As many chunks of (nearly) equal depth where they keep the bound too: BLAS
-        # and the convolutions run at the same speed on each, instead of a short tail.
-        edges = np.linspace(0, depth, len(chunks) + 1).round().astype(int)
-        even = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
-        if all((cumulative[e] - cumulative[s]).max() < limit for s, e in even):
-            return even
+        # As many chunks of (nearly) equal depth, in multiples of 8 where possible, if
+        # they keep the bound too: BLAS and oneDNN's blocked convolutions run at full
+        # speed on each, instead of a short tail.
+        edges = np.linspace(0, depth, len(chunks) + 1)
+        for unit in (8, 1):
+            even = (np.round(edges / unit) * unit).astype(int)
+            even[-1] = depth
+            pairs = list(zip(even[:-1].tolist(), even[1:].tolist()))
+            if all(s < e and (cumulative[e] - cumulative[s]).max() < limit for s, e in pairs):
+                return pairs
         return chunks
 
     def product(self, rows, x_bound, absolute):
