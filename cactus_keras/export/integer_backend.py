@@ -137,26 +137,33 @@ def _centred(tf, rule, value):
 
 def affine_interval(rule, rounding, value):
     """int64 (lower, upper) of an `IntegerAffineRule` over the int8 box `value`, the
-    same as the NumPy path gives, or None where this path does not apply."""
+    same as the NumPy path gives, or None where this path does not apply.
+
+    The rounding runs once on both ends stacked, the upper end negated: with
+    round-to-nearest arithmetic fl(-a - b) = -fl(a + b) and floor(x) = -ceil(-x), so
+    ceil(-v_u - e - t_u) is -floor(v_u + e + t_u) of the NumPy path bit for bit (and
+    floor(-v_u) is -ceil(v_u)): half the operations, each on twice the values."""
     tf = _tensorflow() if ENABLED else None
-    if tf is None or rounding not in ("floor_ceil", "nearest"):
+    if tf is None or rounding not in ("floor_ceil", "nearest") or value[0].size == 0:
         return None
     batch = value[0].shape[0]
     r = rule.requantization
     with tf.device("/CPU:0"):
         l, u = _centred(tf, rule, value[0]), _centred(tf, rule, value[1])
         centre, radius = l + u, u - l  # in [-510, 510]: exact in float32
-        bound_c, bound_r = _largest(tf, centre), _largest(tf, radius)
+        bound_c, bound_r = (float(b) for b in tf.stack(
+            [tf.reduce_max(tf.abs(centre)), tf.reduce_max(tf.abs(radius))]).numpy())
         centre = _product(tf, rule, centre, bound_c)
         radius = _product(tf, rule, radius, bound_r, absolute=True)
         if centre is None or radius is None:
             return None
         # W (l + u) -+ |W| (u - l) are even integers, twice the accumulator bounds:
-        # 2a = centre -+ radius + 2 bias, exact. (2a) * (M / 2) is the float64 product
-        # a * M of the NumPy path bit for bit (M / 2 is exact, so is the real product).
+        # 2a = centre -+ radius + 2 bias, exact; stacked as [2a_lower, -2a_upper] =
+        # sign (centre + 2 bias) - radius. (2a) * (M / 2) is the float64 product a * M
+        # of the NumPy path bit for bit (M / 2 is exact, so is the real product).
         bias2 = 2.0 * rule.bias.astype(np.float64)
-        acc2_lower = centre - radius + bias2
-        acc2_upper = centre + radius + bias2
+        sign = np.array([1.0, -1.0]).reshape((2,) + (1,) * len(centre.shape))
+        acc2 = sign * (centre + bias2) - radius
         # |a| <= (max|l + u| + max|u - l|) / 2 * max_n sum_k |w_kn| + max|b|: checks that
         # pass on this bound pass on the exact largest accumulator too (no reduction).
         largest_acc = ((bound_c + bound_r) * 0.5 * rule.linear.column_l1
@@ -165,31 +172,26 @@ def affine_interval(rule, rounding, value):
         shift = r.quantized[1]
         left = 2.0 ** max(int(np.max(shift, initial=0)), 0)
         largest_m = float(np.max(np.abs(multiplier), initial=0))
-        tolerance_ok = rounding == "nearest" or RELATIVE_TOLERANCE * largest_acc * largest_m < 0.25
-        if largest_acc * left > INT32_MAX or not tolerance_ok:
-            largest_acc = max(float(tf.reduce_max(acc2_upper)),
-                              -float(tf.reduce_min(acc2_lower)), 0.0) * 0.5
+        if largest_acc * left > INT32_MAX or (
+                rounding == "floor_ceil" and RELATIVE_TOLERANCE * largest_acc * largest_m >= 0.25):
+            largest_acc = float(tf.reduce_max(tf.abs(acc2))) * 0.5  # the exact one
         if largest_acc * left > INT32_MAX:
             return None  # some accumulator may leave int32: the NumPy path masks it
-        half = multiplier * 0.5
-        v_lower = acc2_lower * half
-        v_upper = acc2_upper * half
+        v = acc2 * (multiplier * 0.5)  # [v_lower, -v_upper]
         if rounding == "floor_ceil":
             if RELATIVE_TOLERANCE * largest_acc * largest_m >= 0.25:
                 return None
-            q_lower, q_upper = tf.floor(v_lower), tf.math.ceil(v_upper)
+            q = tf.floor(v)  # [floor(v_lower), -ceil(v_upper)]
         else:
             # round_bounds("nearest") with the fixed-point error, slack 0, same order
-            # (its "+ 0.0" adds nothing to a tolerance >= +0).
+            # (its "+ 0.0" adds nothing to a tolerance >= +0):
+            # [ceil(v_lower - e - t), -floor(v_upper + e + t)].
             error = fixed_point_error(shift)
-            q_lower = tf.math.ceil(v_lower - error - RELATIVE_TOLERANCE * tf.abs(v_lower))
-            q_upper = tf.floor(v_upper + error + RELATIVE_TOLERANCE * tf.abs(v_upper))
+            q = tf.math.ceil(v - error - RELATIVE_TOLERANCE * tf.abs(v))
         act_min, act_max = r.activation
-        out = []
-        for q in (q_lower, q_upper):
-            q = tf.clip_by_value(q + float(r.zero_point), float(act_min), float(act_max))
-            out.append(tf.cast(q, tf.int64).numpy().reshape(batch, -1, rule.channels))
-    return tuple(out)
+        q = tf.clip_by_value(sign * q + float(r.zero_point), float(act_min), float(act_max))
+        q = tf.cast(q, tf.int64).numpy().reshape(2, batch, -1, rule.channels)
+    return q[0], q[1]
 
 
 def affine_point(rule, kernels, value):
