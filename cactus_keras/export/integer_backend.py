@@ -207,15 +207,19 @@ def affine_point(rule, kernels, value):
     r = rule.requantization
     with tf.device("/CPU:0"):
         x = _centred(tf, rule, value[0])
-        acc = _product(tf, rule, x, _largest(tf, x))
+        bound = _largest(tf, x)
+        acc = _product(tf, rule, x, bound)
         if acc is None:
             return None
         acc = acc + rule.bias.astype(np.float64)  # exact integers
         method = POINT_METHODS[kernels].get(r.op_name, "double")
-        largest = max(float(tf.reduce_max(acc)), -float(tf.reduce_min(acc)), 0.0)
-        shift = r.quantized[1]
+        # |acc| <= max|x| max_n sum_k |w_kn| + max|b| (the exact maximum where that fails).
+        largest = bound * rule.linear.column_l1 + float(np.max(np.abs(rule.bias), initial=0))
+        left = 2.0 ** max(int(np.max(r.quantized[1], initial=0)), 0)
+        if largest * left > INT32_MAX:
+            largest = float(tf.reduce_max(tf.abs(acc)))
         act_min, act_max = r.activation
-        if method == "xnnpack" and largest * 2.0 ** max(int(np.max(shift, initial=0)), 0) <= INT32_MAX:
+        if method == "xnnpack" and largest * left <= INT32_MAX:
             # float32(acc) * multiplier32, rounded half to even (np.rint): an integer
             # below 2**53 converts to the float32 that int64 -> float32 gives.
             v = tf.round(tf.cast(acc, tf.float32) * r.multiplier32.astype(np.float32))
