@@ -1,24 +1,29 @@
-"""The interval step of CONV_2D and FULLY_CONNECTED on TensorFlow's CPU kernels.
+"""The interval and clean-point steps of CONV_2D and FULLY_CONNECTED on TensorFlow's CPU
+kernels.
 
-The same integers as `IntervalArithmetic.accumulate` followed by its `requantize`, in
-fewer, multi-threaded passes: the centred int8 bounds go into TensorFlow once, the
-centre and radius products run as float32 convolutions / matrix products (one per
-depth chunk the planner of `integer_linear` proves exact, the chunks added in float64),
-the exact float64 accumulator bounds (W(l + u) -+ |W|(u - l)) / 2 + bias are
-requantized there, and only the int8 bounds come back. The CPU kernels sum products
-directly (oneDNN / Eigen: GEMM or direct loops, never Winograd or FFT), so every partial
-sum stays the exact integer the plan bounds; every float64 step is the same IEEE
-operation, in the same order, as the NumPy path, so the bounds are bit for bit those of
-`IntervalArithmetic` (tests/test_integer_linear.py checks both paths agree).
+The same integers as `IntervalArithmetic.accumulate` followed by its `requantize` (and as
+`KernelSimulation`'s accumulate and requantize on points), in fewer, multi-threaded
+passes: the centred int8 bounds go into TensorFlow once, the centre and radius products
+run as float32 convolutions / matrix products (convolutions split by input channel,
+matrix products by depth, into the groups the planner of `integer_linear` proves exact,
+the groups added in float64), the exact float64 accumulator bounds
+(W(l + u) -+ |W|(u - l)) / 2 + bias are requantized there (both ends in one stacked
+pass), and only the int8 bounds come back. The CPU kernels sum products directly
+(oneDNN / Eigen: GEMM or direct loops, never Winograd or FFT), so every partial sum
+stays the exact integer the plan bounds; every float64 step is the same IEEE operation
+as the NumPy path's, so the bounds are bit for bit those of `IntervalArithmetic`, and the
+clean points' codes those of `KernelSimulation` (tests/test_integer_linear.py checks
+both paths agree).
 
 Where the fast path's conditions do not hold (an accumulator that could leave int32, a
 rounding tolerance that needs the elementwise excess, a depth step too large for
-float32, another backend) `affine_interval` returns None and the NumPy path runs.
+float32, another backend) the functions return None and the NumPy path runs.
 
 Example:
 
 ```python
-bounds = affine_interval(rule, "floor_ceil", (lower, upper))  # or None
+bounds = affine_interval(rule, "nearest", (lower, upper))  # or None
+codes = affine_point(rule, "xnnpack", (q, q))              # or None
 ```
 """
 
