@@ -11,9 +11,11 @@ in int32.
 Where the bound allows, the product runs in float32 (twice the speed of float64), split
 along the depth into chunks whose partial sums stay below 2**24 (a convolution on the
 TensorFlow path: into groups of input channels, each a convolution of its own,
-`Convolution.channel_groups`); the chunks are added in float64. Convolutions are lowered to matrix products per block of samples
-(im2col: every kernel window of the padded input becomes a row, in channels-last order;
-the depth split into groups of whole kernel taps), the form BLAS is fast at. The maps return float64 arrays holding the exact integers.
+`Convolution.channel_groups`); the chunks are added in float64. Elsewhere convolutions
+are lowered to matrix products per block of samples (im2col: every kernel window of the
+padded input becomes a row, in channels-last order; the depth split into groups of
+whole kernel taps), the form BLAS is fast at. The maps return float64 arrays holding
+the exact integers.
 
 Example:
 
