@@ -135,3 +135,98 @@ def _small_graph():
     path = os.path.join(tempfile.mkdtemp(), "small.tflite")
     export.to_tflite(net, path, representative_data=x)
     return export.load_integer_graph(path)
+
+
+def _tensorflow_or_skip():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fused steps run on the TensorFlow backend")
+    import tensorflow as tf
+
+    return tf
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [(1, 1, 0), (2, 1, 0), (1, 2, 1)])
+def test_channel_groups_are_exact_at_the_int8_extremes(stride, dilation, padding):
+    # Split by input channel, each group's float32 convolution stays below 2**24 (the
+    # planner's bound, checked here) and their float64 sum is the int64 reference, bit
+    # for bit, with weights and inputs at the extremes (-128/127, -510/510).
+    from cactus_keras.export import integer_backend
+
+    tf = _tensorflow_or_skip()
+    rng = np.random.default_rng(stride * 10 + dilation + padding)
+    w = rng.choice([-128, 127, -127], (6, 3, 3, 96))
+    x = rng.choice([-510, 510, 509, -1], (2, 9, 9, 96))
+    conv, geometry = convolution(w, 9, stride, dilation, padding)
+    groups = conv.channel_groups(510)
+    assert groups is not None and len(groups) > 1
+    assert groups[0][0] == 0 and groups[-1][1] == 96
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    limit = integer_linear.FLOAT32_EXACT / 512
+    for start, end in groups:
+        assert np.abs(w[..., start:end]).sum(axis=(1, 2, 3)).max() < limit
+    for absolute in (False, True):
+        out = integer_backend._convolution(tf, conv, tf.constant(x, tf.float32), 510, absolute)
+        expected = reference(x, np.abs(w) if absolute else w, *geometry)
+        assert out.dtype == tf.float64 and np.array_equal(out.numpy(), expected)
+
+
+def test_channel_groups_refuse_a_channel_too_large_for_float32():
+    w = np.full((2, 3, 3, 2), 127)
+    conv, _ = convolution(w, 4, 1, 1, 0)
+    assert conv.channel_groups(2.0**24 / (9 * 127)) is None  # one channel's 9 taps
+    assert conv.channel_groups(510) == [(0, 2)]
+
+
+def test_dense_chunks_are_even_exact_and_match_int64():
+    from cactus_keras.export import integer_backend
+
+    tf = _tensorflow_or_skip()
+    rng = np.random.default_rng(5)
+    w = rng.choice([-128, 127], (3000, 7))
+    x = rng.choice([-510, 510], (4, 3000))
+    dense = integer_linear.FullyConnected(w, "test")
+    chunks = dense.plan(510)
+    sizes = [end - start for start, end in chunks]
+    assert len(chunks) > 2 and max(sizes) - min(sizes) <= 8  # even, in multiples of 8
+    limit = integer_linear.FLOAT32_EXACT / 512
+    assert all(np.abs(w[start:end]).sum(0).max() < limit for start, end in chunks)
+    out = integer_backend._matmul(tf, dense, tf.constant(x, tf.float32), 510, False)
+    assert np.array_equal(out.numpy(), x @ w)
+    assert np.array_equal(dense(x.astype(np.float32)), x @ w)
+
+
+@pytest.mark.parametrize("kernels", ["xnnpack", "builtin", "reference"])
+def test_backend_point_step_gives_the_numpy_codes(monkeypatch, kernels):
+    # The clean-point step of CONV_2D / FULLY_CONNECTED on TensorFlow and the NumPy
+    # simulation give the same int8 codes, op by op, inputs at the int8 extremes too.
+    from cactus_keras.export import integer_backend, integer_ops
+    from cactus_keras.export.integer_simulation import KernelSimulation
+
+    _tensorflow_or_skip()
+    graph = _small_graph()
+    rng = np.random.default_rng(2)
+    simulation = KernelSimulation(kernels)
+    shape = (6,) + graph.entry_tensor.shape[1:]
+    q = rng.integers(-128, 128, shape)
+    q[0], q[1] = -128, 127
+    value = (q, q)
+    checked = 0
+    for op in graph.ops:
+        rule = integer_ops.integer_rule_for(graph, op)
+        if op.name not in ("CONV_2D", "FULLY_CONNECTED"):
+            value = rule(simulation, value)
+            continue
+        fast = integer_backend.affine_point(rule, kernels, value)
+        assert fast is not None and fast[0] is fast[1]
+        monkeypatch.setattr(integer_backend, "ENABLED", False)
+        slow = rule(simulation, value)
+        monkeypatch.setattr(integer_backend, "ENABLED", True)
+        assert fast[0].dtype == np.int64
+        assert np.array_equal(fast[0].reshape(slow[0].shape), slow[0])
+        assert len(np.unique(slow[0])) > 2  # not a saturated layer
+        out = slow[0].reshape((6,) + graph.tensors[op.outputs[0]].shape)
+        value = (out, out)
+        checked += 1
+    assert checked >= 2

@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 
 import cactus_keras  # noqa: E402
 from cactus_keras import export  # noqa: E402
+from cactus_keras.int8.rounding import DEFAULT_ROUNDING  # noqa: E402
 
 ARCHITECTURES = ("cnn3", "cnn5", "cnn7")
 SLOW = ("cnn7",)
@@ -166,7 +167,9 @@ def main():
     parser.add_argument("--slow-repeats", type=int, default=2,
                         help="repeats for cnn7 (its int8 run takes about a minute)")
     parser.add_argument("--train-samples", type=int, default=2048)
-    parser.add_argument("--rounding", default="floor_ceil")
+    parser.add_argument("--rounding", default=DEFAULT_ROUNDING,
+                        help="the rounding model of the int8 certificate (default: "
+                             "verify_tflite's)")
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
     parser.add_argument("--models", default="runs/bench_verify_models",
                         help="folder for the trained networks and their int8 files")

@@ -9,10 +9,13 @@ it does not hold, so the accumulators are the exact integers the interpreter com
 in int32.
 
 Where the bound allows, the product runs in float32 (twice the speed of float64), split
-along the depth into chunks whose partial sums stay below 2**24; the chunks are added
-in float64. Convolutions are lowered to matrix products per block of samples
-(im2col: every kernel window of the padded input becomes a row, in channels-last order;
-the depth split into groups of whole kernel taps), the form BLAS is fast at. The maps return float64 arrays holding the exact integers.
+along the depth into chunks whose partial sums stay below 2**24 (a convolution on the
+TensorFlow path: into groups of input channels, each a convolution of its own,
+`Convolution.channel_groups`); the chunks are added in float64. Elsewhere convolutions
+are lowered to matrix products per block of samples (im2col: every kernel window of the
+padded input becomes a row, in channels-last order; the depth split into groups of
+whole kernel taps), the form BLAS is fast at. The maps return float64 arrays holding
+the exact integers.
 
 Example:
 
@@ -176,6 +179,16 @@ class _ExactProduct:
                 return None
             chunks.append((start, low))
             start = low
+        # As many chunks of (nearly) equal depth, in multiples of 8 where possible, if
+        # they keep the bound too: BLAS and oneDNN's blocked convolutions run at full
+        # speed on each, instead of a short tail.
+        edges = np.linspace(0, depth, len(chunks) + 1)
+        for unit in (8, 1):
+            even = (np.round(edges / unit) * unit).astype(int)
+            even[-1] = depth
+            pairs = list(zip(even[:-1].tolist(), even[1:].tolist()))
+            if all(s < e and (cumulative[e] - cumulative[s]).max() < limit for s, e in pairs):
+                return pairs
         return chunks
 
     def product(self, rows, x_bound, absolute):
@@ -237,6 +250,35 @@ class Convolution(_ExactProduct):
         float32 sums are exact for |x| <= x_bound, or None where a single tap is not
         (then the product runs in float64): the depth plan with whole taps as units."""
         return self.plan(x_bound, step=self.channels)
+
+    def channel_groups(self, x_bound):
+        """Consecutive input channels [(start, end)] whose float32 convolution over all
+        taps is exact for |x| <= x_bound, or None where one channel's taps are not.
+
+        The same bound as the depth plan with another order of the depth: a group's
+        partial sums are sums of products w_tcn x over its channels c (all taps t), so
+        they stay below x_bound * max_n sum_{c in group, t} |w_tcn| < 2**24 in any
+        order. Each group is a convolution over its own channels only, so the groups
+        together cost the flops of one convolution (a tap group zero-fills the other
+        taps of a whole kernel: a full convolution per group)."""
+        self.check(x_bound)
+        bound = 2.0 ** np.ceil(np.log2(max(float(x_bound), 1.0)))
+        key = (bound, "channels")
+        if key not in self._plans:
+            (kh, kw), channels = self.kernel, self.channels
+            absolute = np.diff(self.cumulative, axis=0)  # |w| per depth row, tap-major
+            per_channel = absolute.reshape(kh * kw, channels, -1).sum(0)
+            cumulative = np.concatenate([np.zeros((1, per_channel.shape[1]), np.int64),
+                                         np.cumsum(per_channel, axis=0)])
+            self._plans[key] = self._chunks(bound, cumulative)
+        return self._plans[key]
+
+    def _channel_kernels(self, groups, absolute):
+        """One float32 (kh, kw, end - start, out_channels) kernel per channel group."""
+        (kh, kw), channels = self.kernel, self.channels
+        weights = (self.absolute if absolute else self.matrix)[np.float32]
+        kernel = weights.reshape(kh, kw, channels, self.out_channels)
+        return [np.ascontiguousarray(kernel[:, :, start:end]) for start, end in groups]
 
     def __call__(self, x, absolute=False):
         """Exact float64 (N, out_h, out_w, out_channels) of integer x (N, H, W, C)."""

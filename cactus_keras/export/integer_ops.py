@@ -32,7 +32,7 @@ from cactus_keras.int8.fixed_point import (
     mean_multiplier,
     quantize_multiplier,
 )
-from cactus_keras.export.integer_backend import affine_interval
+from cactus_keras.export.integer_backend import affine_interval, affine_point
 from cactus_keras.export.integer_linear import (
     Convolution,
     DepthwiseConvolution,
@@ -192,11 +192,15 @@ class IntegerAffineRule(OpRule):
         return value
 
     def __call__(self, arithmetic, value):
+        # The same integers in fewer, multi-threaded passes where the backend allows.
         if not arithmetic.point and value[1] is not value[0]:
-            # The same bounds in fewer, multi-threaded passes where the backend allows.
             bounds = affine_interval(self, arithmetic.rounding, value)
             if bounds is not None:
                 return bounds
+        elif arithmetic.point and getattr(arithmetic, "kernels", None):
+            codes = affine_point(self, arithmetic.kernels, value)
+            if codes is not None:
+                return codes
         batch = value[0].shape[0]
         # q - zp lies in [-255, 255]: exact in float32, which the linear maps compute in.
         centred = _map(lambda v: np.subtract(self.layout(v), self.zp_in, dtype=np.float32),

@@ -278,6 +278,18 @@ def _run_program(program, arithmetic, lower, upper, rounding, path):
         return program.run(arithmetic, lower, upper, rounding=rounding)
 
 
+def _clean_pass(run, program, simulation, graph, name, xb, q, rounding):
+    """The interpreter's outputs and the integer simulation of the clean inputs (or the
+    simulation's error)."""
+    with _inconsistent_file_errors(graph.path, name):
+        outputs = run(xb if graph.float_input else q)
+    q64 = q.astype(np.int64)
+    try:
+        return outputs, _run_program(program, simulation, q64, q64, rounding, graph.path)
+    except (TFLiteFormatError, UnsupportedOperatorError) as error:
+        return outputs, error  # raised after the interval pass's own errors, as before
+
+
 def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *,
                   kernels="default", rounding=DEFAULT_ROUNDING, verbose="auto"):
     """Runs an int8 `.tflite` file and certifies it against L-infinity perturbations.
@@ -359,18 +371,22 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
         for start in range(0, len(x), batch_size):
             xb, yb = x[start: start + batch_size], y[start: start + batch_size]
             q = quantize_input(graph, xb)
-            with _inconsistent_file_errors(graph.path, name):
-                outputs = run(xb if graph.float_input else q)
-            predicted.append(np.argmax(outputs, axis=1))
-            q64 = q.astype(np.int64)
-            # The simulation of the clean points runs beside the interval pass: NumPy
-            # releases the GIL in its loops, so the two passes' elementwise work (single-
-            # threaded in NumPy) overlaps instead of leaving a core idle.
-            point = passes.submit(_run_program, program, simulation, q64, q64, rounding,
-                                  graph.path)
+            # The interpreter and the simulation of the clean points run beside the
+            # interval pass: the interpreter, NumPy and TensorFlow release the GIL, so
+            # their single-threaded stretches overlap instead of leaving a core idle.
+            clean = passes.submit(_clean_pass, run, program, simulation, graph, name, xb, q,
+                                  rounding)
             lower, upper = input_interval(graph, xb, epsilon, input_range, rounding)
-            bounds = _run_program(program, intervals, lower, upper, rounding, graph.path)
-            simulated.append(np.argmax(point.result().lower, axis=1))
+            try:
+                bounds = _run_program(program, intervals, lower, upper, rounding, graph.path)
+            except Exception:
+                clean.result()  # the interpreter's error comes first, as it runs first
+                raise
+            outputs, point = clean.result()
+            if isinstance(point, Exception):
+                raise point
+            predicted.append(np.argmax(outputs, axis=1))
+            simulated.append(np.argmax(point.lower, axis=1))
             certified.append(certify_propagation(graph, bounds, yb))
             lows.append(bounds.lower)
             highs.append(bounds.upper)
