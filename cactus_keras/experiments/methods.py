@@ -199,13 +199,19 @@ def int8_file_source(ctx, network):
     """The trained `CactusModel` when its set has an int8_file member (its file gets
     the ranges the member trained for), else `network`."""
     path = os.path.join(ctx.directory, "model.keras")
-    if not os.path.exists(path):
+    try:
+        with open(os.path.join(ctx.directory, "config.json")) as f:
+            compression = json.load(f).get("compression")
+    except FileNotFoundError:
         return network
-    with open(os.path.join(ctx.directory, "config.json")) as f:
-        compression = json.load(f).get("compression")
     if not (isinstance(compression, list)
             and any(isinstance(t, dict) and t.get("kind") == "int8_file" for t in compression)):
         return network
+    if not os.path.exists(path):
+        # Calibrated ranges would silently export another network than the one trained.
+        raise FileNotFoundError(
+            f"{path} is missing: the run trained an int8_file member, whose activation "
+            "ranges its file must get; restore it, or delete the run's folder to train again.")
     return keras.saving.load_model(path, compile=False)
 
 
