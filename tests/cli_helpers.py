@@ -1,7 +1,10 @@
 """Shared helpers of the command-line tests: a subprocess's environment and the
 one-line error a refused command must print."""
 
+import json
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,3 +23,20 @@ def one_error_line(capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("cactus-keras "), err
     return lines[-1]
+
+
+def refused_before_backends(argvs, cwd):
+    """Runs each argv through `cli.main` in one subprocess; checks that every one exits 2
+    with none of TensorFlow, Keras or JAX imported, and returns the stderr."""
+    script = (
+        "import json, sys\n"
+        "from cactus_keras import cli\n"
+        f"codes = [cli.main(a) for a in {argvs!r}]\n"
+        "print(json.dumps({'codes': codes, 'loaded': [m for m in ('tensorflow', 'keras', 'jax')"
+        " if m in sys.modules]}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env(), timeout=120, cwd=cwd)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [2] * len(argvs), "loaded": []}, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cli_helpers import env as _env
 from cli_helpers import one_error_line as _error
+from cli_helpers import refused_before_backends
 
 from cactus_keras import cli, run_lock
 
@@ -289,17 +290,7 @@ def test_bad_flag_values_answer_without_importing_tensorflow(tmp_path):
         ["tune", "--dataset", "d", "--epsilon", "-1", "--directory", str(tmp_path / "t")],
         ["experiment", "--example", "quickstart", "--output", str(tmp_path / "e"), "--seeds", "0"],
     ]
-    script = (
-        "import json, sys\n"
-        "from cactus_keras import cli\n"
-        f"codes = [cli.main(a) for a in {cases!r}]\n"
-        "print(json.dumps({'codes': codes, 'loaded': [m for m in ('tensorflow', 'keras', 'jax')"
-        " if m in sys.modules]}))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=_env(), timeout=120, cwd=tmp_path)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"codes": [2] * len(cases), "loaded": []}, proc.stderr
-    assert "Traceback" not in proc.stderr
+    refused_before_backends(cases, tmp_path)
     assert not any((tmp_path / name).exists() for name in ("o", "v", "t", "e"))
 
 

@@ -283,11 +283,7 @@ def test_shrink_command_names_the_layer_it_cannot_shrink(tmp_path, capsys):
 
 
 def test_shrink_command_checks_its_flags_before_tensorflow(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from cli_helpers import env
+    from cli_helpers import refused_before_backends
 
     model = tmp_path / "m.keras"
     model.write_text("not read")
@@ -299,17 +295,8 @@ def test_shrink_command_checks_its_flags_before_tensorflow(tmp_path):
         (["--model", str(model), "--output", "o.keras", "--ratio", "1.5"], "--ratio is the fraction"),
         (["--model", str(model), "--output", str(model), "--overwrite"], "--output is --model"),
     ]
-    script = (
-        "import json, sys\n"
-        "from cactus_keras import cli\n"
-        f"codes = [cli.main(['shrink', *a]) for a, _ in {cases!r}]\n"
-        "print(json.dumps({'codes': codes, 'loaded': [m for m in ('tensorflow', 'keras', 'jax')"
-        " if m in sys.modules]}))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env(), timeout=120, cwd=tmp_path)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"codes": [2] * len(cases), "loaded": []}, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("cactus-keras shrink")]
+    stderr = refused_before_backends([["shrink", *a] for a, _ in cases], tmp_path)
+    errors = [line for line in stderr.splitlines() if line.startswith("cactus-keras shrink")]
     assert len(errors) == len(cases)
     for line, (_, expected) in zip(errors, cases):
         assert expected in line, line
