@@ -655,7 +655,7 @@ def _run_export(args):
             model, scores = cactus_keras.export.certified_output_range(
                 model, x_range, y_range, args.epsilon, calibration_data=x,
                 input_range=dataset.input_range)
-            member = cactus_keras.export.output_range.int8_file_member(model)
+            member = cactus_keras.compression.int8_file.int8_file_member(model)
             print(f"output range: {member.output_range[0]:g} x low, {member.output_range[1]:g} "
                   f"x high of the tracked range (the file certifies "
                   f"{scores[member.output_range]:.4f} of {len(y_range)} training images at "

@@ -497,3 +497,16 @@ class Int8FileQuantization(CompressionMember):
             s_t, z_t = used[t] if observe is not None else (scales[t], zero_points[t])
             return (lo - z_t) * s_t, None
         return lo, hi
+
+
+def int8_file_members(model):
+    """The `Int8FileQuantization` members of a `CactusModel` (none for anything else)."""
+    return [m for m in getattr(model, "compression", None) or ()
+            if isinstance(m, Int8FileQuantization)]
+
+
+def int8_file_member(model):
+    """The member whose ranges an exported file gets by default: the model's one
+    `Int8FileQuantization` member, or None (no member, or several to choose from)."""
+    members = int8_file_members(model)
+    return members[0] if len(members) == 1 else None

@@ -162,7 +162,7 @@ def export_rows(network, ctx, name, pruning_method=None, ratio=None):
     With [evaluation] tflite_output_range = "certified" the file's output range is the
     one its certificate chooses on training images (`certified_output_range`)."""
     from cactus_keras.export import certified_output_range, to_tflite
-    from cactus_keras.export.output_range import int8_file_member
+    from cactus_keras.compression.int8_file import int8_file_member
 
     evaluation = ctx.config.evaluation
     path = os.path.join(ctx.directory, f"{name}.int8.tflite")
@@ -433,7 +433,34 @@ class _FromSource(Method):
         return ctx.x_train[:limit], ctx.y_train[:limit]
 
 
-class IBPThenFinetune(_FromSource):
+class _CertifiedFinetune(_FromSource):
+    """A method that fine-tunes the source run's network with certified training of one
+    compression member alone (`CactusModel(..., include_full_network=False)`)."""
+
+    def _fine_tuned(self, member, ctx, path, keep_model=False):
+        """The source network fine-tuned with `member` (over the devices of the run's
+        `distribute`), saved at `path` and loaded back on one device: the compressed
+        network (`apply_compression`), or with `keep_model` the `CactusModel` itself,
+        its member's state (e.g. the int8 file's trained ranges) kept."""
+        from cactus_keras.experiments.training import CLIP_NORM
+        from cactus_keras.training.model import CactusModel
+
+        with backend.distribution_scope(backend.resolve_distribute()):
+            keras.utils.set_random_seed(ctx.seed)
+            network = ctx.source_network(self.settings["source"])
+            model = CactusModel(network, self.config.epsilon, compression=[member],
+                                standard_weight=self.setting("standard_weight"),
+                                input_range=ctx.input_range, include_full_network=False)
+            model.compile(optimizer=keras.optimizers.Adam(self.setting("learning_rate"),
+                                                          clipnorm=CLIP_NORM))
+            x, y = self.train_data(ctx)
+            model.fit(x, y, batch_size=self.setting("batch_size"),
+                      epochs=self.setting("epochs"), verbose=ctx.verbose)
+            (model if keep_model else model.apply_compression()).save(path)
+        return keras.saving.load_model(path, compile=False)
+
+
+class IBPThenFinetune(_CertifiedFinetune):
     """Compress the source run's network once, then certified fine-tuning of the
     compressed network alone for a few epochs: fixed mask for pruning, fake
     quantization with a straight-through estimator for quantization.
@@ -477,33 +504,8 @@ class IBPThenFinetune(_FromSource):
                  for r in ratios]
         return found + [Level("quantize", None, None, b) for b in self.setting("bits")]
 
-    def _fine_tune(self, model, ctx):
-        from cactus_keras.experiments.training import CLIP_NORM
-
-        model.compile(optimizer=keras.optimizers.Adam(self.setting("learning_rate"), clipnorm=CLIP_NORM))
-        x, y = self.train_data(ctx)
-        model.fit(x, y, batch_size=self.setting("batch_size"), epochs=self.setting("epochs"),
-                  verbose=ctx.verbose)
-        return model.apply_compression()
-
-    def _model(self, member, ctx):
-        from cactus_keras.training.model import CactusModel
-
-        keras.utils.set_random_seed(ctx.seed)
-        network = ctx.source_network(self.settings["source"])
-        return CactusModel(network, self.config.epsilon, compression=[member],
-                           standard_weight=self.setting("standard_weight"),
-                           input_range=ctx.input_range, include_full_network=False)
-
     def requires(self):
         return _tflite_modules("tflite") if self.setting("tflite") and 8 in self.setting("bits") else []
-
-    def _fine_tuned(self, member, ctx, path):
-        """The source network compressed by `member` and fine-tuned (over the devices of
-        the run's `distribute`), saved at `path` and loaded back on one device."""
-        with backend.distribution_scope(backend.resolve_distribute()):
-            self._fine_tune(self._model(member, ctx), ctx).save(path)
-        return keras.saving.load_model(path, compile=False)
 
     def run(self, ctx):
         from cactus_keras.compression import FixedMaskPruning, StraightThroughQuantization
@@ -537,7 +539,7 @@ class IBPThenFinetune(_FromSource):
         return rows
 
 
-class IBPThenInt8Finetune(_FromSource):
+class IBPThenInt8Finetune(_CertifiedFinetune):
     """The QA-IBP-style baseline: the source run's network fine-tuned for a few epochs
     with the `int8_file` member alone (`CactusModel(..., compression=[
     Int8FileQuantization()], include_full_network=False)`): certified training through
@@ -578,27 +580,14 @@ class IBPThenInt8Finetune(_FromSource):
 
     def run(self, ctx):
         from cactus_keras.compression import Int8FileQuantization
-        from cactus_keras.experiments.training import CLIP_NORM
-        from cactus_keras.training.model import CactusModel
 
         def fine_tune():
             ctx.log("fine-tuning with the int8_file member alone")
-            path = os.path.join(ctx.directory, "model.keras")
-            with backend.distribution_scope(backend.resolve_distribute()):
-                keras.utils.set_random_seed(ctx.seed)
-                network = ctx.source_network(self.settings["source"])
-                member = Int8FileQuantization(rounding=self.settings["rounding"])
-                model = CactusModel(network, self.config.epsilon, compression=[member],
-                                    standard_weight=self.setting("standard_weight"),
-                                    input_range=ctx.input_range, include_full_network=False)
-                model.compile(optimizer=keras.optimizers.Adam(self.setting("learning_rate"),
-                                                              clipnorm=CLIP_NORM))
-                x, y = self.train_data(ctx)
-                model.fit(x, y, batch_size=self.setting("batch_size"),
-                          epochs=self.setting("epochs"), verbose=ctx.verbose)
-                model.save(path)
-            # Exported on one device, with the ranges the member trained for.
-            return export_rows(keras.saving.load_model(path, compile=False), ctx, "network")
+            model = self._fine_tuned(Int8FileQuantization(rounding=self.settings["rounding"]),
+                                     ctx, os.path.join(ctx.directory, "model.keras"),
+                                     keep_model=True)
+            # Exported with the ranges the member trained for.
+            return export_rows(model, ctx, "network")
 
         return ctx.cached("tflite_files", fine_tune)
 

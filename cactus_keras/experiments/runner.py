@@ -66,7 +66,9 @@ def _read_seconds(path):
 
 def _preflight(config, data, output, digest=None):
     """Everything that can fail before training: architectures against the data,
-    and runs already in `output` made with other settings (or other data)."""
+    and runs already in `output` made with other settings (or other data). Returns
+    the `(run name, seed)` of the runs whose [evaluation] grid changed only, which are
+    evaluated again (`_reevaluate`)."""
     from cactus_keras import models
 
     digest = digest or data_digest(data)
@@ -82,6 +84,7 @@ def _preflight(config, data, output, digest=None):
                     f"[methods.{name}]: architecture {train_config.arch!r} cannot take "
                     f"{data.name}'s inputs of shape {data.input_shape}: {exc}"
                 ) from None
+    stale = set()
     for seed in range(config.seeds):
         for name, method in config.methods.items():
             path = os.path.join(output, "runs", name, f"seed{seed}", "spec.json")
@@ -90,7 +93,8 @@ def _preflight(config, data, output, digest=None):
                     saved = json.load(f)
                 spec = _spec(config, method, seed, digest)
                 if saved != spec and _evaluation_only(saved, spec, method):
-                    continue  # re-evaluated by `_reevaluate` when the run comes up
+                    stale.add((name, seed))
+                    continue
                 if saved != spec:
                     other = ("data" if saved.get("data_digest") not in (None, digest)
                              else "settings")
@@ -99,6 +103,7 @@ def _preflight(config, data, output, digest=None):
                         f"this config's ({'; '.join(_differences(saved, spec))}); use another "
                         "--output, or delete that folder to rerun it."
                     )
+    return stale
 
 
 def _without_grid(spec, level_options=()):
@@ -225,17 +230,18 @@ def run_experiment(config, output, *, verbose=None, progress=True, command=None,
 def _run(config, output, verbose, progress, command, data, only_seed=None):
     data = data if data is not None else load_data(config)
     digest = data_digest(data)
-    _preflight(config, data, output, digest)
+    stale = _preflight(config, data, output, digest)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     # One writer at a time: a second experiment into `output` is refused.
     with folder_lock(output, "The experiment folder",
                      "wait for it to finish, or choose another output folder"):
         return _run_locked(config, output, verbose, progress, command, data, digest,
-                           only_seed)
+                           only_seed, stale)
 
 
-def _run_locked(config, output, verbose, progress, command, data, digest, only_seed=None):
+def _run_locked(config, output, verbose, progress, command, data, digest, only_seed=None,
+                stale=()):
     from tqdm.auto import tqdm
 
     from cactus_keras.experiments.report import write_results
@@ -260,19 +266,15 @@ def _run_locked(config, output, verbose, progress, command, data, digest, only_s
         directory = os.path.join(output, "runs", name, f"seed{seed}")
         done = os.path.join(directory, "result.json")
         bar.set_postfix_str(f"{name} seed {seed}")
-        spec = _spec(config, method, seed, digest)
-        saved_spec = os.path.join(directory, "spec.json")
-        if os.path.exists(saved_spec):
-            with open(saved_spec) as f:
-                if json.load(f) != spec:  # `_preflight` let only a grid change through
-                    _reevaluate(directory, lambda text, name=name, seed=seed:
-                                tqdm.write(f"[{name} seed {seed}] {text}"))
+        if (name, seed) in stale:
+            _reevaluate(directory, lambda text, name=name, seed=seed:
+                        tqdm.write(f"[{name} seed {seed}] {text}"))
         if os.path.exists(done):
             with open(done) as f:
                 records.append(json.load(f))
             tqdm.write(f"[{name} seed {seed}] done before, not rerun")
             continue
-        write_json(saved_spec, spec)
+        write_json(os.path.join(directory, "spec.json"), _spec(config, method, seed, digest))
         sources = {s: os.path.join(output, "runs", s, f"seed{seed}") for s in method.sources()}
         ctx = RunContext(config=config, data=data, x_test=x_test, y_test=y_test, seed=seed,
                          directory=directory, source_directories=sources, verbose=verbose,

@@ -18,15 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cactus_keras.compression.int8_file import int8_file_member
 from cactus_keras.int8.rounding import DEFAULT_ROUNDING
-
-
-def int8_file_member(model):
-    """The `Int8FileQuantization` member of a `CactusModel`, or None."""
-    for member in getattr(model, "compression", []) or []:
-        if getattr(member, "kind", None) == "int8_file":
-            return member
-    return None
 
 
 def certified_output_range(model_or_network, x, y, epsilon, calibration_data=None, *,
@@ -36,8 +29,9 @@ def certified_output_range(model_or_network, x, y, epsilon, calibration_data=Non
     data, never the test set); export it with `to_tflite`. Returns
     `(model, {candidate (low, high) factors: certified fraction of (x, y)})`.
 
-    A `CactusModel` with the member keeps its trained ranges. Anything else (a Keras
-    network, or a `CactusModel` without the member: its `.network`) is wrapped in a
+    A `CactusModel` with one such member keeps its trained ranges (the member
+    `to_tflite` exports by default). Anything else (a Keras network, or a `CactusModel`
+    without the member or with several: its `.network`) is wrapped in a
     `CactusModel` with one member of `rounding`, its ranges set from
     `calibration_data` (required then) as the converter's calibration sets them.
 

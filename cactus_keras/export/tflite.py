@@ -195,15 +195,14 @@ def _export_saved_model(network, samples, int8, what, hint):
 
 def _int8_member(model_or_network, int8_member, int8):
     """The `Int8FileQuantization` member whose ranges the file gets, or None."""
-    from cactus_keras.compression.int8_file import Int8FileQuantization
+    from cactus_keras.compression.int8_file import int8_file_member, int8_file_members
     from cactus_keras.training.model import CactusModel
 
     if int8_member is None or not int8:
         return None
-    members = [m for m in getattr(model_or_network, "compression", ())
-               if isinstance(m, Int8FileQuantization)]
     if int8_member == "auto":
-        return members[0] if len(members) == 1 else None
+        return int8_file_member(model_or_network)
+    members = int8_file_members(model_or_network)
     if not isinstance(model_or_network, CactusModel):
         raise ValueError(f"`int8_member`={int8_member!r} names a member of a CactusModel; "
                          "pass the CactusModel, not its network.")
