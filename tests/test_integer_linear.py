@@ -84,10 +84,12 @@ def test_backend_and_im2col_convolutions_agree(monkeypatch, stride, dilation, pa
     assert np.array_equal(conv(x, absolute=True), reference(x, np.abs(w), *geometry))
 
 
+@pytest.mark.parametrize("fuse", [0, None], ids=["xla", "op-by-op"])
 @pytest.mark.parametrize("rounding", ["floor_ceil", "nearest"])
-def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding):
-    # The fused TensorFlow interval step of CONV_2D / FULLY_CONNECTED and the NumPy
-    # accumulate + requantize give the same integers, op by op, on a real int8 file.
+def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding, fuse):
+    # The TensorFlow interval step of CONV_2D / FULLY_CONNECTED (XLA-compiled or op by
+    # op) and the NumPy accumulate + requantize give the same integers, op by op, on a
+    # real int8 file.
     import keras
 
     from cactus_keras.export import integer_backend, integer_ops
@@ -95,6 +97,7 @@ def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding):
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the fused interval step runs on the TensorFlow backend")
+    monkeypatch.setattr(integer_backend, "FUSE_ELEMENTS", fuse)
     graph = _small_graph()
     rng = np.random.default_rng(1)
     arithmetic = IntervalArithmetic(rounding)
@@ -113,7 +116,12 @@ def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding):
         slow = rule(arithmetic, value)
         monkeypatch.setattr(integer_backend, "ENABLED", True)
         for a, b in zip(fast, slow):
-            assert a.dtype == np.int64 and np.array_equal(a.reshape(b.shape), b)
+            assert a.dtype == np.int8 and np.array_equal(a.reshape(b.shape), b)
+        # A weight bound too loose to rule out int32 overflow: the exact largest
+        # accumulator decides instead, and the bounds are the same.
+        monkeypatch.setattr(rule.linear, "column_l1", 1e12)
+        exact = integer_backend.affine_interval(rule, rounding, value)
+        assert all(np.array_equal(a.reshape(b.shape), b) for a, b in zip(exact, slow))
         assert not np.array_equal(slow[0], slow[1])
         value = tuple(v.reshape((4,) + graph.tensors[op.outputs[0]].shape) for v in slow)
         checked += 1
@@ -197,14 +205,16 @@ def test_dense_chunks_are_even_exact_and_match_int64():
     assert np.array_equal(dense(x.astype(np.float32)), x @ w)
 
 
+@pytest.mark.parametrize("fuse", [0, None], ids=["xla", "op-by-op"])
 @pytest.mark.parametrize("kernels", ["xnnpack", "builtin", "reference"])
-def test_backend_point_step_gives_the_numpy_codes(monkeypatch, kernels):
+def test_backend_point_step_gives_the_numpy_codes(monkeypatch, kernels, fuse):
     # The clean-point step of CONV_2D / FULLY_CONNECTED on TensorFlow and the NumPy
     # simulation give the same int8 codes, op by op, inputs at the int8 extremes too.
     from cactus_keras.export import integer_backend, integer_ops
     from cactus_keras.export.integer_simulation import KernelSimulation
 
     _tensorflow_or_skip()
+    monkeypatch.setattr(integer_backend, "FUSE_ELEMENTS", fuse)
     graph = _small_graph()
     rng = np.random.default_rng(2)
     simulation = KernelSimulation(kernels)
@@ -223,10 +233,92 @@ def test_backend_point_step_gives_the_numpy_codes(monkeypatch, kernels):
         monkeypatch.setattr(integer_backend, "ENABLED", False)
         slow = rule(simulation, value)
         monkeypatch.setattr(integer_backend, "ENABLED", True)
-        assert fast[0].dtype == np.int64
+        assert fast[0].dtype in (np.int8, np.int64)
         assert np.array_equal(fast[0].reshape(slow[0].shape), slow[0])
         assert len(np.unique(slow[0])) > 2  # not a saturated layer
         out = slow[0].reshape((6,) + graph.tensors[op.outputs[0]].shape)
         value = (out, out)
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("rounding", ["floor_ceil", "nearest"])
+def test_xla_requantization_rounds_a_times_m_as_numpy_does(monkeypatch, rounding):
+    # XLA on the CPU fuses a product into a following sum (one rounding instead of
+    # two). Accumulators a and multipliers M chosen so that a M - e - t lies within
+    # one rounding of an integer: the bounds depend on a M being rounded on its own,
+    # as the NumPy path rounds it (checked: the exact a M gives other bounds here).
+    import math
+    from fractions import Fraction
+
+    from cactus_keras.export import integer_backend
+    from cactus_keras.export.integer_intervals import requantize_interval
+    from cactus_keras.int8.fixed_point import fixed_point_error, quantize_multiplier
+    from cactus_keras.int8.rounding import RELATIVE_TOLERANCE
+
+    tf = _tensorflow_or_skip()
+    rng = np.random.default_rng(7)
+    n = 4000
+    k = rng.integers(-120, 120, n).astype(np.float64)
+    acc = rng.integers(1, 2**20, n) * rng.choice([-1, 1], n)
+    error = fixed_point_error(quantize_multiplier((k + 0.5) / acc)[1])
+    if rounding == "nearest":
+        target = (k + error) / (1 - RELATIVE_TOLERANCE * np.sign(k + error))
+    else:
+        target = k
+    multiplier = np.abs(target / acc) + 1e-30  # per channel, positive
+    acc = acc * np.sign(target / acc)
+    monkeypatch.setattr(integer_backend, "FUSE_ELEMENTS", 0)  # compiled at once
+    steps = integer_backend._Steps(tf)
+    parts = [tf.constant((2 * acc)[None].astype(np.float32))]  # l + u = 2a, exact
+    radius = [tf.zeros((1, n), tf.float32)]
+    zero = tf.constant(0.0, tf.float64)
+    limits = tf.constant(-128.0, tf.float64), tf.constant(127.0, tf.float64)
+    half = tf.constant(multiplier * 0.5)
+    _, shift = quantize_multiplier(multiplier)
+    if rounding == "floor_ceil":
+        q = steps.floor_codes(parts, radius, zero, half, zero, *limits)
+    else:
+        v = steps.scaled(parts, radius, zero, half)
+        q = steps.nearest_codes(v, tf.constant(fixed_point_error(shift)), zero, *limits)
+    lower, upper = requantize_interval(acc[None], acc[None], multiplier, 0, -128, 127,
+                                       rounding=rounding)
+    assert len(steps.compiled) == (1 if rounding == "floor_ceil" else 2)
+    q = q.numpy()
+    assert q.dtype == np.int8
+    assert np.array_equal(q[0], lower) and np.array_equal(q[1], upper)
+    # The data is on the edge: rounding a M exactly instead changes some bounds.
+    e = fixed_point_error(shift) if rounding == "nearest" else np.zeros(n)
+    exact = [Fraction(int(a)) * Fraction(m) for a, m in zip(acc[:400], multiplier[:400])]
+    if rounding == "nearest":
+        moved = [math.ceil(x - Fraction(err) - Fraction(RELATIVE_TOLERANCE) * abs(x))
+                 for x, err in zip(exact, e)]
+    else:
+        moved = [math.floor(x) for x in exact]
+    assert np.any(np.clip(moved, -128, 127) != lower[0, :400])
+
+
+def test_steps_compile_a_signature_once_its_work_pays_for_it(monkeypatch):
+    # Op by op until a signature has been given FUSE_ELEMENTS values in all, then one
+    # compiled function for it (the same codes either way); another shape starts over.
+    from cactus_keras.export import integer_backend
+
+    tf = _tensorflow_or_skip()
+    monkeypatch.setattr(integer_backend, "FUSE_ELEMENTS", 3 * 2 * 50 * 4)
+    steps = integer_backend._Steps(tf)
+    rng = np.random.default_rng(3)
+    args = lambda rows: (tf.constant(rng.uniform(-300, 300, (2, rows, 4))),  # noqa: E731
+                         tf.constant(np.full(4, 0.5)), tf.constant(1.0, tf.float64),
+                         tf.constant(-128.0, tf.float64), tf.constant(127.0, tf.float64))
+    outputs = []
+    for call in range(4):
+        a = args(50)
+        outputs.append((steps.nearest_codes(*a).numpy(),
+                        np.clip(np.stack([np.ceil(a[0][0] - 0.5 - 2.0**-20 * np.abs(a[0][0])),
+                                          -np.ceil(a[0][1] - 0.5 - 2.0**-20 * np.abs(a[0][1]))])
+                                + 1, -128, 127)))
+        assert len(steps.compiled) == (0 if call < 2 else 1)
+    steps.nearest_codes(*args(51))
+    assert len(steps.compiled) == 1
+    for codes, expected in outputs:
+        assert codes.dtype == np.int8 and np.array_equal(codes, expected)

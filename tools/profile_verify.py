@@ -11,9 +11,12 @@ rounding model (default: `verify_tflite`'s default). Per network, after a warm-u
   NumPy's kernels show as `{method ...}` / `{built-in ...}` lines);
 * a stage breakdown on one batch of 256 run one stage at a time (no overlap): reading
   the file and building the program, the interpreter, the interval pass and the clean
-  point pass op by op, and the certificate from the bounds.
+  point pass op by op, and the certificate from the bounds;
+* the interval step of each CONV_2D / FULLY_CONNECTED on that batch split in three:
+  the products (centre and radius convolutions / matrix products), the centring of the
+  int8 input, and the rest (the float64 rounding tail and the copies back to NumPy).
 """
-import cProfile, io, os, pstats, sys, time
+import cProfile, functools, io, os, pstats, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
 import cactus_keras
@@ -96,6 +99,9 @@ def _run(program, arithmetic, lo, hi):
             self.rule = rule
             self.__dict__.update({k: v for k, v in rule.__dict__.items() if k != "__call__"})
 
+        def __getattr__(self, name):  # class attributes (e.g. narrow_inputs)
+            return getattr(self.rule, name)
+
         def __call__(self, *args):
             return self.rule.__dict__["__call__"](*args)
 
@@ -106,10 +112,68 @@ def _run(program, arithmetic, lo, hi):
         program.rules = rules
 
 
+def affine_split(path, xb):
+    """[(op, seconds of its interval step, {part: seconds})], warm (second of two runs):
+    the products and the centring timed by wrapping the functions that compute them
+    (their names in this checkout or in the one before the fused steps)."""
+    from cactus_keras.export import integer_backend as backend
+
+    graph = load_integer_graph(path)
+    program = IntegerProgram(graph)
+    lower, upper = verify_module.input_interval(graph, xb, 0.01, (0.0, 1.0), rounding)
+    kept = program.run(IntervalArithmetic(rounding), lower, upper, keep=True).tensors
+    kept[graph.entry] = (lower.reshape((len(xb),) + graph.tensors[graph.entry].shape),
+                         upper.reshape((len(xb),) + graph.tensors[graph.entry].shape))
+    split = {}
+    originals = {}
+
+    def timer(part, fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            split[part] = split.get(part, 0.0) + time.perf_counter() - start
+            return out
+        return call
+
+    products = "_parts" if hasattr(backend, "_parts") else "_product"
+    originals[products] = getattr(backend, products)
+    setattr(backend, products, timer("products", originals[products]))
+    if hasattr(backend, "_Steps"):  # the steps are made once and kept: time their method
+        made = [backend._steps(backend._tensorflow())]
+        for steps in made:
+            steps.centred = timer("centring", steps.centred)
+    else:
+        originals["_centred"] = backend._centred
+        backend._centred = timer("centring", backend._centred)
+    out = []
+    try:
+        for rule in program.rules:
+            if not hasattr(rule, "requantization") or not hasattr(rule, "linear"):
+                continue
+            value = kept[rule.inputs[0]]
+            if getattr(rule, "narrow_inputs", False):  # as the pass hands them over: int8
+                value = tuple(v.astype(np.int8) for v in value)
+            for _ in range(2):
+                split.clear()
+                start = time.perf_counter()
+                backend.affine_interval(rule, rounding, value)
+                total = time.perf_counter() - start
+            out.append((f"{rule.op.index} {rule.op.name}", total, dict(split)))
+    finally:
+        setattr(backend, products, originals[products])
+        if "_centred" in originals:
+            backend._centred = originals["_centred"]
+        else:
+            for steps in made:
+                steps.centred = steps.centred.__wrapped__
+    return out
+
+
 for arch in sys.argv[2].split(","):
     path = os.path.join(models, f"{arch}.int8.tflite")
-    export.verify_tflite(path, x[:32], y[:32], 0.01, batch_size=256, rounding=rounding,
-                         verbose=0)
+    for _ in range(2):  # warm: the batch shapes of the timed call, compiled where they will be
+        export.verify_tflite(path, x, y, 0.01, batch_size=256, rounding=rounding, verbose=0)
     pr = cProfile.Profile()
     t = time.perf_counter()
     pr.enable()
@@ -127,3 +191,8 @@ for arch in sys.argv[2].split(","):
     print(f"#### {arch}: stages on one batch of 256, one at a time (seconds)")
     for name, t in rows:
         print(f"  {name:<40} {t:8.4f}")
+    print(f"#### {arch}: the interval step of each affine op on one batch of 256 (seconds)")
+    for name, total, split in affine_split(path, x[:256]):
+        rest = total - sum(split.values())
+        print(f"  {name:<20} total {total:8.4f}  products {split.get('products', 0):8.4f}  "
+              f"centring {split.get('centring', 0):8.4f}  rest {rest:8.4f}")

@@ -105,7 +105,11 @@ class OpRule:
     """Base of the rules: the op, its tensors and their quantization.
 
     `inputs`: the tensor indices whose values the rule is called with.
+    `narrow_inputs`: whether the rule takes int8 arrays as they come (it computes
+    nothing on them that could leave int8); the others are given int64.
     """
+
+    narrow_inputs = False
 
     def __init__(self, graph, op):
         self.graph = graph
@@ -132,6 +136,15 @@ class OpRule:
         raise NotImplementedError
 
 
+def wide(value):
+    """A (lower, upper) value as int64 (a point stays one array)."""
+    lower, upper = value
+    if lower.dtype == np.int64 and upper.dtype == np.int64:
+        return value
+    lower = lower.astype(np.int64)
+    return (lower, lower) if upper is value[0] else (lower, upper.astype(np.int64))
+
+
 def _map(fn, value):
     """A monotone elementwise map applied to both ends (once for a point)."""
     lower, upper = value
@@ -144,6 +157,7 @@ class IntegerAffineRule(OpRule):
     centred input through the integer linear map, plus the bias, requantized."""
 
     weight_axis = 0
+    narrow_inputs = True  # the fast path casts them itself; the NumPy path widens
 
     def __init__(self, graph, op):
         super().__init__(graph, op)
@@ -201,6 +215,7 @@ class IntegerAffineRule(OpRule):
             codes = affine_point(self, arithmetic.kernels, value)
             if codes is not None:
                 return codes
+        value = wide(value)
         batch = value[0].shape[0]
         # q - zp lies in [-255, 255]: exact in float32, which the linear maps compute in.
         centred = _map(lambda v: np.subtract(self.layout(v), self.zp_in, dtype=np.float32),
@@ -383,6 +398,8 @@ class ConcatenationRule(OpRule):
 
 class CopyRule(OpRule):
     """RESHAPE, SQUEEZE, EXPAND_DIMS: the same codes in another shape."""
+
+    narrow_inputs = True
 
     def __call__(self, arithmetic, value):
         return value

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from cactus_keras.export.integer_intervals import DEFAULT_ROUNDING, IntervalArithmetic, check_rounding
-from cactus_keras.export.integer_ops import integer_rule_for
+from cactus_keras.export.integer_ops import integer_rule_for, wide
 from cactus_keras.export.integer_simulation import KernelSimulation, check_kernels
 from cactus_keras.export.model_file import UnsupportedOperatorError, final_fully_connected
 
@@ -47,6 +47,12 @@ class Propagation:
     rounding: str = DEFAULT_ROUNDING
 
 
+def _integers(array):
+    """int8 or int64: int8 arrays are kept (a quarter of the memory traffic of int64)."""
+    array = np.asarray(array)
+    return array if array.dtype in (np.int8, np.int64) else array.astype(np.int64)
+
+
 class IntegerProgram:
     """The rules of `graph`'s ops, ready to run on batches with an arithmetic."""
 
@@ -70,13 +76,15 @@ class IntegerProgram:
             f"'{self.graph.path}': tensor {t} '{tensor.name}' is read before it is computed.")
 
     def _shaped(self, t, value):
+        """The value in the tensor's shape, batch first; int8 values (the affine rules'
+        fast path) stay int8 up to a rule that computes on them (`wide`)."""
         shape = self.graph.tensors[t].shape
         lower, upper = value
         batch = lower.shape[0]
-        lower = np.asarray(lower, np.int64).reshape((batch,) + shape)
+        lower = _integers(lower).reshape((batch,) + shape)
         if upper is value[0]:
             return lower, lower
-        return lower, np.asarray(upper, np.int64).reshape((batch,) + shape)
+        return lower, _integers(upper).reshape((batch,) + shape)
 
     def run(self, arithmetic, lower, upper, keep=False, rounding=DEFAULT_ROUNDING):
         """Propagates the (batch, *input shape) int8 codes [lower, upper] of the entry
@@ -90,6 +98,8 @@ class IntegerProgram:
         fold_input = softmax_input = None
         for position, (op, rule) in enumerate(zip(graph.ops, self.rules)):
             inputs = [self._get(values, t) for t in rule.inputs]
+            if not rule.narrow_inputs:
+                inputs = [wide(v) for v in inputs]
             if op is self.fold and not arithmetic.point:
                 fold_input = inputs[0]
             if op.name == "SOFTMAX":
@@ -99,13 +109,14 @@ class IntegerProgram:
                 for t in op.inputs:
                     if self.last_use.get(t) == position and t != graph.logits:
                         values.pop(t, None)
-        lower, upper = values[graph.logits]
+        lower, upper = wide(values[graph.logits])
         batch = lower.shape[0]
-        tensors = values if keep else {graph.logits: (lower, upper)}
+        tensors = ({t: wide(v) for t, v in values.items()} if keep
+                   else {graph.logits: (lower, upper)})
         if softmax_input is not None:
-            softmax_input = tuple(v.reshape(batch, -1) for v in softmax_input)
+            softmax_input = tuple(v.reshape(batch, -1) for v in wide(softmax_input))
         if fold_input is not None:
-            fold_input = tuple(v.reshape(batch, -1) for v in fold_input)
+            fold_input = tuple(v.reshape(batch, -1) for v in wide(fold_input))
         return Propagation(lower.reshape(batch, -1), upper.reshape(batch, -1), tensors,
                            softmax_input, fold_input, rounding)
 

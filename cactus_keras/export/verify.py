@@ -327,7 +327,7 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
             "nearest" (default): every rounding of the input quantizer and of each
             requantization is within the largest error of the round-to-nearest
             kernels (0.5, plus 2**(shift - 1) for the first step of a two-step
-            fixed-point rounding, plus 1e-6 relative), which keeps points points and
+            fixed-point rounding, plus 2**-20 relative), which keeps points points and
             certifies much more on deep models; sound for LiteRT's reference and
             optimized kernels (also with single rounding and ruy), XNNPACK and
             TFLite Micro with CMSIS-NN. "floor_ceil": bounded by floor/ceil of the real

@@ -52,8 +52,11 @@ import dataclasses
 
 # Relative error allowed for a kernel's multiplier and float arithmetic (31-bit fixed
 # point: 2**-31; XNNPACK's float32 requantization: ~2e-7; its 20-bit ADD multipliers:
-# ~5e-7), relative to the magnitude of the real value being rounded.
-RELATIVE_TOLERANCE = 1e-6
+# ~5e-7, which AddRule also covers with a slack of its own), relative to the magnitude
+# of the real value being rounded. 2**-20 (9.5e-7): a power of two, so t = 2**-20 |v| is
+# exact and a bound such as v - e - t has the same bits whether or not the compiler
+# fuses the product into the subtraction (XLA on the CPU does: integer_backend).
+RELATIVE_TOLERANCE = 2.0**-20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +73,7 @@ ROUNDING_MODELS = {
     "nearest": RoundingModel(
         name="nearest",
         error_bound="|r - v| <= 0.5 + 2**(shift - 1) (right shift; 0.5 otherwise) "
-                    "+ 1e-6 |v|",
+                    "+ 2**-20 |v|",
         sound_for=("LiteRT reference kernels (two-step fixed-point rounding)",
                    "LiteRT optimized kernels, TFLITE_SINGLE_ROUNDING and ruy",
                    "XNNPACK float32 requantization (ties to even)",
