@@ -201,7 +201,10 @@ class _Steps:
                 or os.getpid() != _TF.get("pid")):
             return fn(*args)
         if key not in self.compiled:
-            self.compiled[key] = self.tf.function(fn, jit_compile=True)
+            # A partial of its own: TensorFlow counts retracing per function (per code
+            # object, which every signature's function would share), and one trace
+            # per signature is the design, not the excessive retracing it warns of.
+            self.compiled[key] = self.tf.function(functools.partial(fn), jit_compile=True)
         return self.compiled[key](*args)
 
     def _centred(self, lower, upper, zero_point):
