@@ -276,3 +276,15 @@ def test_finetune_flags_are_checked_and_reach_the_config(problem, tmp_path, caps
     assert SearchConfig(epsilon=0.1, min_certified=0.5).finetune_epochs == 0
     with pytest.raises(ValueError, match="finetune_epochs"):
         SearchConfig(epsilon=0.1, min_certified=0.5, finetune_epochs=1.5)
+
+
+def test_finalists_meet_the_floor_in_float_first_then_the_slack():
+    # Cheaper candidates just inside the screen's slack come after every candidate
+    # whose float certificate meets the floor (each group cheapest first).
+    from cactus_keras.compress.search import _finalist_order
+
+    rows = [{"key": k, "float_certified_accuracy": f, "parameters": p}
+            for k, f, p in [("a", 0.69, 100), ("b", 0.71, 300), ("c", 0.685, 50),
+                            ("d", 0.70, 400), ("e", 0.75, 200)]]
+    ordered = sorted(rows, key=lambda r: _finalist_order(r, 0.70, "parameters"))
+    assert [r["key"] for r in ordered] == ["e", "b", "d", "c", "a"]

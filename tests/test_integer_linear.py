@@ -322,3 +322,22 @@ def test_steps_compile_a_signature_once_its_work_pays_for_it(monkeypatch):
     assert len(steps.compiled) == 1
     for codes, expected in outputs:
         assert codes.dtype == np.int8 and np.array_equal(codes, expected)
+
+
+def test_a_verification_of_many_batches_compiles_at_its_first_batch(monkeypatch):
+    # Within expect_batches(n) a signature's first call counts n times: enough work in
+    # all compiles at once; the same call outside the block stays op by op.
+    from cactus_keras.export import integer_backend
+
+    tf = _tensorflow_or_skip()
+    monkeypatch.setattr(integer_backend, "FUSE_ELEMENTS", 4 * 2 * 50 * 4)
+    args = (tf.constant(np.ones((2, 50, 4))), tf.constant(np.full(4, 0.5)),
+            tf.constant(0.0, tf.float64), tf.constant(-128.0, tf.float64),
+            tf.constant(127.0, tf.float64))
+    steps = integer_backend._Steps(tf)
+    steps.nearest_codes(*args)
+    assert not steps.compiled
+    steps = integer_backend._Steps(tf)
+    with integer_backend.expect_batches(4):
+        steps.nearest_codes(*args)
+    assert len(steps.compiled) == 1

@@ -33,6 +33,7 @@ codes = affine_point(rule, "xnnpack", (q, q))              # or None
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -46,7 +47,10 @@ from cactus_keras.export.integer_simulation import POINT_METHODS, requantize_exa
 ENABLED = True
 # The elementwise steps run as XLA-compiled loops once a signature has been given this
 # many values in all (`_Steps`); 0: always, None: never (the same bits, op by op).
-FUSE_ELEMENTS = 2**23
+# 2**21: a verification of 2,000 images of the smallest zoo network (cnn3) compiles;
+# a compression search's candidate (1,000 validation images) compiles its largest
+# layers only.
+FUSE_ELEMENTS = 2**21
 _TF = {}
 
 
@@ -163,10 +167,10 @@ class _Steps:
     `steps.name(*args)` runs step `name` as one XLA-compiled loop (a dozen passes over
     float64 arrays become one) once the work it has been given at that signature (the
     arguments' shapes and dtypes) reaches `FUSE_ELEMENTS`: the calls so far times the
-    values of one call. A compilation costs about what a dozen op-by-op passes over a
-    million values do, so it pays off on large tensors at once and on small ones only
-    when their shape recurs (a verification over many batches), not for the few batches
-    of each candidate file of a compression search. Until then, and in a process forked
+    values of one call, the first call counting as the batches the verification expects
+    (`expect_batches`). A compilation (0.1 to 0.3 s) costs about what the op-by-op
+    steps cost on five to ten million values, so it pays off on large tensors at once
+    and on small ones only when their shape recurs (a verification over many batches). Until then, and in a process forked
     after TensorFlow started (XLA's first compilation there can wait forever on a lock
     a thread of the parent held at the fork), the same operations run one by one. One
     compiled function per signature: no retracing.
@@ -195,7 +199,10 @@ class _Steps:
         key = (name, tuple((tuple(a.shape), str(a.dtype)) for a in flat))
         if len(self.work) > 4096:  # a long search's shapes: forget the old ones
             self.work.clear()
-        self.work[key] = self.work.get(key, 0) + max(int(np.prod(a.shape)) for a in flat)
+        values = max(int(np.prod(a.shape)) for a in flat)
+        # A signature's first call counts the batches its caller expects (`expect_batches`).
+        calls = 1 if key in self.work else _TF.get("expected_batches", 1)
+        self.work[key] = self.work.get(key, 0) + values * calls
         fn = getattr(self, "_" + name)
         if (FUSE_ELEMENTS is None or self.work[key] < FUSE_ELEMENTS
                 or os.getpid() != _TF.get("pid")):
@@ -267,6 +274,19 @@ class _Steps:
         acc = _sum(tf, parts) + bias  # exact integers below 2**53
         v = tf.round(tf.cast(acc, tf.float32) * multiplier32)
         return tf.cast(tf.clip_by_value(v + zero_point, act_min, act_max), tf.int8)
+
+
+@contextlib.contextmanager
+def expect_batches(count):
+    """Within the block, a step's first call at a signature counts as `count` calls: the
+    batches of a verification, so that its steps compile at once when the whole
+    verification's work pays for it (and the few batches of a small one never do)."""
+    previous = _TF.get("expected_batches", 1)
+    _TF["expected_batches"] = max(int(count), 1)
+    try:
+        yield
+    finally:
+        _TF["expected_batches"] = previous
 
 
 def _steps(tf):

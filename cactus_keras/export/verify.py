@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from cactus_keras import validation
 from cactus_keras.int8.fixed_point import round_half_away
 from cactus_keras.quiet import native_stderr_filtered
+from cactus_keras.export.integer_backend import expect_batches
 from cactus_keras.export.integer_intervals import IntervalArithmetic, round_bounds
 from cactus_keras.int8.rounding import DEFAULT_ROUNDING, check_rounding
 from cactus_keras.export.integer_margins import certify_propagation
@@ -367,7 +368,9 @@ def verify_tflite(path, x, y, epsilon, input_range=(0.0, 1.0), batch_size=256, *
     predicted, simulated, certified, lows, highs = [], [], [], [], []
     bar = tqdm(total=len(x), desc="verify_tflite", unit="sample", file=sys.stderr,
                disable=not _show_progress(verbose), leave=False)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as passes:
+    full_batches = max(len(x) // batch_size, 1)
+    with (concurrent.futures.ThreadPoolExecutor(max_workers=1) as passes,
+          expect_batches(full_batches)):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start: start + batch_size], y[start: start + batch_size]
             q = quantize_input(graph, xb)
