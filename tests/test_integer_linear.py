@@ -112,9 +112,7 @@ def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding, fus
             continue
         fast = integer_backend.affine_interval(rule, rounding, value)
         assert fast is not None
-        monkeypatch.setattr(integer_backend, "ENABLED", False)
-        slow = rule(arithmetic, value)
-        monkeypatch.setattr(integer_backend, "ENABLED", True)
+        slow = _numpy_path(monkeypatch, rule, arithmetic, value)
         for a, b in zip(fast, slow):
             assert a.dtype == np.int8 and np.array_equal(a.reshape(b.shape), b)
         # A weight bound too loose to rule out int32 overflow: the exact largest
@@ -126,6 +124,15 @@ def test_backend_interval_step_gives_the_numpy_bounds(monkeypatch, rounding, fus
         value = tuple(v.reshape((4,) + graph.tensors[op.outputs[0]].shape) for v in slow)
         checked += 1
     assert checked >= 2
+
+
+def _numpy_path(monkeypatch, rule, arithmetic, value):
+    """The rule's output on the NumPy path (the TensorFlow steps switched off)."""
+    from cactus_keras.export import integer_backend
+
+    with monkeypatch.context() as patch:
+        patch.setattr(integer_backend, "ENABLED", False)
+        return rule(arithmetic, value)
 
 
 def _small_graph():
@@ -175,7 +182,9 @@ def test_channel_groups_are_exact_at_the_int8_extremes(stride, dilation, padding
     for start, end in groups:
         assert np.abs(w[..., start:end]).sum(axis=(1, 2, 3)).max() < limit
     for absolute in (False, True):
-        out = integer_backend._convolution(tf, conv, tf.constant(x, tf.float32), 510, absolute)
+        parts = integer_backend._convolution_parts(tf, conv, tf.constant(x, tf.float32), 510,
+                                                   absolute)
+        out = integer_backend._sum(tf, parts)
         expected = reference(x, np.abs(w) if absolute else w, *geometry)
         assert out.dtype == tf.float64 and np.array_equal(out.numpy(), expected)
 
@@ -200,7 +209,8 @@ def test_dense_chunks_are_even_exact_and_match_int64():
     assert len(chunks) > 2 and max(sizes) - min(sizes) <= 8  # even, in multiples of 8
     limit = integer_linear.FLOAT32_EXACT / 512
     assert all(np.abs(w[start:end]).sum(0).max() < limit for start, end in chunks)
-    out = integer_backend._matmul(tf, dense, tf.constant(x, tf.float32), 510, False)
+    out = integer_backend._sum(
+        tf, integer_backend._matmul_parts(tf, dense, tf.constant(x, tf.float32), 510, False))
     assert np.array_equal(out.numpy(), x @ w)
     assert np.array_equal(dense(x.astype(np.float32)), x @ w)
 
@@ -230,9 +240,7 @@ def test_backend_point_step_gives_the_numpy_codes(monkeypatch, kernels, fuse):
             continue
         fast = integer_backend.affine_point(rule, kernels, value)
         assert fast is not None and fast[0] is fast[1]
-        monkeypatch.setattr(integer_backend, "ENABLED", False)
-        slow = rule(simulation, value)
-        monkeypatch.setattr(integer_backend, "ENABLED", True)
+        slow = _numpy_path(monkeypatch, rule, simulation, value)
         assert fast[0].dtype in (np.int8, np.int64)
         assert np.array_equal(fast[0].reshape(slow[0].shape), slow[0])
         assert len(np.unique(slow[0])) > 2  # not a saturated layer

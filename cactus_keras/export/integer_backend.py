@@ -135,18 +135,6 @@ def _matmul_parts(tf, linear, x, bound, absolute):
     return [tf.matmul(x[:, start:end], w) for (start, end), w in zip(chunks, slices)]
 
 
-def _convolution(tf, linear, x, bound, absolute):
-    """Exact float64 convolution of the float32 integers x (|x| <= bound), or None."""
-    parts = _convolution_parts(tf, linear, x, bound, absolute)
-    return None if parts is None else _sum(tf, parts)
-
-
-def _matmul(tf, linear, x, bound, absolute):
-    """Exact float64 x @ W of the float32 integers x (|x| <= bound), or None."""
-    parts = _matmul_parts(tf, linear, x, bound, absolute)
-    return None if parts is None else _sum(tf, parts)
-
-
 def _parts(tf, rule, x, bound, absolute=False):
     """The float32 parts of W x (or |W| x), channels last, of float32 integers
     |x| <= bound, each exact and their float64 sum exact, or None where this path does
@@ -170,10 +158,11 @@ class _Steps:
     values of one call, the first call counting as the batches the verification expects
     (`expect_batches`). A compilation (0.1 to 0.3 s) costs about what the op-by-op
     steps cost on five to ten million values, so it pays off on large tensors at once
-    and on small ones only when their shape recurs (a verification over many batches). Until then, and in a process forked
-    after TensorFlow started (XLA's first compilation there can wait forever on a lock
-    a thread of the parent held at the fork), the same operations run one by one. One
-    compiled function per signature: no retracing.
+    and on small ones only when their shape recurs (a verification over many batches).
+    Until then, and in a process forked after TensorFlow started (XLA's first
+    compilation there can wait forever on a lock a thread of the parent held at the
+    fork), the same operations run one by one. One compiled function per signature: no
+    retracing.
 
     Both give the same bits as the NumPy path. XLA on the CPU contracts a product
     followed by a sum into a fused multiply-add, rounded once instead of twice; the
