@@ -156,8 +156,9 @@ class _Steps:
     float64 arrays become one) once the work it has been given at that signature (the
     arguments' shapes and dtypes) reaches `FUSE_ELEMENTS`: the calls so far times the
     values of one call, the first call counting as the batches the verification expects
-    (`expect_batches`). A compilation (0.1 to 0.3 s) costs about what the op-by-op
-    steps cost on five to ten million values, so it pays off on large tensors at once
+    (`expect_batches`). A compilation (0.06 to 0.16 s on the idle 2-core machine,
+    `tools/bench_compile_cost.py`) costs about what the op-by-op steps cost on six to
+    sixteen million values, so it pays off on large tensors at once
     and on small ones only when their shape recurs (a verification over many batches).
     Until then, and in a process forked after TensorFlow started (XLA's first
     compilation there can wait forever on a lock a thread of the parent held at the
